@@ -1,0 +1,91 @@
+"""Built-in plugin ``cross_attention``: where in the audio each decoded token looked, and word timings.
+
+From the replay of each window's chosen tokens it keeps the cross-attention probabilities of every
+decoder layer and head for every emitted token, cropped to the encoder frames that hold audio, and
+derives word timestamps from the model's alignment heads with :mod:`probe.alignment` (median filter
++ DTW, as openai-whisper and faster-whisper do).
+
+Records:
+- ``cross_attention.weights`` [layer, head, token, frame] float16 — tokens of all windows in order;
+  frames are 20 ms, relative to the token's window, zero beyond its audio.
+- ``cross_attention.alignment`` [token, frame] float32 — the alignment-head average (z-scored and
+  median-filtered) for text tokens, the matrix the DTW walks.
+- ``cross_attention.tokens`` (table) — per token: window, step, id, text, whether it is text.
+- ``cross_attention.words`` (json list) — word, start, end (seconds in the clip), window, token ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from probe.alignment import alignment_matrix, word_timings
+from probe.hookspecs import hookimpl
+
+__version__ = "1.0"
+
+
+class Plugin:
+    name = "cross_attention"
+    __version__ = __version__
+
+    @hookimpl
+    def probe_run_start(self, run):
+        run.state[self.name] = {"layers": {}, "windows": []}
+
+    @hookimpl
+    def probe_replay_points(self, run):
+        return ["decoder.blocks.*.cross_attn.hook_pattern"]
+
+    @hookimpl
+    def probe_capture(self, run, point, tensor, ctx):
+        layer = int(point.name.split(".")[2])
+        # [head, token, frame]: the queries that emitted the generated tokens
+        run.state[self.name]["layers"][layer] = tensor[0, :, ctx.prompt_length - 1:]
+
+    @hookimpl
+    def probe_window_end(self, run, window):
+        state = run.state[self.name]
+        layers = state.pop("layers")
+        state["layers"] = {}
+        if not layers:
+            return
+        weights = torch.stack([layers[i] for i in sorted(layers)])[..., : window.n_frames]  # [layer, head, token, frame]
+        text_rows = [i for i, t in enumerate(window.tokens) if t < run.eot]
+        eot_rows = [i for i, t in enumerate(window.tokens) if t == run.eot][:1]
+        rows = text_rows + (eot_rows or [len(window.tokens) - 1])
+        heads = run.loaded.alignment_heads
+        aligned = torch.stack([weights[layer, head] for layer, head in heads])[:, rows]  # [head, token + 1, frame]
+        text_tokens = [window.tokens[i] for i in text_rows]
+        words = word_timings(aligned, text_tokens, run.tokenizer, window.language, run.eot, offset=window.start)
+        matrix = alignment_matrix(aligned)[: len(text_rows)] if text_rows else aligned.new_zeros((0, window.n_frames))
+        state["windows"].append({
+            "weights": weights.to(torch.float16).cpu(),
+            "alignment": matrix.float().cpu(),
+            "text_rows": text_rows,
+            "words": [{**w, "window": window.index} for w in words],
+        })
+
+    @hookimpl
+    def probe_run_end(self, run, writer):
+        windows = run.state[self.name]["windows"]
+        if not windows:
+            return
+        frames = max(w["weights"].shape[-1] for w in windows)
+        weights = torch.cat([F.pad(w["weights"], (0, frames - w["weights"].shape[-1])) for w in windows], dim=2)
+        alignment = torch.cat([F.pad(w["alignment"], (0, frames - w["alignment"].shape[-1])) for w in windows])
+        tokenizer = run.tokenizer
+        token_rows = []
+        for result, captured in zip(run.windows, windows):
+            text_rows = set(captured["text_rows"])
+            for step, token_id in enumerate(result.tokens):
+                token_rows.append({"window": result.index, "step": step, "token_id": int(token_id),
+                                   "token": tokenizer.decode([token_id]), "is_text": step in text_rows})
+        axes = {"axes": ["layer", "head", "token", "frame"], "frames_per_second": 50}
+        writer.add_tensor("cross_attention.weights", weights, plugin=self.name, meta=axes)
+        writer.add_tensor("cross_attention.alignment", alignment.numpy().astype(np.float32), plugin=self.name,
+                          meta={"axes": ["text_token", "frame"], "alignment_heads": run.loaded.alignment_heads})
+        writer.add_table("cross_attention.tokens", token_rows, plugin=self.name)
+        words = [w for captured in windows for w in captured["words"]]
+        writer.add_json("cross_attention.words", words, plugin=self.name)

@@ -1,0 +1,72 @@
+"""Built-in plugin ``logit_lens``: what each decoder layer would predict if it were the last.
+
+On the replay of each window's chosen tokens, every decoder block's residual stream (and the
+final one) is passed through the decoder's final layer norm and the unembedding; for each emitted
+token this records the top-k predictions per layer and the rank and probability of the token the
+model really emitted.  Computed on the model's device, one layer at a time.
+
+Records (tokens of all windows in order; layer ``L`` = after block ``L``):
+``logit_lens.top_ids`` [layer, token, k] int32, ``logit_lens.top_probs`` [layer, token, k] float32,
+``logit_lens.chosen_rank`` [layer, token] int32 (0 = top), ``logit_lens.chosen_prob`` [layer, token] float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from probe.hookspecs import hookimpl
+
+__version__ = "1.0"
+
+
+class Plugin:
+    name = "logit_lens"
+    __version__ = __version__
+
+    @hookimpl
+    def probe_run_start(self, run):
+        run.state[self.name] = {"layers": {}, "windows": []}
+
+    @hookimpl
+    def probe_replay_points(self, run):
+        return ["decoder.blocks.*.hook_resid_post"]
+
+    @hookimpl
+    def probe_capture(self, run, point, tensor, ctx):
+        k = int(run.option("top_k", 5))
+        model = run.model
+        norm = model.model.decoder.layer_norm
+        resid = tensor[0, ctx.prompt_length - 1:]  # [token, d_model]
+        normed = F.layer_norm(resid, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        logits = F.linear(normed, model.proj_out.weight).float()  # [token, vocab]
+        probs = logits.softmax(-1)
+        emitted = torch.tensor(ctx.tokens[ctx.prompt_length:], device=logits.device)  # [token]
+        chosen_logit = logits.gather(1, emitted[:, None])  # [token, 1]
+        rank = (logits > chosen_logit).sum(-1)  # [token]
+        top_probs, top_ids = probs.topk(k, dim=-1)  # [token, k]
+        layer = int(point.name.split(".")[2])
+        run.state[self.name]["layers"][layer] = (top_ids, top_probs, rank, probs.gather(1, emitted[:, None])[:, 0])
+
+    @hookimpl
+    def probe_window_end(self, run, window):
+        state = run.state[self.name]
+        layers, state["layers"] = state["layers"], {}
+        if layers:
+            # tuple of 4 tensors, each stacked over layers: [layer, token, ...]
+            state["windows"].append(tuple(torch.stack([layers[i][part] for i in sorted(layers)]).cpu()
+                                          for part in range(4)))
+
+    @hookimpl
+    def probe_run_end(self, run, writer):
+        windows = run.state[self.name]["windows"]
+        if not windows:
+            return
+        top_ids, top_probs, rank, chosen = (torch.cat([w[part] for w in windows], dim=1) for part in range(4))
+        meta = {"axes": ["layer", "token", "k"]}
+        writer.add_tensor("logit_lens.top_ids", top_ids.numpy().astype(np.int32), plugin=self.name, meta=meta)
+        writer.add_tensor("logit_lens.top_probs", top_probs.numpy().astype(np.float32), plugin=self.name, meta=meta)
+        meta = {"axes": ["layer", "token"]}
+        writer.add_tensor("logit_lens.chosen_rank", rank.numpy().astype(np.int32), plugin=self.name, meta=meta)
+        writer.add_tensor("logit_lens.chosen_prob", chosen.numpy().astype(np.float32), plugin=self.name, meta=meta)

@@ -1,0 +1,93 @@
+"""Built-in plugin ``token_probs``: how sure the decoder was of each token, and the multitask head.
+
+Per generated token (from the replay of the chosen sequence, so beam search is covered): the
+token, its probability and log-probability under the model's softmax, the entropy of the
+distribution and the top-k alternatives (``plugin_options["top_k"]``, default 5).  Per window: the
+language-detection distribution, the no-speech probability and the forced prompt tokens.
+
+Records: ``token_probs.tokens`` (table), ``token_probs.top_k_ids`` [token, k] int32,
+``token_probs.top_k_probs`` [token, k] float32, ``token_probs.multitask`` (json).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from probe.hookspecs import hookimpl
+
+__version__ = "1.0"
+
+
+def token_kind(token_id: int, eot: int, first_timestamp: int) -> str:
+    if token_id >= first_timestamp:
+        return "timestamp"
+    if token_id >= eot:
+        return "special"
+    return "text"
+
+
+class Plugin:
+    name = "token_probs"
+    __version__ = __version__
+
+    @hookimpl
+    def probe_run_start(self, run):
+        run.state[self.name] = {"windows": []}  # per window: (chosen_prob, entropy, top_ids, top_probs) on device
+
+    @hookimpl
+    def probe_replay_points(self, run):
+        return ["hook_logits"]
+
+    @hookimpl
+    def probe_capture(self, run, point, tensor, ctx):
+        k = int(run.option("top_k", 5))
+        logits = tensor[0, ctx.prompt_length - 1:].float()  # [token, vocab]: the positions that emitted tokens
+        log_probs = logits.log_softmax(-1)
+        emitted = torch.tensor(ctx.tokens[ctx.prompt_length:], device=logits.device)  # [token]
+        chosen = log_probs.gather(1, emitted[:, None])[:, 0]  # [token]
+        entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)  # [token] nats
+        top_log_probs, top_ids = log_probs.topk(k, dim=-1)  # [token, k]
+        run.state[self.name]["windows"].append((chosen, entropy, top_ids, top_log_probs.exp()))
+
+    @hookimpl
+    def probe_run_end(self, run, writer):
+        tokenizer = run.tokenizer
+        gen = run.model.generation_config
+        first_ts = gen.no_timestamps_token_id + 1
+        rows, all_ids, all_probs = [], [], []
+        for window, (chosen, entropy, top_ids, top_probs) in zip(run.windows, run.state[self.name]["windows"]):
+            chosen, entropy = chosen.cpu().numpy(), entropy.cpu().numpy()
+            top_ids, top_probs = top_ids.cpu().numpy().astype(np.int32), top_probs.cpu().numpy().astype(np.float32)
+            all_ids.append(top_ids)
+            all_probs.append(top_probs)
+            for step, token_id in enumerate(window.tokens):
+                rows.append({
+                    "window": window.index,
+                    "step": step,
+                    "position": len(window.prompt) + step,
+                    "token_id": int(token_id),
+                    "token": tokenizer.decode([token_id]),
+                    "kind": token_kind(token_id, run.eot, first_ts),
+                    "prob": float(np.exp(chosen[step])),
+                    "logprob": float(chosen[step]),
+                    "entropy": float(entropy[step]),
+                    "top_k_ids": top_ids[step].tolist(),
+                    "top_k_tokens": [tokenizer.decode([t]) for t in top_ids[step]],
+                    "top_k_probs": [round(float(p), 6) for p in top_probs[step]],
+                })
+        if rows:
+            writer.add_table("token_probs.tokens", rows, plugin=self.name)
+            writer.add_tensor("token_probs.top_k_ids", np.concatenate(all_ids), plugin=self.name,
+                              meta={"axes": ["token", "k"]})
+            writer.add_tensor("token_probs.top_k_probs", np.concatenate(all_probs), plugin=self.name,
+                              meta={"axes": ["token", "k"]})
+        writer.add_json("token_probs.multitask", {"windows": [{
+            "window": w.index,
+            "language": w.language,
+            "language_probability": w.language_probability,
+            "language_probs": {code: round(p, 6) for code, p in w.language_probs.items()},
+            "no_speech_probability": w.no_speech_probability,
+            "task": run.options.task,
+            "prompt": [{"id": t, "token": s} for t, s in zip(w.prompt, tokenizer.convert_ids_to_tokens(w.prompt))],
+        } for w in run.windows]}, plugin=self.name)

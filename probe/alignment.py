@@ -1,0 +1,162 @@
+"""Word timestamps from cross-attention: the alignment-heads method of openai-whisper's ``timing.py``.
+
+Given the cross-attention probabilities of the model's *alignment heads* for each emitted text
+token (and the final ``<|endoftext|>``), the recipe is: keep the frames that hold audio, z-score
+each head over the tokens, median-filter along time (width 7), average the heads, and find the
+monotonic token→frame path with dynamic time warping on the negated matrix.  A word starts at the
+first frame its first token is aligned to.  Words are split the way Whisper's tokenizer text is
+read: on spaces and punctuation, or on Unicode characters for languages written without spaces.
+Frames are 20 ms (50 per second).
+"""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FRAMES_PER_SECOND = 50
+MEDIAN_FILTER_WIDTH = 7
+NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "yue"}
+PREPEND_PUNCTUATION = "\"'“¿([{-"
+APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
+SENTENCE_END = ".。!！?？"
+
+
+def median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Median over a sliding window along the last axis, reflect-padded (width odd)."""
+    pad = width // 2
+    if x.shape[-1] <= pad:
+        return x
+    padded = F.pad(x.reshape(1, -1, x.shape[-1]), (pad, pad), mode="reflect").reshape(*x.shape[:-1], -1)
+    return padded.unfold(-1, width, 1).median(-1).values
+
+
+def alignment_matrix(weights: torch.Tensor, width: int = MEDIAN_FILTER_WIDTH) -> torch.Tensor:
+    """weights: [head, token, frame] attention probabilities → [token, frame] alignment scores."""
+    weights = weights.float()
+    std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
+    weights = (weights - mean) / std.clamp_min(1e-10)
+    return median_filter(weights, width).mean(0)
+
+
+def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Monotonic alignment path through ``cost`` [token, frame] → (token indices, frame indices).
+
+    Steps are diagonal, down (next token) or right (next frame); ties prefer right, as in
+    openai-whisper.  Anti-diagonals are filled as vectors, so it stays fast in numpy.
+    """
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf, dtype=np.float64)
+    trace = np.full((n + 1, m + 1), -1, dtype=np.int8)
+    acc[0, 0] = 0.0
+    for d in range(2, n + m + 1):
+        i = np.arange(max(1, d - m), min(n, d - 1) + 1)
+        j = d - i
+        c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+        take0 = (c0 < c1) & (c0 < c2)
+        take1 = ~take0 & (c1 < c0) & (c1 < c2)
+        best = np.where(take0, c0, np.where(take1, c1, c2))
+        acc[i, j] = cost[i - 1, j - 1] + best
+        trace[i, j] = np.where(take0, 0, np.where(take1, 1, 2))
+    trace[0, :] = 2
+    trace[:, 0] = 1
+    i, j, path = n, m, []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        step = trace[i, j]
+        if step == 0:
+            i, j = i - 1, j - 1
+        elif step == 1:
+            i -= 1
+        else:
+            j -= 1
+    path = np.array(path[::-1])
+    return path[:, 0], path[:, 1]
+
+
+def _unicode_pieces(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
+    """Group tokens into the shortest runs that decode to whole Unicode characters."""
+    pieces, current = [], []
+    for token in tokens:
+        current.append(token)
+        text = tokenizer.decode(current)
+        if "\ufffd" not in text:
+            pieces.append((text, current))
+            current = []
+    if current:
+        pieces.append((tokenizer.decode(current), current))
+    return pieces
+
+
+def split_words(tokenizer, tokens: list[int], language: str, eot: int) -> list[tuple[str, list[int]]]:
+    """(word, its tokens) for ``tokens``; a token ≥ ``eot`` stays a word of its own."""
+    pieces = _unicode_pieces(tokenizer, tokens)
+    if language in NO_SPACE_LANGUAGES:
+        return pieces
+    words: list[tuple[str, list[int]]] = []
+    for text, ids in pieces:
+        starts_word = ids[0] >= eot or text.startswith(" ") or text.strip() in string.punctuation
+        if starts_word or not words:
+            words.append((text, list(ids)))
+        else:
+            words[-1] = (words[-1][0] + text, words[-1][1] + list(ids))
+    return words
+
+
+def merge_punctuation(words: list[dict]) -> list[dict]:
+    """Attach opening punctuation to the next word and closing punctuation to the previous one."""
+    words = [dict(w) for w in words]
+    for i in range(len(words) - 2, -1, -1):
+        word, following = words[i], words[i + 1]
+        if word["word"].startswith(" ") and word["word"].strip() in PREPEND_PUNCTUATION and word["word"].strip():
+            following["word"] = word["word"] + following["word"]
+            following["tokens"] = word["tokens"] + following["tokens"]
+            word["word"], word["tokens"] = "", []
+    for i in range(1, len(words)):
+        previous, word = words[i - 1], words[i]
+        if previous["word"] and not previous["word"].endswith(" ") and word["word"] in APPEND_PUNCTUATION and word["word"]:
+            previous["word"] += word["word"]
+            previous["tokens"] += word["tokens"]
+            word["word"], word["tokens"] = "", []
+    return [w for w in words if w["word"]]
+
+
+def word_timings(weights: torch.Tensor, text_tokens: list[int], tokenizer, language: str, eot: int,
+                 offset: float = 0.0) -> list[dict]:
+    """Words with start/end seconds.
+
+    weights: [alignment_head, len(text_tokens) + 1, frame] — the cross-attention that emitted each
+    text token and then ``<|endoftext|>``, cropped to the frames that hold audio.
+    """
+    if not text_tokens:
+        return []
+    matrix = alignment_matrix(weights).cpu().numpy()  # [token + 1, frame]
+    token_index, frame_index = dtw(-matrix.astype(np.float64))
+    words = split_words(tokenizer, text_tokens + [eot], language, eot)
+    boundaries = np.pad(np.cumsum([len(ids) for _, ids in words[:-1]]), (1, 0))
+    jumps = np.pad(np.diff(token_index), (1, 0), constant_values=1).astype(bool)
+    jump_times = frame_index[jumps] / FRAMES_PER_SECOND
+    starts, ends = jump_times[boundaries[:-1]], jump_times[boundaries[1:]]
+    timed = [{"word": text, "tokens": ids, "start": float(s), "end": float(e)}
+             for (text, ids), s, e in zip(words[:-1], starts, ends)]
+    _clamp_long_words(timed)
+    return [{**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)}
+            for w in merge_punctuation(timed)]
+
+
+def _clamp_long_words(words: list[dict]) -> None:
+    """Sentence-final marks (and words right after them) get at most twice the median word length."""
+    durations = np.array([w["end"] - w["start"] for w in words])
+    durations = durations[durations.nonzero()]
+    if not len(durations):
+        return
+    max_duration = min(0.7, float(np.median(durations))) * 2
+    for i in range(1, len(words)):
+        if words[i]["end"] - words[i]["start"] > max_duration:
+            if words[i]["word"] in SENTENCE_END:
+                words[i]["end"] = words[i]["start"] + max_duration
+            elif words[i - 1]["word"] in SENTENCE_END:
+                words[i]["start"] = words[i]["end"] - max_duration

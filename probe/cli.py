@@ -1,0 +1,348 @@
+"""The ``probe`` command line.
+
+Subcommands: ``run`` (trace audio into the store), ``points`` (list hook points with shapes),
+``plugins`` (list plugins and their hooks), ``ls`` / ``show`` / ``rm`` (browse the store),
+``convert`` (CTranslate2 or openai-whisper checkpoint → transformers directory), ``dashboard``,
+``export`` and ``import``.  A user mistake prints one line, ``probe: error: ...``, and exits 2;
+``--debug`` shows the traceback.  Ctrl-C exits 130 with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from probe.errors import ProbeError
+
+DEBUG_ENV = "WHISPER_PROBE_DEBUG"
+
+
+def _common_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None,
+                        help="hub id, local directory (transformers or CTranslate2), .pt file, or embedded name "
+                             "(base, tiny.en); default: the embedded multilingual base model")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=None,
+                        help="trace store folder (default: $WHISPER_PROBE_STORE or ~/.local/share/whisper-probe/store)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="probe", description="Introspection toolkit for OpenAI's Whisper.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"whisper-probe {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="decode audio with hooks and record a trace per input")
+    run.add_argument("audio", nargs="*", help="audio files (wav, flac, mp3, ogg, m4a, ...)")
+    _common_model_args(run)
+    _store_arg(run)
+    run.add_argument("--dataset", help="a datasets dataset: local folder (audiofolder), parquet, or hub name")
+    run.add_argument("--dataset-config", default=None, help="dataset configuration, e.g. zh-CN")
+    run.add_argument("--split", default="train")
+    run.add_argument("--audio-column", default=None, help="the Audio column (found automatically if omitted)")
+    run.add_argument("--limit", type=int, default=None, help="trace at most this many dataset rows")
+    run.add_argument("--language", default=None, help="language code (en, zh, ...); default: detect")
+    run.add_argument("--task", default="transcribe", help="transcribe or translate (to English)")
+    run.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
+    run.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
+    run.add_argument("--max-new-tokens", type=int, default=None)
+    run.add_argument("--channel", default="mix", help="mix (downmix), left or right")
+    run.add_argument("--points", action="append", default=[],
+                     help="hook points for the activations plugin (globs, comma-separated or repeated)")
+    run.add_argument("--activations", choices=["full", "summary"], default="full",
+                     help="keep --points whole (float16) or as per-position norms")
+    run.add_argument("--top-k", type=int, default=5, help="alternatives kept per token")
+    run.add_argument("-p", dest="plugins", action="append", default=[],
+                     help="load a plugin (module name or .py file), or disable one with no:NAME")
+    run.add_argument("--name", default=None, help="trace name (default: the audio file name)")
+    run.add_argument("--no-store", action="store_true", help="decode and print only; record no trace")
+    run.add_argument("--json", action="store_true", help="print one JSON object per input")
+
+    points = sub.add_parser("points", help="list hook points with their shapes")
+    _common_model_args(points)
+    points.add_argument("--json", action="store_true")
+    points.add_argument("pattern", nargs="?", default="*", help="glob to filter, e.g. 'decoder.blocks.*.cross_attn.*'")
+
+    plugins = sub.add_parser("plugins", help="list plugins and the hooks each implements")
+    plugins.add_argument("-p", dest="plugins", action="append", default=[])
+    plugins.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("ls", help="list traces in the store")
+    _store_arg(ls)
+    ls.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="show a trace's manifest and word timings")
+    show.add_argument("trace", help="trace id, unique id prefix, or name")
+    _store_arg(show)
+    show.add_argument("--json", action="store_true")
+
+    rm = sub.add_parser("rm", help="delete traces")
+    rm.add_argument("traces", nargs="+")
+    _store_arg(rm)
+
+    convert = sub.add_parser("convert", help="write a transformers directory from a CTranslate2 dir or .pt file")
+    convert.add_argument("src")
+    convert.add_argument("dest")
+
+    dashboard = sub.add_parser("dashboard", help="serve the Streamlit dashboard for a store")
+    _store_arg(dashboard)
+    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.add_argument("--host", default="127.0.0.1")
+
+    export = sub.add_parser("export", help="export a trace for lectures")
+    export.add_argument("trace")
+    _store_arg(export)
+    export.add_argument("--format", "-f", default="html", choices=["html", "png", "svg", "pdf", "json", "csv", "zip"])
+    export.add_argument("--out", "-o", default=None, help="output file or folder")
+    export.add_argument("--views", nargs="*", default=None, help="figures to include (default: all)")
+
+    imp = sub.add_parser("import", help="import a trace bundle (.zip) into the store")
+    imp.add_argument("bundle")
+    _store_arg(imp)
+    return parser
+
+
+def _version() -> str:
+    from probe import __version__
+
+    return __version__
+
+
+def _split_points(values: list[str]) -> list[str]:
+    return [p.strip() for value in values for p in value.split(",") if p.strip()]
+
+
+def _inputs(args):
+    """(clip iterator, count or None) for files or a dataset."""
+    from probe.audio import dataset_size, iter_dataset, load_audio
+
+    if args.dataset and args.audio:
+        raise ProbeError("give audio files or --dataset, not both")
+    if args.dataset:
+        ds_args = dict(config=args.dataset_config, split=args.split, audio_column=args.audio_column, limit=args.limit)
+        return iter_dataset(args.dataset, **ds_args), dataset_size(args.dataset, **ds_args)
+    if not args.audio:
+        raise ProbeError("no audio given; pass audio files (e.g. probe run examples/en_fox.flac) or --dataset DIR")
+    channel = int(args.channel) if str(args.channel).isdigit() else args.channel
+    return (load_audio(path, channel=channel) for path in args.audio), len(args.audio)
+
+
+def _window_json(window) -> dict:
+    return {"start": window.start, "end": window.end, "text": window.text, "tokens": window.tokens,
+            "language": window.language, "language_probability": round(window.language_probability, 4),
+            "no_speech_probability": round(window.no_speech_probability, 4), "segments": window.segments}
+
+
+def _result_json(run, loaded, trace=None) -> dict:
+    tokenizer = run.tokenizer
+    first = run.windows[0]
+    result = {
+        "source": run.clip.source,
+        "model": loaded.model_id,
+        "language": first.language,
+        "language_probability": round(first.language_probability, 4),
+        "no_speech_probability": round(first.no_speech_probability, 4),
+        "prompt": tokenizer.convert_ids_to_tokens(first.prompt),
+        "windows": [_window_json(w) for w in run.windows],
+        "text": " ".join(w.text for w in run.windows if w.text).strip(),
+    }
+    if trace is not None:
+        result.update(trace=trace.id, path=str(trace.path))
+    return result
+
+
+def _print_result(result: dict, out) -> None:
+    print(f"== {result['source']}", file=out)
+    multi = len(result["windows"]) > 1
+    for i, window in enumerate(result["windows"]):
+        prefix = f"[window {i}: {window['start']:.1f}-{window['end']:.1f} s] " if multi else ""
+        print(f"{prefix}language: {window['language']} (p={window['language_probability']:.2f})  "
+              f"no-speech: p={window['no_speech_probability']:.3f}", file=out)
+    print(f"prompt: {''.join(result['prompt'])}", file=out)
+    for window in result["windows"]:
+        for segment in window["segments"]:
+            print(f"  [{segment['start']:6.2f} → {segment['end']:6.2f}] {segment['text']}", file=out)
+    print(f"text: {result['text']}", file=out)
+    if "trace" in result:
+        print(f"trace: {result['trace']}  ({result['path']})", file=out)
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from probe.models import load_model
+    from probe.plugin_manager import get_plugin_manager
+    from probe.runner import trace_clip
+    from probe.store import Store
+    from probe.tracer import DecodeOptions, Tracer
+
+    clips, count = _inputs(args)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    if loaded.note:
+        print(f"probe: {loaded.note}", file=sys.stderr)
+    options = DecodeOptions(language=args.language, task=args.task, timestamps=args.timestamps,
+                            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    plugin_refs = args.plugins if not args.no_store else args.plugins + [
+        f"no:{name}" for name in ("activations", "attention", "cross_attention", "token_probs", "logit_lens")
+        if f"no:{name}" not in args.plugins]
+    pm = get_plugin_manager(plugins=plugin_refs)
+    tracer = Tracer(loaded, pm, options, points=_split_points(args.points),
+                    plugin_options={"top_k": args.top_k, "activations_mode": args.activations})
+    store = None if args.no_store else Store(args.store)
+    show_progress = args.dataset is not None and sys.stderr.isatty()
+    for clip in tqdm(clips, total=count, disable=not show_progress, unit="clip"):
+        if store is None:
+            run, trace = tracer.trace(clip), None
+        else:
+            run, trace = trace_clip(tracer, clip, store, args.name)
+        result = _result_json(run, loaded, trace)
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+        else:
+            _print_result(result, sys.stdout)
+    return 0
+
+
+def cmd_points(args) -> int:
+    from probe.models import load_model
+    from probe.points import select_points
+
+    loaded = load_model(args.model, device="cpu" if args.device == "auto" else args.device, dtype="float32")
+    points = select_points(loaded.model.config, [args.pattern])
+    if args.json:
+        print(json.dumps([p.to_dict() for p in points], indent=1))
+        return 0
+    width = max(len(p.name) for p in points)
+    for p in points:
+        shape = ", ".join(f"{axis}={size}" if size else axis for axis, size in zip(p.shape, p.sizes))
+        print(f"{p.name:<{width}}  [{shape}]  {p.doc}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from probe.plugin_manager import describe, get_plugin_manager
+
+    rows = describe(get_plugin_manager(plugins=args.plugins))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        kind = "built-in" if row["builtin"] else "external"
+        print(f"{row['name']} {row['version']} ({kind}): {', '.join(row['hooks'])}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from probe.store import Store
+
+    store = Store(args.store)
+    infos = store.list()
+    if args.json:
+        print(json.dumps([info.__dict__ for info in infos], indent=1, default=str))
+        return 0
+    if not infos:
+        print(f"no traces in {store.path}; record one with `probe run AUDIO`")
+    for info in infos:
+        status = f"BROKEN: {info.error}" if info.error else info.transcript
+        print(f"{info.id}  {info.model_id or '-'}  {status}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from probe.store import Store
+
+    trace = Store(args.store, create=False).resolve(args.trace)
+    data = dict(trace.manifest)
+    data["words"] = trace.words()
+    if args.json:
+        print(json.dumps(data, indent=1, ensure_ascii=False, default=str))
+        return 0
+    print(repr(trace))
+    print(f"model: {data['model']['id']}  language: {data.get('language')} "
+          f"(p={data.get('language_probability', 0):.2f})  no-speech: p={data.get('no_speech_probability', 0):.3f}")
+    print(f"prompt: {''.join(t['token'] for t in data.get('prompt', []))}")
+    print(f"transcript: {data.get('transcript', '')}")
+    for word in data["words"]:
+        print(f"  {word['start']:7.2f} {word['end']:7.2f}  {word['word']}")
+    print("records:")
+    for name, meta in trace.records.items():
+        print(f"  {name}  {meta.get('kind')} {meta.get('shape', '')} {meta.get('dtype', '')}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from probe.store import Store
+
+    store = Store(args.store, create=False)
+    for ref in args.traces:
+        trace = store.resolve(ref)
+        store.delete(trace.id)
+        print(f"deleted {trace.id}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from probe.convert import convert
+
+    dest = convert(Path(args.src), Path(args.dest))
+    print(f"wrote {dest}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from probe.dashboards import serve
+
+    return serve(store=args.store, host=args.host, port=args.port)
+
+
+def cmd_export(args) -> int:
+    from probe.export import export_trace
+    from probe.store import Store
+
+    trace = Store(args.store, create=False).resolve(args.trace)
+    for path in export_trace(trace, args.format, out=args.out, views=args.views):
+        print(path)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from probe.export import import_bundle
+    from probe.store import Store
+
+    trace = import_bundle(Path(args.bundle), Store(args.store))
+    print(f"imported {trace.id}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "points": cmd_points, "plugins": cmd_plugins, "ls": cmd_ls, "show": cmd_show,
+            "rm": cmd_rm, "convert": cmd_convert, "dashboard": cmd_dashboard, "export": cmd_export,
+            "import": cmd_import}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or bool(os.environ.get(DEBUG_ENV))
+    try:
+        return COMMANDS[args.command](args)
+    except ProbeError as exc:
+        if debug:
+            raise
+        print(f"probe: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("probe: interrupted; nothing was written for the unfinished input", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

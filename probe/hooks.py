@@ -1,0 +1,161 @@
+"""Registering hook points on a live model, and removing them again.
+
+:func:`attach` is the one way whisper-probe touches a model: a context manager that registers
+PyTorch forward hooks (and forward pre-hooks) for exactly the requested :class:`~probe.points.HookPoint`
+objects and removes every handle, newest first, in ``finally`` — also when decoding or a plugin
+raises.  Hooks only detach and hand tensors on; they always return ``None``, so the model's output
+is untouched.
+
+Attention patterns need care: the fast attention kernels (SDPA, flash) never materialise the
+probabilities.  Rather than switch the whole model to eager attention, the requested attention
+modules alone are routed through a registered transformers attention function that calls the
+model's own implementation unchanged and then recomputes ``softmax(q·kᵀ + mask)`` from the queries
+and keys it was given (the same tensors, including cached keys during generation).  Only those
+modules pay for it; the output still comes from the original kernel.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from probe.points import INPUT, OUTPUT, PATTERN, HookPoint
+
+PATTERN_ATTN_NAME = "whisper_probe_pattern"
+
+Capture = Callable[[HookPoint, torch.Tensor], None]
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _output_hook(point: HookPoint, capture: Capture):
+    if point.gelu:
+        def hook(module, args, output):
+            capture(point, F.gelu(output.detach()))
+    else:
+        def hook(module, args, output):
+            capture(point, _first(output).detach())
+    return hook
+
+
+def _input_hook(point: HookPoint, capture: Capture):
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        capture(point, hidden.detach())
+    return hook
+
+
+def attention_probabilities(module, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling: float | None):
+    """``softmax(q·kᵀ·scaling + mask)`` in float32, as eager attention computes it.
+
+    query: [batch, head, query, head_dim]; key: [batch, head, key, head_dim] → [batch, head, query, key].
+    """
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2))
+    if scaling is not None and scaling != 1.0:
+        scores = scores * scaling
+    q_len, k_len = scores.shape[-2], scores.shape[-1]
+    if attention_mask is not None and attention_mask.dim() == 4:
+        mask = attention_mask[..., -q_len:, :k_len]
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
+    elif getattr(module, "is_causal", False) and q_len > 1:
+        # SDPA paths pass no mask and use is_causal; query i sees keys up to i + (k_len - q_len).
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def _pattern_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """Attention function registered with transformers: original kernel, plus the probabilities."""
+    original = module._probe_original_attention
+    attn_output, attn_weights = original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    probs = attn_weights if attn_weights is not None else attention_probabilities(
+        module, query, key, attention_mask, scaling)
+    module._probe_pattern_capture(probs.detach())
+    return attn_output, attn_weights
+
+
+def _register_pattern_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PATTERN_ATTN_NAME, _pattern_attention)
+
+
+def original_attention_function(module) -> Callable:
+    """The attention function a transformers attention module would call right now."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    impl = module.config._attn_implementation
+    if impl in (None, "eager") or impl not in ALL_ATTENTION_FUNCTIONS:
+        from transformers.models.whisper import modeling_whisper
+
+        return modeling_whisper.eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[impl]
+
+
+def _route_pattern(module, captures: list[Callable[[torch.Tensor], None]]) -> Callable[[], None]:
+    """Send ``module``'s attention through :func:`_pattern_attention`; return the undo."""
+    _register_pattern_attention()
+    original_config = module.config
+    module._probe_original_attention = original_attention_function(module)
+    module._probe_pattern_capture = (
+        captures[0] if len(captures) == 1 else (lambda probs: [c(probs) for c in captures] and None)
+    )
+    # A private config copy for this module only: the model-wide setting (and the masks the
+    # decoder builds from it) stay exactly as they were.
+    routed = copy.copy(original_config)
+    routed._attn_implementation_internal = PATTERN_ATTN_NAME
+    module.config = routed
+
+    def undo():
+        module.config = original_config
+        del module._probe_original_attention
+        del module._probe_pattern_capture
+
+    return undo
+
+
+@contextmanager
+def attach(model: torch.nn.Module, points: Iterable[HookPoint], capture: Capture):
+    """Hook ``points`` on ``model`` for the duration of the ``with`` block.
+
+    ``capture(point, tensor)`` receives detached tensors (shapes as in :mod:`probe.points`).
+    Everything registered here is removed on exit, whatever happened inside.
+    """
+    undo: list[Callable[[], None]] = []
+    patterns: dict[str, list] = {}
+    try:
+        for point in points:
+            module = model.get_submodule(point.module)
+            if point.kind == OUTPUT:
+                undo.append(module.register_forward_hook(_output_hook(point, capture)).remove)
+            elif point.kind == INPUT:
+                undo.append(module.register_forward_pre_hook(_input_hook(point, capture), with_kwargs=True).remove)
+            elif point.kind == PATTERN:
+                patterns.setdefault(point.module, []).append(
+                    (lambda p: (lambda probs: capture(p, probs)))(point))
+            else:  # pragma: no cover - HookPoint kinds are fixed
+                raise ValueError(point.kind)
+        for module_path, captures in patterns.items():
+            undo.append(_route_pattern(model.get_submodule(module_path), captures))
+        yield
+    finally:
+        for remove in reversed(undo):
+            remove()
+
+
+def hooks_left(model: torch.nn.Module) -> int:
+    """How many forward hooks, pre-hooks and pattern routes are registered on ``model`` (0 after a run)."""
+    count = 0
+    for module in model.modules():
+        count += len(module._forward_hooks) + len(module._forward_pre_hooks)
+        count += int(hasattr(module, "_probe_original_attention"))
+    return count

@@ -1,0 +1,123 @@
+"""The plugin API: pluggy hook specifications every whisper-probe plugin implements a subset of.
+
+A plugin is any module or object with functions decorated by :data:`hookimpl` whose names are
+below.  The core calls them in this order for each traced input::
+
+    probe_run_start → probe_decode_points, probe_replay_points
+      per window: probe_capture (for each requested hook point as it fires) → probe_window_end
+    probe_run_end (write records) 
+
+``probe_dashboard_views`` is called by the dashboard, not during a run.  Hooks are called one
+implementation at a time so a plugin that raises is named in the error; a hook implementation
+whose name is not below fails loudly when the plugin is registered.
+
+API version: :data:`PROBE_API_VERSION`.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "whisper_probe"
+PROBE_API_VERSION = "1.0"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def probe_run_start(run):
+    """Called once per traced input before anything is decoded.
+
+    Use it to read options (``run.options``, ``run.plugin_options``) and set up per-run state in
+    ``run.state``.
+
+    :param run: the :class:`probe.tracer.Run` being traced (model, tokenizer, options, audio).
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def probe_decode_points(run):
+    """Hook points (names or glob patterns) this plugin wants to see during real decoding.
+
+    Encoder points fire once per window (``ctx.phase == "encode"``); decoder points fire on every
+    generation step (``ctx.phase == "decode"``) with the beams on the batch axis.  Only points some
+    plugin asks for are hooked.
+
+    :param run: the current run.
+    :return: a list of hook-point names or glob patterns, or ``None``.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def probe_replay_points(run):
+    """Decoder hook points this plugin wants to see on the *replay* of each window's final tokens.
+
+    After a window is decoded, its chosen token sequence is run once more through the decoder,
+    teacher-forced (as openai-whisper's ``timing.py`` does), so per-token records follow the
+    hypothesis that won — also under beam search.  Captures come with ``ctx.phase == "replay"``;
+    query position ``q`` is the one that emitted token ``q + 1`` of ``ctx.tokens``.
+
+    :param run: the current run.
+    :return: a list of hook-point names or glob patterns, or ``None``.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def probe_capture(run, point, tensor, ctx):
+    """A requested hook point fired.  Called only for points this plugin asked for.
+
+    Keep it cheap: it runs inside the model's forward pass.  Never synchronise with the device
+    here (no ``.item()``, ``.cpu()``, ``print(tensor)``); reduce on the device and keep the result.
+
+    :param run: the current run.
+    :param point: the :class:`probe.points.HookPoint` that fired (``point.name``, ``point.shape``).
+    :param tensor: the detached tensor, shaped as ``point.shape`` says, on the model's device.
+    :param ctx: the :class:`probe.tracer.CaptureContext`: ``phase``, ``window``, ``step``
+        (decoder call within the window, 0 = the prompt), ``num_beams``, ``tokens`` (replay only).
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def probe_window_end(run, window):
+    """A window has been decoded (and replayed).
+
+    :param run: the current run.
+    :param window: the :class:`probe.tracer.WindowResult`: index, start/end seconds, prompt,
+        tokens, text, language probabilities, no-speech probability, encoder frame count.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def probe_run_end(run, writer):
+    """Every window is done: write this plugin's records.
+
+    :param run: the current run (``run.windows`` holds every :class:`~probe.tracer.WindowResult`).
+    :param writer: the :class:`probe.store.TraceWriter` of the trace being written; use
+        ``writer.add_tensor(name, array, plugin=...)``, ``add_table`` or ``add_json``.  Record names
+        start with the plugin name (``"my_plugin.stat"``).  Nothing is visible in the store until
+        every plugin has returned.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def probe_dashboard_views(register):
+    """Add views to the dashboard.
+
+    :param register: call ``register(title, render)`` where ``render(trace, st)`` draws with the
+        Streamlit module ``st`` for the selected :class:`probe.store.Trace`.
+
+    .. versionadded:: 1.0
+    """

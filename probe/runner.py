@@ -1,0 +1,118 @@
+"""From inputs to stored traces: the Python entry point :func:`run` and what the CLI builds on.
+
+:func:`run` resolves the model (:func:`probe.models.load_model`), the audio (files, arrays, clips),
+the plugins (:func:`probe.plugin_manager.get_plugin_manager`) and the store, then traces each clip
+into its own trace directory.  A trace becomes visible only once every plugin has written its
+records; any error leaves the store as it was and no hook on the model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+import probe
+from probe.audio import AudioClip, audio_from_array, encode_flac, load_audio
+from probe.errors import StoreError
+from probe.plugin_manager import get_plugin_manager
+from probe.store import Store
+from probe.tracer import DecodeOptions, Run, Tracer, plugin_versions
+
+
+def as_clip(audio, channel="mix") -> AudioClip:
+    """An :class:`AudioClip` from a path, a numpy/torch array (16 kHz) or a clip."""
+    if isinstance(audio, AudioClip):
+        return audio
+    if isinstance(audio, (str, Path)):
+        return load_audio(audio, channel=channel)
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        return audio_from_array(audio, 16000)
+    raise TypeError(f"cannot trace {type(audio).__name__}; pass a path, an array or an AudioClip")
+
+
+def model_summary(loaded) -> dict:
+    config = loaded.model.config
+    return {
+        "id": loaded.model_id,
+        "source": loaded.source,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "attn_implementation": loaded.attn_implementation,
+        "multilingual": loaded.is_multilingual,
+        "alignment_heads": [list(h) for h in loaded.alignment_heads],
+        "config": {key: getattr(config, key) for key in (
+            "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+            "num_mel_bins", "vocab_size", "max_source_positions", "max_target_positions")},
+    }
+
+
+def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
+    """The manifest a finished run writes, besides the records (see :mod:`probe.store`)."""
+    tokenizer = run.tokenizer
+    first = run.windows[0]
+    clip = run.clip
+    return {
+        "name": name,
+        "probe_version": probe.__version__,
+        "model": model_summary(run.loaded),
+        "audio": {"source": clip.source, "sha256": clip.sha256, "duration": round(clip.duration, 3),
+                  "sample_rate": 16000, "original_sample_rate": clip.original_sample_rate,
+                  "original_channels": clip.original_channels, "file": "audio.flac"},
+        "decode": run.options.to_dict(),
+        "prompt": [{"id": t, "token": s} for t, s in zip(first.prompt, tokenizer.convert_ids_to_tokens(first.prompt))],
+        "transcript": " ".join(w.text for w in run.windows if w.text).strip(),
+        "language": first.language,
+        "language_probability": first.language_probability,
+        "no_speech_probability": first.no_speech_probability,
+        "windows": [w.to_dict(tokenizer) for w in run.windows],
+        "plugins": plugin_versions(pm),
+        "points": run.state.get("hooked", {}),
+        "requested_points": run.points,
+        "timings": timings,
+    }
+
+
+def trace_clip(tracer: Tracer, clip: AudioClip, store: Store, name: str | None = None) -> tuple[Run, "Trace"]:
+    """Trace one clip into ``store``; returns the run and the committed :class:`probe.store.Trace`."""
+    started = time.perf_counter()
+    name = name or Path(clip.source).stem
+    with store.writer(name=name) as writer:
+        run = tracer.trace(clip, writer=writer)
+        timings = {"total": round(time.perf_counter() - started, 4)}
+        for key in ("encode", "detect", "generate", "replay"):
+            timings[key] = round(sum(w.timings.get(key, 0.0) for w in run.windows), 4)
+        writer.add_audio(encode_flac(clip.samples), 16000)
+        writer.update_manifest(**manifest_fields(run, tracer.pm, name, timings))
+    return run, store.open(writer.id)
+
+
+def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), store=None, name: str | None = None,
+        language: str | None = None, task: str = "transcribe", timestamps: bool = False, num_beams: int = 1,
+        max_new_tokens: int | None = None, device: str = "auto", dtype: str = "auto", disable: Iterable[str] = (),
+        plugin_options: dict | None = None, channel="mix"):
+    """Trace ``audio`` with Whisper and return the stored trace (a list of traces for a list input).
+
+    :param audio: a path, a 16 kHz numpy/torch array, an :class:`~probe.audio.AudioClip`, or a list.
+    :param model: hub id, local directory, ``.pt`` file, embedded name, or a loaded model;
+        default: the embedded multilingual base model.
+    :param plugins: extra plugins (module names, ``.py`` paths or objects); ``"no:NAME"`` disables one.
+    :param points: hook points (globs allowed) for the ``activations`` plugin to record.
+    :param store: a :class:`~probe.store.Store` or folder; default :func:`probe.store.default_store_dir`.
+    """
+    from probe.models import LoadedModel, load_model
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    store = store if isinstance(store, Store) else Store(store)
+    options = DecodeOptions(language=language, task=task, timestamps=timestamps, num_beams=num_beams,
+                            max_new_tokens=max_new_tokens)
+    pm = get_plugin_manager(plugins=list(plugins), disabled=disable)
+    tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options)
+    items = audio if isinstance(audio, (list, tuple)) else [audio]
+    traces = [trace_clip(tracer, as_clip(item, channel), store, name)[1] for item in items]
+    if not traces:
+        raise StoreError("nothing to trace: the input list is empty")
+    return traces if isinstance(audio, (list, tuple)) else traces[0]

@@ -1,0 +1,179 @@
+"""Synthesise the example clips committed under ``examples/`` (run from anywhere; rewrites them).
+
+Speech comes from espeak-ng, driven through ctypes from the library and voice data that the pip
+package ``espeakng-loader`` bundles (its ``cmn`` voice reads Hanzi directly).  Each clip is
+resampled from espeak's 22 050 Hz to 16 kHz mono with :func:`probe.audio.audio_from_array`,
+rounded to 16-bit levels (so FLAC stores it at 16-bit size) and written as FLAC with
+:func:`probe.audio.encode_flac`.  Outputs: ``examples/<name>.flac``, ``examples/clips.json``
+(file, language, text, voice, duration) and ``examples/dataset/`` — a tiny ``audiofolder`` dataset
+(copies of the clips plus ``metadata.csv``) that ``datasets.load_dataset("audiofolder",
+data_dir="examples/dataset")`` loads offline.  Every clip is checked for a plausible duration and
+loudness, and read back with :func:`probe.audio.load_audio`.
+
+Usage: ``python scripts/make_examples.py [--out examples]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from probe.audio import SAMPLE_RATE, audio_from_array, encode_flac, load_audio  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    name: str
+    language: str  # Whisper language code
+    voice: str  # espeak-ng voice name
+    text: str
+    min_seconds: float
+    max_seconds: float
+    words_per_minute: int = 160
+
+
+CLIPS = [
+    ClipSpec("en_fox", "en", "en-us", "The quick brown fox jumps over the lazy dog.", 2.0, 5.0),
+    ClipSpec(
+        "en_lecture",
+        "en",
+        "en-us",
+        "Whisper turns speech into text. "
+        "The encoder listens to the audio and the decoder writes the words.",
+        5.0,
+        9.0,
+    ),
+    ClipSpec("zh_hello", "zh", "cmn", "你好，欢迎来到语音识别课程。", 2.0, 6.0, 150),
+]
+
+# espeak-ng's C API (speak_lib.h): synchronous output, UTF-8 text, positions in characters.
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_ESPEAK_CHARS_UTF8 = 1
+_ESPEAK_RATE = 1
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+
+class Espeak:
+    """libespeak-ng from ``espeakng-loader``, returning int16 samples at :attr:`sample_rate`."""
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ]  # fmt: skip
+        data_dir = espeakng_loader.get_data_path().encode()
+        self.sample_rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_dir, 0)
+        if self.sample_rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed ({self.sample_rate})")
+        self._chunks: list[np.ndarray] = []
+        self._callback = _SYNTH_CALLBACK(self._collect)  # keep a reference: C holds the pointer
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    def _collect(self, wav, count, _events) -> int:
+        if wav and count > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        return 0  # 0 = keep synthesising
+
+    def speak(self, text: str, voice: str, words_per_minute: int) -> np.ndarray:
+        """int16 [n] samples of ``text`` spoken by ``voice``."""
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise RuntimeError(f"espeak-ng has no voice {voice!r}")
+        self.lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
+        self._chunks = []
+        encoded = text.encode("utf-8")
+        status = self.lib.espeak_Synth(
+            encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
+        )
+        if status != 0 or self.lib.espeak_Synchronize() != 0:
+            raise RuntimeError(f"espeak-ng failed to speak {text!r} ({status})")
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+
+
+def to_16bit_levels(samples: np.ndarray) -> np.ndarray:
+    """Round float samples to int16 levels so FLAC stores them compactly, float32 [n]."""
+    return (np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768.0) / 32768.0).astype(np.float32)
+
+
+def check_clip(spec: ClipSpec, samples: np.ndarray) -> dict:
+    """Duration and loudness sanity checks; returns the numbers."""
+    seconds = len(samples) / SAMPLE_RATE
+    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
+    if not spec.min_seconds <= seconds <= spec.max_seconds:
+        raise SystemExit(f"{spec.name}: {seconds:.2f} s is outside [{spec.min_seconds}, {spec.max_seconds}]")
+    if not 0.02 <= rms <= 0.5:
+        raise SystemExit(f"{spec.name}: RMS {rms:.3f} does not look like speech")
+    return {"duration": round(seconds, 3), "rms": round(rms, 4)}
+
+
+def write_dataset(out: Path, rows: list[dict]) -> None:
+    """examples/dataset: copies of the clips and metadata.csv, an offline audiofolder dataset."""
+    dataset = out / "dataset"
+    shutil.rmtree(dataset, ignore_errors=True)
+    dataset.mkdir(parents=True)
+    with open(dataset / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["file_name", "transcription", "language"])
+        for row in rows:
+            shutil.copyfile(out / row["file"], dataset / row["file"])
+            writer.writerow([row["file"], row["text"], row["language"]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "examples", help="output folder")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    espeak = Espeak()
+    rows = []
+    for spec in CLIPS:
+        speech = espeak.speak(spec.text, spec.voice, spec.words_per_minute)
+        clip = audio_from_array(speech, sample_rate=espeak.sample_rate, source=spec.name)
+        samples = to_16bit_levels(clip.samples)
+        numbers = check_clip(spec, samples)
+        path = out / f"{spec.name}.flac"
+        path.write_bytes(encode_flac(samples))
+        reloaded = load_audio(path)
+        if np.max(np.abs(reloaded.samples - samples)) > 1e-4:
+            raise SystemExit(f"{path} does not read back as written")
+        row = {
+            "file": path.name,
+            "language": spec.language,
+            "text": spec.text,
+            "voice": f"espeak-ng {spec.voice}",
+            "duration": numbers["duration"],
+            "sample_rate": SAMPLE_RATE,
+        }
+        rows.append(row)
+        print(f"{path.name}: {numbers['duration']:.2f} s, RMS {numbers['rms']:.3f}, {path.stat().st_size} bytes")
+
+    (out / "clips.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_dataset(out, rows)
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {len(rows)} clips, clips.json and dataset/ to {out} ({total / 1024:.0f} KB in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

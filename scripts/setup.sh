@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Idempotent set-up for whisper-probe on a Debian-like machine with Python 3.10+:
+#   system packages (ffmpeg; chromium + poppler for the test suite), a virtualenv at .venv,
+#   the package with its dependencies, and the embedded offline Whisper model (converted once).
+# A second run only checks and returns in seconds.
+# Environment: PROBE_SETUP_TESTS=1 also installs test tools; WHISPER_PROBE_KEEP_TORCH=1 never pins torch
+# (for GPU users who put their own CUDA torch into .venv first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+with_tests=${PROBE_SETUP_TESTS:-0}
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- system packages -------------------------------------------------------------------------
+apt_needed=()
+command -v ffmpeg >/dev/null 2>&1 || apt_needed+=(ffmpeg)
+if [ "$with_tests" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || apt_needed+=(chromium)
+  command -v pdftoppm >/dev/null 2>&1 || apt_needed+=(poppler-utils)
+fi
+if [ ${#apt_needed[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  say "installing ${apt_needed[*]} with apt-get"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_needed[@]}" >/dev/null
+fi
+
+# --- virtualenv and Python packages ------------------------------------------------------------
+[ -x .venv/bin/python ] || { say "creating .venv"; python3 -m venv .venv; }
+py=.venv/bin/python
+extras="weights"; [ "$with_tests" = 1 ] && extras="weights,test"
+stamp=.venv/.whisper-probe-setup
+want="$(cat setup.cfg constraints-cpu.txt | sha256sum | cut -c1-16) $extras"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $py -c "import probe.cli, torch, torchcodec" 2>/dev/null; then
+  constraints=(-c constraints-cpu.txt)
+  if [ "${WHISPER_PROBE_KEEP_TORCH:-0}" = 1 ] || $py -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
+    constraints=()   # a CUDA torch is already there (or the user asked): keep it
+    say "keeping the installed torch"
+  fi
+  say "installing whisper-probe and its dependencies into .venv"
+  $py -m pip install -q --disable-pip-version-check "${constraints[@]}" -e ".[$extras]"
+  echo "$want" > "$stamp"
+fi
+
+# --- embedded offline model (converted once into the cache) ------------------------------------
+$py -c "from probe.models import embedded_model_dir; embedded_model_dir('base')" >/dev/null
+say "ready ($($py -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent, test tools included) and run the whole test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k store -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROBE_SETUP_TESTS=1 bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,102 @@
+"""Hooks observe without changing anything, are always removed, and patterns equal eager attention."""
+
+import copy
+
+import pytest
+import torch
+
+from probe.hooks import attach, hooks_left
+from probe.points import select_points
+
+
+def _features(loaded, tone):
+    extractor = loaded.processor.feature_extractor
+    return extractor(tone, sampling_rate=16000, return_tensors="pt").input_features
+
+
+def _forward(model, features, decoder_ids, **kwargs):
+    with torch.inference_mode():
+        return model(input_features=features, decoder_input_ids=decoder_ids, **kwargs)
+
+
+def _eager_copy(loaded):
+    eager = copy.deepcopy(loaded.model)
+    eager.set_attn_implementation("eager")
+    return eager
+
+
+DECODER_IDS = torch.tensor([[50258, 50259, 50359, 50363, 440, 1702, 6292, 21026]])
+
+
+def test_hooks_do_not_change_outputs_and_are_removed(tiny, tone):
+    model = tiny.model
+    features = _features(tiny, tone)
+    before = hooks_left(model)
+    plain = _forward(model, features, DECODER_IDS).logits
+    seen = {}
+    points = select_points(model.config, ["*"])
+    with attach(model, points, lambda point, tensor: seen.setdefault(point.name, tensor.shape)):
+        assert hooks_left(model) > before
+        hooked = _forward(model, features, DECODER_IDS).logits
+    assert hooks_left(model) == before == 0
+    assert torch.equal(plain, hooked)
+    assert set(seen) == {p.name for p in points}
+    assert seen["encoder.hook_conv1"][-1] == 3000 and seen["encoder.hook_conv2"][-1] == 1500
+    heads = model.config.decoder_attention_heads
+    assert seen["decoder.blocks.0.cross_attn.hook_pattern"] == (1, heads, DECODER_IDS.shape[1], 1500)
+
+
+def test_hooks_removed_when_the_block_raises(tiny, tone):
+    model = tiny.model
+    points = select_points(model.config, ["encoder.*", "decoder.blocks.*.cross_attn.hook_pattern"])
+
+    def explode(point, tensor):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with attach(model, points, explode):
+            _forward(model, _features(tiny, tone), DECODER_IDS)
+    assert hooks_left(model) == 0
+    assert model.model.decoder.layers[0].encoder_attn.config is model.config
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_patterns_equal_eager_attention(tiny, tone, implementation):
+    model = copy.deepcopy(tiny.model)
+    model.set_attn_implementation(implementation)
+    features = _features(tiny, tone)
+    eager = _forward(_eager_copy(tiny), features, DECODER_IDS, output_attentions=True)
+    seen = {}
+    points = select_points(model.config, ["*.hook_pattern"])
+    with attach(model, points, lambda point, tensor: seen.__setitem__(point.name, tensor)):
+        _forward(model, features, DECODER_IDS)
+    for i in range(model.config.encoder_layers):
+        torch.testing.assert_close(seen[f"encoder.blocks.{i}.attn.hook_pattern"], eager.encoder_attentions[i],
+                                   atol=1e-5, rtol=1e-4)
+    for i in range(model.config.decoder_layers):
+        torch.testing.assert_close(seen[f"decoder.blocks.{i}.attn.hook_pattern"], eager.decoder_attentions[i],
+                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(seen[f"decoder.blocks.{i}.cross_attn.hook_pattern"], eager.cross_attentions[i],
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_patterns_during_cached_generation_equal_eager_rows(tiny, tone):
+    """Each generation step's self/cross-attention row equals the eager full-sequence row."""
+    model = tiny.model
+    features = _features(tiny, tone)
+    steps = []
+    points = select_points(model.config, ["decoder.blocks.1.attn.hook_pattern", "decoder.blocks.1.cross_attn.hook_pattern"])
+    with attach(model, points, lambda point, tensor: steps.append((point.name, tensor))):
+        with torch.inference_mode():
+            generated = model.generate(features, language="en", task="transcribe", max_new_tokens=6, min_new_tokens=6)
+    prompt = [50258, 50259, 50359, 50363]
+    sequence = torch.tensor([prompt + generated[0].tolist()[-6:]])
+    eager = _forward(_eager_copy(tiny), features, sequence, output_attentions=True)
+    self_rows = [t for name, t in steps if name.endswith(".attn.hook_pattern") and "cross" not in name]
+    cross_rows = [t for name, t in steps if "cross_attn" in name]
+    assert self_rows[0].shape[-2] == len(prompt)  # step 0 is the whole prompt
+    for step, (self_row, cross_row) in enumerate(zip(self_rows[1:], cross_rows[1:]), start=1):
+        position = len(prompt) - 1 + step
+        torch.testing.assert_close(self_row[0, :, -1], eager.decoder_attentions[1][0, :, position, : position + 1],
+                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cross_row[0, :, -1], eager.cross_attentions[1][0, :, position], atol=1e-5, rtol=1e-4)

@@ -1,0 +1,208 @@
+"""The plugin system: hookspecs documented, built-ins removable, loading, and failing plugins named.
+
+In datasette's manner, every hookspec must be documented and exercised by a test in this folder.
+"""
+
+import inspect
+import re
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import probe
+from probe import hookspecs
+from probe.errors import PluginError
+from probe.hooks import hooks_left
+from probe.plugin_manager import DEFAULT_PLUGINS, describe, get_plugin_manager
+from tests.conftest import ROOT, store_snapshot
+
+HOOKSPECS = sorted(name for name in dir(hookspecs) if name.startswith("probe_"))
+
+
+@pytest.mark.parametrize("name", HOOKSPECS)
+def test_hookspec_is_documented(name):
+    doc = inspect.getdoc(getattr(hookspecs, name))
+    params = list(inspect.signature(getattr(hookspecs, name)).parameters)
+    assert doc and len(doc.splitlines()[0]) > 10, name
+    assert ".. versionadded::" in doc
+    for param in params:
+        assert f":param {param}:" in doc, (name, param)
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    assert f"`{name}" in docs, f"{name} missing from docs/plugins.md"
+
+
+@pytest.mark.parametrize("name", HOOKSPECS)
+def test_hookspec_has_a_test(name):
+    tests = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    assert re.search(rf"def {name}\b", tests), f"no test implements {name}"
+
+
+def test_defaults_registered_and_removable():
+    names = {row["name"] for row in describe(get_plugin_manager(autoload=False))}
+    assert set(DEFAULT_PLUGINS) <= names
+    names = {row["name"] for row in describe(get_plugin_manager(plugins=["no:logit_lens"], autoload=False))}
+    assert "logit_lens" not in names and "token_probs" in names
+
+
+def test_disable_unknown_plugin_is_an_error():
+    with pytest.raises(PluginError, match="unknown plugin"):
+        get_plugin_manager(plugins=["no:nonexistent"], autoload=False)
+
+
+def test_unknown_plugin_module():
+    with pytest.raises(PluginError, match="unknown plugin 'no_such_module_xyz'"):
+        get_plugin_manager(plugins=["no_such_module_xyz"], autoload=False)
+
+
+def test_misspelt_hook_implementation_fails_loudly(tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text("from probe import hookimpl\n\n@hookimpl\ndef probe_captur(run, point, tensor, ctx):\n    pass\n")
+    with pytest.raises(PluginError, match="typo.*invalid"):
+        get_plugin_manager(plugins=[str(path)], autoload=False)
+
+
+def test_entry_point_plugins_load_and_autoload_can_be_disabled(tmp_path, monkeypatch):
+    package = tmp_path / "ep_plugin.py"
+    package.write_text("from probe import hookimpl\n__version__ = '9.9'\n\n@hookimpl\ndef probe_run_start(run):\n    pass\n")
+    dist = tmp_path / "ep_plugin-9.9.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin\nVersion: 9.9\n")
+    (dist / "entry_points.txt").write_text("[whisper_probe]\nep_plugin = ep_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = {row["name"]: row for row in describe(get_plugin_manager())}
+    assert rows["ep_plugin"]["version"] == "9.9" and rows["ep_plugin"]["hooks"] == ["probe_run_start"]
+    monkeypatch.setenv("WHISPER_PROBE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "ep_plugin" not in {row["name"] for row in describe(get_plugin_manager())}
+
+
+class Recorder:
+    """A plugin implementing every run hook; it records what it saw."""
+
+    name = "recorder"
+    __version__ = "0.1"
+
+    def __init__(self, decode=("encoder.hook_conv2", "decoder.blocks.0.hook_resid_post"),
+                 replay=("decoder.blocks.*.cross_attn.hook_pattern",)):
+        self.decode, self.replay, self.seen, self.windows, self.calls = decode, replay, [], [], []
+
+    @probe.hookimpl
+    def probe_run_start(self, run):
+        self.calls.append("probe_run_start")
+
+    @probe.hookimpl
+    def probe_decode_points(self, run):
+        return list(self.decode)
+
+    @probe.hookimpl
+    def probe_replay_points(self, run):
+        return list(self.replay)
+
+    @probe.hookimpl
+    def probe_capture(self, run, point, tensor, ctx):
+        self.seen.append((point.name, ctx.phase, ctx.window, ctx.step, tuple(tensor.shape)))
+
+    @probe.hookimpl
+    def probe_window_end(self, run, window):
+        self.windows.append(window)
+
+    @probe.hookimpl
+    def probe_run_end(self, run, writer):
+        self.calls.append("probe_run_end")
+        writer.add_tensor("recorder.steps", np.array([s[3] for s in self.seen]), plugin=self.name)
+
+
+def test_run_hooks_see_windows_steps_and_beams(tiny, tone, store):
+    recorder = Recorder()
+    trace = probe.run(tone, model=tiny, plugins=[recorder], store=store, num_beams=2, max_new_tokens=5,
+                      disable=list(DEFAULT_PLUGINS))
+    assert recorder.calls == ["probe_run_start", "probe_run_end"]
+    encode = [s for s in recorder.seen if s[1] == "encode"]
+    decode = [s for s in recorder.seen if s[1] == "decode"]
+    replay = [s for s in recorder.seen if s[1] == "replay"]
+    assert [s[0] for s in encode] == ["encoder.hook_conv2"]
+    assert [s[3] for s in decode] == list(range(len(decode)))  # one capture per generation step
+    assert all(s[4][0] == 2 for s in decode)  # beams on the batch axis
+    assert len(replay) == tiny.model.config.decoder_layers
+    assert replay[0][4][2] == len(recorder.windows[0].sequence) - 1
+    assert trace.record("recorder.steps").tolist() == [s[3] for s in recorder.seen]
+    assert trace.manifest["plugins"]["recorder"] == "0.1"
+    assert hooks_left(tiny.model) == 0
+
+
+def test_long_audio_is_traced_window_by_window(tiny, store):
+    samples = (0.1 * np.random.default_rng(0).standard_normal(16000 * 65)).astype(np.float32)
+    recorder = Recorder(decode=("encoder.hook_embed",), replay=())
+    trace = probe.run(samples, model=tiny, plugins=[recorder], store=store, max_new_tokens=3)
+    assert [w.index for w in recorder.windows] == [0, 1, 2]
+    assert [(w.start, w.end) for w in recorder.windows] == [(0.0, 30.0), (30.0, 60.0), (60.0, 65.0)]
+    assert [s[2] for s in recorder.seen] == [0, 1, 2]
+    assert [w["start"] for w in trace.manifest["windows"]] == [0.0, 30.0, 60.0]
+    assert trace.record("cross_attention.weights").shape[-1] == 1500  # frames padded to the longest window
+    tokens = trace.record("cross_attention.tokens")
+    assert sorted({row["window"] for row in tokens}) == [0, 1, 2]
+
+
+HOOK_BODIES = {
+    "probe_run_start": "def probe_run_start(run):\n    raise ValueError('bad start')",
+    "probe_decode_points": "def probe_decode_points(run):\n    raise ValueError('bad points')",
+    "probe_replay_points": "def probe_replay_points(run):\n    raise ValueError('bad replay')",
+    "probe_capture": "def probe_decode_points(run):\n    return ['encoder.hook_conv1']\n\n@hookimpl\n"
+                     "def probe_capture(run, point, tensor, ctx):\n    raise ValueError('bad capture')",
+    "probe_window_end": "def probe_window_end(run, window):\n    raise ValueError('bad window')",
+    "probe_run_end": "def probe_run_end(run, writer):\n    writer.add_json('faulty.x', {}, plugin='faulty')\n"
+                     "    raise ValueError('bad end')",
+}
+
+
+@pytest.mark.parametrize("hook", sorted(HOOK_BODIES))
+def test_plugin_that_raises_is_named_and_leaves_nothing(tiny, tone, store, tmp_path, hook):
+    path = tmp_path / "faulty.py"
+    path.write_text("from probe import hookimpl\n\n@hookimpl\n" + HOOK_BODIES[hook] + "\n")
+    before = store_snapshot(store.path)
+    with pytest.raises(PluginError) as err:
+        probe.run(tone, model=tiny, plugins=[str(path)], store=store, max_new_tokens=3)
+    assert "'faulty'" in str(err.value) and hook in str(err.value) and "\n" not in str(err.value)
+    assert hooks_left(tiny.model) == 0
+    assert store_snapshot(store.path) == before
+    assert store.list() == []
+
+
+def test_plugin_returning_wrong_type_is_named(tiny, tone, store, tmp_path):
+    path = tmp_path / "wrongtype.py"
+    path.write_text("from probe import hookimpl\n\n@hookimpl\ndef probe_decode_points(run):\n    return 42\n")
+    with pytest.raises(PluginError, match="'wrongtype' returned int from probe_decode_points"):
+        probe.run(tone, model=tiny, plugins=[str(path)], store=store, max_new_tokens=3)
+    assert store.list() == []
+
+
+def test_plugin_asking_for_unknown_point(tiny, tone, store, tmp_path):
+    path = tmp_path / "typo_point.py"
+    path.write_text(textwrap.dedent("""
+        from probe import hookimpl
+
+        @hookimpl
+        def probe_decode_points(run):
+            return ["encoder.blocks.*.hook_resid_psot"]
+
+        @hookimpl
+        def probe_capture(run, point, tensor, ctx):
+            pass
+    """))
+    with pytest.raises(probe.ProbeError, match="hook_resid_p"):
+        probe.run(tone, model=tiny, plugins=[str(path)], store=store, max_new_tokens=3)
+
+
+def test_dashboard_views_hook_collects_registered_views():
+    from probe.dashboards.registry import plugin_views
+
+    class ViewPlugin:
+        name = "viewer"
+
+        @probe.hookimpl
+        def probe_dashboard_views(self, register):
+            register("My statistic", lambda trace, st: st.write(trace.id))
+
+    views = plugin_views(get_plugin_manager(plugins=[ViewPlugin()], autoload=False))
+    assert [(v.title, v.plugin) for v in views] == [("My statistic", "viewer")]
