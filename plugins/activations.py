@@ -16,8 +16,6 @@ Layout of the records (``activations.<point name>``):
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,23 +26,16 @@ from probe.points import select_points
 __version__ = "1.0"
 LECTURE_FULL = ["encoder.hook_conv1", "encoder.hook_conv2"]
 LECTURE_SUMMARY = ["encoder.blocks.*.hook_resid_post", "decoder.blocks.*.hook_resid_post"]
-WARN_BYTES = 256 * 2**20
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def estimate_bytes(config, points, n_windows: int, n_tokens: int, num_beams: int, dtype_bytes: int) -> int:
-    """Bytes a full capture of ``points`` will take for ``n_windows`` windows of ``n_tokens`` tokens."""
-    total = 0
-    for point in points:
-        sizes = [s if s is not None else 0 for s in point.sizes[1:]]
-        if point.side == "encoder":
-            total += int(np.prod(sizes)) * n_windows
-        else:
-            named = dict(zip(point.shape[1:], point.sizes[1:]))
-            per_query = int(np.prod([n_tokens if axis == "key" else size for axis, size in named.items()
-                                     if axis != "query"]))
-            total += per_query * n_tokens * n_windows * num_beams
-    return total * dtype_bytes
+def point_bytes(point, n_windows: int, n_tokens: int, num_beams: int, dtype_bytes: int) -> int:
+    """Bytes a whole capture of ``point`` takes for ``n_windows`` windows of ``n_tokens`` tokens."""
+    sizes = dict(zip(point.shape[1:], point.sizes[1:]))
+    if point.side == "encoder":
+        return int(np.prod(list(sizes.values()))) * n_windows * dtype_bytes
+    per_query = int(np.prod([n_tokens if axis == "key" else size for axis, size in sizes.items() if axis != "query"]))
+    return per_query * n_tokens * n_windows * num_beams * dtype_bytes
 
 
 class Plugin:
@@ -59,9 +50,8 @@ class Plugin:
             summary = run.points if mode == "summary" else []
         else:
             full, summary = LECTURE_FULL, LECTURE_SUMMARY
-        full_points = select_points(run.config, full)
         run.state[self.name] = {
-            "full": {p.name for p in full_points},
+            "full": {p.name for p in select_points(run.config, full)},
             "summary": {p.name for p in select_points(run.config, summary)},
             "default_set": not run.points,
             "captured": {},
@@ -70,13 +60,19 @@ class Plugin:
         }
         decoder_names = sorted(n for n in state_names(run.state[self.name]) if not n.startswith("encoder"))
         run.state[self.name]["step_point"] = decoder_names[0] if decoder_names else None
-        n_tokens = run.options.max_new_tokens or 224
-        size = estimate_bytes(run.config, full_points, len(run.window_spans) if run.points else 1, n_tokens,
-                              run.options.num_beams, torch.finfo(run.state[self.name]["dtype"]).bits // 8)
-        run.state[self.name]["estimate"] = size
-        if size > WARN_BYTES:
-            print(f"probe: activations will keep about {size / 2**20:,.0f} MiB for {len(full_points)} point(s);"
-                  " use fewer --points or --activations summary to keep less", file=sys.stderr)
+
+    @hookimpl
+    def probe_estimate(self, run):
+        state = run.state[self.name]
+        windows = len(run.window_spans) if not state["default_set"] else 1
+        dtype_bytes = torch.finfo(state["dtype"]).bits // 8
+        estimate = {f"activations.{p.name}": point_bytes(p, windows, run.expected_tokens, run.options.num_beams,
+                                                        dtype_bytes)
+                    for p in select_points(run.config, sorted(state["full"]))}
+        estimate.update({f"activations.{p.name}.norm": point_bytes(p, len(run.window_spans), run.expected_tokens,
+                                                                  run.options.num_beams, 4) // p.sizes[-1]
+                         for p in select_points(run.config, sorted(state["summary"]))})
+        return estimate
 
     @hookimpl
     def probe_decode_points(self, run):
@@ -95,6 +91,20 @@ class Plugin:
         state["captured"].setdefault(point.name, []).append((ctx.window, ctx.step, kept))
         if point.name == state["step_point"]:
             state["steps"].append({"window": ctx.window, "step": ctx.step, "positions": int(tensor.shape[1])})
+
+    @hookimpl
+    def probe_window_end(self, run, window):
+        """Drop steps decoded after this window's text ended (padding rows of a batched greedy run)."""
+        if run.options.num_beams != 1:
+            return
+        state = run.state[self.name]
+
+        def kept(window_index, step, point_name):
+            return window_index != window.index or step < len(window.tokens) or point_name.startswith("encoder")
+
+        for name, items in state["captured"].items():
+            items[:] = [item for item in items if kept(item[0], item[1], name)]
+        state["steps"] = [row for row in state["steps"] if kept(row["window"], row["step"], "decoder")]
 
     @hookimpl
     def probe_run_end(self, run, writer):

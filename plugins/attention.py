@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
-from probe.tracer import audio_frames
 
 __version__ = "1.0"
 MAX_SIDE = 375
@@ -53,8 +52,7 @@ class Plugin:
 
     @hookimpl
     def probe_run_start(self, run):
-        n_frames = [audio_frames(end - start) for start, end in run.window_spans]
-        run.state[self.name] = {"encoder": {}, "summaries": {}, "decoder": {}, "n_frames": n_frames}
+        run.state[self.name] = {"encoder": {}, "summaries": {}, "decoder": {}, "n_frames": run.frames}
 
     @hookimpl
     def probe_decode_points(self, run):
@@ -63,6 +61,17 @@ class Plugin:
     @hookimpl
     def probe_replay_points(self, run):
         return ["decoder.blocks.*.attn.hook_pattern"]
+
+    @hookimpl
+    def probe_estimate(self, run):
+        config = run.config
+        kept = run.frames[: int(run.option("attention_windows", 1))]
+        side = [math.ceil(f / math.ceil(f / MAX_SIDE)) for f in kept]
+        enc = config.encoder_layers * config.encoder_attention_heads
+        dec = config.decoder_layers * config.decoder_attention_heads
+        return {"attention.encoder": 2 * enc * sum(s * s for s in side),
+                "attention.decoder": 2 * dec * len(kept) * (run.expected_tokens + 4) ** 2,
+                "attention.encoder_summaries": 8 * enc * len(run.window_spans)}
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):

@@ -8,8 +8,9 @@ derives word timestamps from the model's alignment heads with :mod:`probe.alignm
 Records:
 - ``cross_attention.weights`` [layer, head, token, frame] float16 — tokens of all windows in order;
   frames are 20 ms, relative to the token's window, zero beyond its audio.
-- ``cross_attention.alignment`` [token, frame] float32 — the alignment-head average (z-scored and
-  median-filtered) for text tokens, the matrix the DTW walks.
+- ``cross_attention.alignment`` [row, frame] float32 — the alignment-head average (z-scored and
+  median-filtered) over each window's text tokens and its closing ``<|endoftext|>``: the matrix
+  the DTW walks.  ``cross_attention.tokens`` marks these rows (``aligned``).
 - ``cross_attention.tokens`` (table) — per token: window, step, id, text, whether it is text.
 - ``cross_attention.words`` (json list) — word, start, end (seconds in the clip), window, token ids.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probe.alignment import alignment_matrix, word_timings
+from probe.alignment import alignment_matrix, words_from_alignment
 from probe.hookspecs import hookimpl
 
 __version__ = "1.0"
@@ -37,6 +38,12 @@ class Plugin:
     @hookimpl
     def probe_replay_points(self, run):
         return ["decoder.blocks.*.cross_attn.hook_pattern"]
+
+    @hookimpl
+    def probe_estimate(self, run):
+        config, tokens = run.config, run.expected_tokens
+        cells = config.decoder_layers * config.decoder_attention_heads * tokens * sum(run.frames)
+        return {"cross_attention.weights": 2 * cells, "cross_attention.alignment": 4 * tokens * sum(run.frames)}
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
@@ -58,12 +65,14 @@ class Plugin:
         heads = run.loaded.alignment_heads
         aligned = torch.stack([weights[layer, head] for layer, head in heads])[:, rows]  # [head, token + 1, frame]
         text_tokens = [window.tokens[i] for i in text_rows]
-        words = word_timings(aligned, text_tokens, run.tokenizer, window.language, run.eot, offset=window.start)
-        matrix = alignment_matrix(aligned)[: len(text_rows)] if text_rows else aligned.new_zeros((0, window.n_frames))
+        matrix = alignment_matrix(aligned).cpu().numpy()  # [text_token + 1, frame]
+        words = (words_from_alignment(matrix, text_tokens, run.tokenizer, window.language, run.eot,
+                                      offset=window.start) if text_tokens else [])
         state["windows"].append({
             "weights": weights.to(torch.float16).cpu(),
-            "alignment": matrix.float().cpu(),
+            "alignment": torch.from_numpy(matrix),
             "text_rows": text_rows,
+            "aligned_rows": rows,
             "words": [{**w, "window": window.index} for w in words],
         })
 
@@ -78,14 +87,15 @@ class Plugin:
         tokenizer = run.tokenizer
         token_rows = []
         for result, captured in zip(run.windows, windows):
-            text_rows = set(captured["text_rows"])
+            text_rows, aligned_rows = set(captured["text_rows"]), set(captured["aligned_rows"])
             for step, token_id in enumerate(result.tokens):
                 token_rows.append({"window": result.index, "step": step, "token_id": int(token_id),
-                                   "token": tokenizer.decode([token_id]), "is_text": step in text_rows})
+                                   "token": tokenizer.decode([token_id]), "is_text": step in text_rows,
+                                   "aligned": step in aligned_rows})
         axes = {"axes": ["layer", "head", "token", "frame"], "frames_per_second": 50}
         writer.add_tensor("cross_attention.weights", weights, plugin=self.name, meta=axes)
         writer.add_tensor("cross_attention.alignment", alignment.numpy().astype(np.float32), plugin=self.name,
-                          meta={"axes": ["text_token", "frame"], "alignment_heads": run.loaded.alignment_heads})
+                          meta={"axes": ["aligned_token", "frame"], "alignment_heads": run.loaded.alignment_heads})
         writer.add_table("cross_attention.tokens", token_rows, plugin=self.name)
         words = [w for captured in windows for w in captured["words"]]
         writer.add_json("cross_attention.words", words, plugin=self.name)

@@ -34,6 +34,13 @@ class Plugin:
         return ["decoder.blocks.*.hook_resid_post"]
 
     @hookimpl
+    def probe_estimate(self, run):
+        cells = run.config.decoder_layers * run.expected_tokens * len(run.window_spans)
+        k = int(run.option("top_k", 5))
+        return {"logit_lens.top_ids": 4 * k * cells, "logit_lens.top_probs": 4 * k * cells,
+                "logit_lens.chosen_rank": 4 * cells, "logit_lens.chosen_prob": 4 * cells}
+
+    @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
         k = int(run.option("top_k", 5))
         model = run.model

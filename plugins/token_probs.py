@@ -40,6 +40,13 @@ class Plugin:
         return ["hook_logits"]
 
     @hookimpl
+    def probe_estimate(self, run):
+        tokens = run.expected_tokens * len(run.window_spans)
+        k = int(run.option("top_k", 5))
+        return {"token_probs.top_k_ids": 4 * k * tokens, "token_probs.top_k_probs": 4 * k * tokens,
+                "token_probs.tokens": (200 + 40 * k) * tokens}
+
+    @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
         k = int(run.option("top_k", 5))
         logits = tensor[0, ctx.prompt_length - 1:].float()  # [token, vocab]: the positions that emitted tokens

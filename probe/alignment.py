@@ -125,7 +125,7 @@ def merge_punctuation(words: list[dict]) -> list[dict]:
 
 
 def word_timings(weights: torch.Tensor, text_tokens: list[int], tokenizer, language: str, eot: int,
-                 offset: float = 0.0) -> list[dict]:
+                 offset: float = 0.0, clamp: bool = True) -> list[dict]:
     """Words with start/end seconds.
 
     weights: [alignment_head, len(text_tokens) + 1, frame] — the cross-attention that emitted each
@@ -134,7 +134,17 @@ def word_timings(weights: torch.Tensor, text_tokens: list[int], tokenizer, langu
     if not text_tokens:
         return []
     matrix = alignment_matrix(weights).cpu().numpy()  # [token + 1, frame]
-    token_index, frame_index = dtw(-matrix.astype(np.float64))
+    return words_from_alignment(matrix, text_tokens, tokenizer, language, eot, offset, clamp)
+
+
+def words_from_alignment(matrix: np.ndarray, text_tokens: list[int], tokenizer, language: str, eot: int,
+                         offset: float = 0.0, clamp: bool = True) -> list[dict]:
+    """Words with start/end seconds from an :func:`alignment_matrix` [len(text_tokens) + 1, frame].
+
+    ``clamp`` applies openai-whisper's heuristic that a sentence-final mark, or the word right after
+    one, lasts at most twice the median word (DTW tends to stretch them over pauses).
+    """
+    token_index, frame_index = dtw(-np.asarray(matrix, dtype=np.float64))
     words = split_words(tokenizer, text_tokens + [eot], language, eot)
     boundaries = np.pad(np.cumsum([len(ids) for _, ids in words[:-1]]), (1, 0))
     jumps = np.pad(np.diff(token_index), (1, 0), constant_values=1).astype(bool)
@@ -142,7 +152,8 @@ def word_timings(weights: torch.Tensor, text_tokens: list[int], tokenizer, langu
     starts, ends = jump_times[boundaries[:-1]], jump_times[boundaries[1:]]
     timed = [{"word": text, "tokens": ids, "start": float(s), "end": float(e)}
              for (text, ids), s, e in zip(words[:-1], starts, ends)]
-    _clamp_long_words(timed)
+    if clamp:
+        _clamp_long_words(timed)
     return [{**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)}
             for w in merge_punctuation(timed)]
 

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
     run.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
     run.add_argument("--max-new-tokens", type=int, default=None)
+    run.add_argument("--batch-size", type=int, default=1, help="windows decoded together (dataset runs)")
     run.add_argument("--channel", default="mix", help="mix (downmix), left or right")
     run.add_argument("--points", action="append", default=[],
                      help="hook points for the activations plugin (globs, comma-separated or repeated)")
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="load a plugin (module name or .py file), or disable one with no:NAME")
     run.add_argument("--name", default=None, help="trace name (default: the audio file name)")
     run.add_argument("--no-store", action="store_true", help="decode and print only; record no trace")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print how many bytes each record will take, then stop before decoding")
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
 
     points = sub.add_parser("points", help="list hook points with their shapes")
@@ -179,7 +182,7 @@ def cmd_run(args) -> int:
 
     from probe.models import load_model
     from probe.plugin_manager import get_plugin_manager
-    from probe.runner import trace_clip
+    from probe.runner import trace_clips
     from probe.store import Store
     from probe.tracer import DecodeOptions, Tracer
 
@@ -195,18 +198,38 @@ def cmd_run(args) -> int:
     pm = get_plugin_manager(plugins=plugin_refs)
     tracer = Tracer(loaded, pm, options, points=_split_points(args.points),
                     plugin_options={"top_k": args.top_k, "activations_mode": args.activations})
+    if args.dry_run:
+        return _dry_run(tracer, clips, args.json)
     store = None if args.no_store else Store(args.store)
     show_progress = args.dataset is not None and sys.stderr.isatty()
-    for clip in tqdm(clips, total=count, disable=not show_progress, unit="clip"):
-        if store is None:
-            run, trace = tracer.trace(clip), None
-        else:
-            run, trace = trace_clip(tracer, clip, store, args.name)
+    clips = tqdm(clips, total=count, disable=not show_progress, unit="clip")
+    if store is None:
+        results = ((run, None) for run in tracer.trace_many(clips, batch_size=args.batch_size))
+    else:
+        results = trace_clips(tracer, clips, store, args.name, batch_size=args.batch_size)
+    for run, trace in results:
         result = _result_json(run, loaded, trace)
         if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
         else:
             _print_result(result, sys.stdout)
+    return 0
+
+
+def _dry_run(tracer, clips, as_json: bool) -> int:
+    """Resolve plugins and hook points for each input and print the record size estimate."""
+    for clip in clips:
+        run, windows = tracer.start(clip)
+        estimate = run.state["estimate"]
+        total = sum(estimate.values())
+        if as_json:
+            print(json.dumps({"source": clip.source, "windows": len(windows), "expected_tokens": run.expected_tokens,
+                              "records": estimate, "total_bytes": total, "hooked": run.state["hooked"]}))
+            continue
+        print(f"== {clip.source}: {len(windows)} window(s), up to {run.expected_tokens} tokens each")
+        for name, size in sorted(estimate.items(), key=lambda item: -item[1]):
+            print(f"  {size / 2**20:10.2f} MiB  {name}")
+        print(f"  {total / 2**20:10.2f} MiB  total")
     return 0
 
 

@@ -139,10 +139,10 @@ def read_ctranslate2(model_bin_paths: list[Path]) -> tuple[dict[str, np.ndarray]
     widened exactly to float32) and alias name -> target variable name.
     """
     paths = [Path(p) for p in model_bin_paths]
-    shown = " + ".join(str(p) for p in paths) or "(no model.bin given)"
-    broken = f"{shown} is truncated or not a CTranslate2 model.bin; re-install/re-convert it"
     if not paths:
         raise ModelError("no model.bin parts were given; pass the model.bin file(s)")
+    shown = " + ".join(str(p) for p in paths)
+    broken = f"{shown} is truncated or not a CTranslate2 model.bin; re-install/re-convert it"
     for path in paths:
         if not path.is_file():
             raise ModelError(f"{path} does not exist; re-install/re-convert the model")
@@ -244,29 +244,31 @@ _REQUIRED_SPECIALS = {
 }
 
 
+def _token_id(tokenizer, token: str) -> int | None:
+    """The id of ``token``, or None when the vocabulary lacks it (no fallback to the unknown token)."""
+    return tokenizer.backend_tokenizer.token_to_id(token)
+
+
 def special_token_ids(tokenizer) -> dict[str, int]:
     """Ids of Whisper's named special tokens (``eot``, ``sot``, ``translate``, ``transcribe``,
     ``sot_lm``, ``sot_prev``, ``no_speech``, ``no_timestamps``, ``timestamp_begin``), looked up in
     ``tokenizer``; a tokenizer missing any of them raises :class:`ModelError`."""
-    vocab = tokenizer.get_vocab()
     ids = {}
     for key, spellings in _REQUIRED_SPECIALS.items():
-        found = [vocab[s] for s in spellings if s in vocab]
+        found = [index for index in (_token_id(tokenizer, s) for s in spellings) if index is not None]
         if not found:
             raise ModelError(f"the tokenizer has no {spellings[0]} token; it is not a Whisper tokenizer")
         ids[key] = found[0]
-    ids["timestamp_begin"] = vocab.get("<|0.00|>", ids["no_timestamps"] + 1)
+    timestamp_begin = _token_id(tokenizer, "<|0.00|>")
+    ids["timestamp_begin"] = ids["no_timestamps"] + 1 if timestamp_begin is None else timestamp_begin
     return ids
 
 
 def language_token_ids(tokenizer) -> dict[str, int]:
     """``{"<|en|>": 50259, ...}``: the tokens between ``<|startoftranscript|>`` and ``<|translate|>``."""
     ids = special_token_ids(tokenizer)
-    return {
-        token: index
-        for token, index in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-        if ids["sot"] < index < ids["translate"]
-    }
+    indices = list(range(ids["sot"] + 1, ids["translate"]))
+    return dict(zip(tokenizer.convert_ids_to_tokens(indices), indices))
 
 
 def _timestamp_token(index: int) -> str:
@@ -279,19 +281,19 @@ def whisper_tokenizer(tokenizer_json: Path | dict):
     from tokenizers import AddedToken, Tokenizer
     from transformers import WhisperTokenizer
 
-    spec = tokenizer_json if isinstance(tokenizer_json, dict) else _read_json(Path(tokenizer_json))
     try:
-        backend = Tokenizer.from_str(json.dumps(spec))
-    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-        raise ModelError(f"{tokenizer_json} is not a valid tokenizer.json ({_first_line(exc)}); re-install/re-convert it") from exc
-    tokenizer = WhisperTokenizer(tokenizer_object=backend)
-    specials = sorted(
-        (token for token in spec.get("added_tokens", []) if token.get("special")), key=lambda token: token["id"]
-    )
+        if isinstance(tokenizer_json, dict):
+            backend = Tokenizer.from_str(json.dumps(tokenizer_json))
+        else:
+            backend = Tokenizer.from_file(str(tokenizer_json))
+    except Exception as exc:  # tokenizers raises a bare Exception for missing or malformed files
+        raise ModelError(f"{tokenizer_json} is not a valid tokenizer.json ({first_line(exc)}); re-install/re-convert it") from exc
     # Sorted by id, <|notimestamps|> comes last: WhisperTokenizer puts timestamps right after it.
-    tokenizer.add_special_tokens({"additional_special_tokens": [token["content"] for token in specials]})
+    specials = [token.content for _, token in sorted(backend.get_added_tokens_decoder().items()) if token.special]
+    tokenizer = WhisperTokenizer(tokenizer_object=backend)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
     ids = special_token_ids(tokenizer)
-    if "<|0.00|>" not in tokenizer.get_vocab():
+    if _token_id(tokenizer, "<|0.00|>") is None:
         if len(tokenizer) != ids["no_timestamps"] + 1:
             raise ModelError(
                 f"{tokenizer_json} has tokens after <|notimestamps|> but no timestamp tokens; re-install/re-convert it"
@@ -300,7 +302,7 @@ def whisper_tokenizer(tokenizer_json: Path | dict):
             [AddedToken(_timestamp_token(i), lstrip=False, rstrip=False, normalized=False, special=False)
              for i in range(TIMESTAMP_COUNT)]
         )
-    if tokenizer.convert_tokens_to_ids("<|0.00|>") != ids["no_timestamps"] + 1:
+    if _token_id(tokenizer, "<|0.00|>") != ids["no_timestamps"] + 1:
         raise ModelError(f"{tokenizer_json} does not place <|0.00|> right after <|notimestamps|>; it is not a Whisper tokenizer")
     return tokenizer
 
@@ -403,8 +405,19 @@ def _staging_dir(dest_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial", dir=dest_dir.parent))
 
 
+def _normal_permissions(directory: Path) -> None:
+    """Temporary files are private (0600/0700); give the result the permissions of normal output."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def _publish(staging: Path, dest_dir: Path) -> Path:
     """Move a finished staging directory into place (rename is atomic on one filesystem)."""
+    _normal_permissions(staging)
     try:
         if dest_dir.is_dir():
             dest_dir.rmdir()  # empty, checked in _staging_dir; fails if someone filled it meanwhile
@@ -429,6 +442,7 @@ def _write_hf_dir(dest_dir: Path, state_dict: dict[str, torch.Tensor], config, g
         generation_config.save_pretrained(staging)
         feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
         WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(staging)
+        feature_extractor.save_pretrained(staging)  # preprocessor_config.json, for tools that read only that
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -655,7 +669,7 @@ def _load_openai_checkpoint(pt_path: Path) -> tuple[dict, dict]:
     except pickle.UnpicklingError as exc:
         raise ModelError(f"{pt_path} is not a plain Whisper checkpoint (refusing to unpickle code)") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{pt_path} cannot be read as a PyTorch checkpoint ({_first_line(exc)}); re-download it") from exc
+        raise ModelError(f"{pt_path} cannot be read as a PyTorch checkpoint ({first_line(exc)}); re-download it") from exc
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= set(checkpoint):
         raise ModelError(f"{pt_path} is not an openai-whisper checkpoint (it needs 'dims' and 'model_state_dict')")
     dims, state = checkpoint["dims"], checkpoint["model_state_dict"]
@@ -770,13 +784,16 @@ def convert_hf(src_dir: Path, dest_dir: Path) -> Path:
     """Re-save a transformers Whisper directory (weights, configs, tokenizer, feature extractor)."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+    from probe.models import quiet_transformers
+
     src_dir = Path(src_dir).resolve()
     read_hf_config(src_dir)
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(src_dir, dtype="auto")
-        processor = WhisperProcessor.from_pretrained(src_dir)
+        with quiet_transformers():
+            model = WhisperForConditionalGeneration.from_pretrained(src_dir, dtype="auto")
+            processor = WhisperProcessor.from_pretrained(src_dir)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{src_dir} cannot be loaded as a Whisper model ({_first_line(exc)}); re-download it") from exc
+        raise ModelError(f"{src_dir} cannot be loaded as a Whisper model ({first_line(exc)}); re-download it") from exc
     staging = _staging_dir(Path(dest_dir))
     try:
         model.save_pretrained(staging)
@@ -827,12 +844,13 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError as exc:
         raise ModelError(f"{path} does not exist; the model directory is incomplete") from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({_first_line(exc)}); re-install/re-convert the model") from exc
+        raise ModelError(f"{path} is not valid JSON ({first_line(exc)}); re-install/re-convert the model") from exc
     if not isinstance(value, dict):
         raise ModelError(f"{path} does not hold a JSON object; re-install/re-convert the model")
     return value
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, short enough to quote in a one-line error."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]

@@ -3,7 +3,7 @@
 A plugin is any module or object with functions decorated by :data:`hookimpl` whose names are
 below.  The core calls them in this order for each traced input::
 
-    probe_run_start → probe_decode_points, probe_replay_points
+    probe_run_start → probe_decode_points, probe_replay_points → probe_estimate
       per window: probe_capture (for each requested hook point as it fires) → probe_window_end
     probe_run_end (write records) 
 
@@ -107,6 +107,20 @@ def probe_run_end(run, writer):
         ``writer.add_tensor(name, array, plugin=...)``, ``add_table`` or ``add_json``.  Record names
         start with the plugin name (``"my_plugin.stat"``).  Nothing is visible in the store until
         every plugin has returned.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def probe_estimate(run):
+    """How many bytes this plugin's records will take for this run, before anything is decoded.
+
+    Used by ``probe run --dry-run`` and to refuse a capture that would not fit in memory.  Token
+    counts are not known yet: use ``run.expected_tokens`` (an upper estimate per window).
+
+    :param run: the current run (hook points already resolved).
+    :return: a dict mapping record names to byte counts, or ``None``.
 
     .. versionadded:: 1.0
     """

@@ -18,18 +18,24 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from probe import convert
 from probe.errors import ModelError, OptionError
 
-CONVERTER_VERSION = 1  # bump when a conversion's output changes, so cached conversions are redone
+if TYPE_CHECKING:
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+CONVERTER_VERSION = 2  # bump when a conversion's output changes, so cached conversions are redone
 _MARKER = ".whisper-probe-conversion.json"
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -252,8 +258,8 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
 class LoadedModel:
     """A Whisper model ready for decoding, with where it came from."""
 
-    model: object  # transformers.WhisperForConditionalGeneration, in eval mode on device/dtype
-    processor: object  # transformers.WhisperProcessor
+    model: WhisperForConditionalGeneration  # in eval mode, on device, in dtype
+    processor: WhisperProcessor
     model_id: str  # hub id, "embedded:NAME", or an absolute path
     source: str  # human description of where the weights came from
     device: torch.device
@@ -268,8 +274,8 @@ class LoadedModel:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' info/warnings and its loading progress bar for the duration of a load."""
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' info/warnings and its progress bars inside the block (loads, decoding)."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -284,16 +290,16 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(where: str | Path, dtype: torch.dtype, attn_implementation: str | None):
+def _from_pretrained(where: str | Path, dtype: torch.dtype, attn_implementation: str | None, local_files_only: bool = False):
     """``(model, processor)`` via transformers; its exceptions pass through for the caller to word."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "local_files_only": local_files_only}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    with _quiet_transformers():
+    with quiet_transformers():
         model = WhisperForConditionalGeneration.from_pretrained(str(where), **kwargs)
-        processor = WhisperProcessor.from_pretrained(str(where))
+        processor = WhisperProcessor.from_pretrained(str(where), local_files_only=local_files_only)
     return model, processor
 
 
@@ -303,16 +309,15 @@ def _load_local_hf(directory: Path, dtype: torch.dtype, attn_implementation: str
         raise ModelError(f"{directory} has config.json but no weights (model.safetensors); the download or conversion is incomplete")
     try:
         return _from_pretrained(directory, dtype, attn_implementation)
-    except (ImportError, ValueError) as exc:
-        _raise_if_attention_problem(exc, attn_implementation)
-        raise ModelError(f"{directory} cannot be loaded as a Whisper model ({convert._first_line(exc)}); re-download or re-convert it") from exc
-    except Exception as exc:  # safetensors, torch and tokenizers raise their own types for corrupt files
-        raise ModelError(f"{directory} cannot be loaded as a Whisper model ({convert._first_line(exc)}); re-download or re-convert it") from exc
+    except Exception as exc:  # transformers, safetensors, torch and tokenizers each raise their own types
+        if isinstance(exc, (ImportError, ValueError)):
+            _raise_if_attention_problem(exc, attn_implementation)
+        raise ModelError(f"{directory} cannot be loaded as a Whisper model ({convert.first_line(exc)}); re-download or re-convert it") from exc
 
 
 def _raise_if_attention_problem(exc: Exception, attn_implementation: str | None) -> None:
     if attn_implementation not in (None, "eager", "sdpa"):
-        raise OptionError(f"attention implementation '{attn_implementation}' cannot be used here ({convert._first_line(exc)}); use sdpa or eager") from exc
+        raise OptionError(f"attention implementation '{attn_implementation}' cannot be used here ({convert.first_line(exc)}); use sdpa or eager") from exc
 
 
 def _check_attn_implementation(attn_implementation: str | None) -> None:
@@ -342,7 +347,7 @@ def _hub_failure(hub_id: str, exc: Exception) -> str:
 class _Resolved:
     """Where to load from and how to describe it."""
 
-    where: str | Path
+    where: str | Path  # a local transformers directory (Path) or a hub id (str)
     model_id: str
     source: str
     note: str | None = None
@@ -375,12 +380,16 @@ def _resolve_local(path: Path) -> _Resolved:
     raise ModelError(f"{path} holds no Whisper model; pass a transformers directory (config.json + model.safetensors), a CTranslate2 directory or a .pt file")
 
 
+def _missing(spec: str | Path) -> ModelError:
+    return ModelError(f"{spec} does not exist; pass a model directory, a .pt file, or an embedded name ({', '.join(EMBEDDED)})")
+
+
 def _resolve(spec: str | Path | None) -> _Resolved:
     if spec is None:
         return _resolve_embedded(DEFAULT_EMBEDDED)
     if isinstance(spec, Path):
         if not spec.exists():
-            raise ModelError(f"{spec} does not exist; pass a model directory, a .pt file, or an embedded name ({', '.join(EMBEDDED)})")
+            raise _missing(spec)
         return _resolve_local(spec)
     spec = spec.strip()
     if spec.startswith("embedded:"):
@@ -392,8 +401,27 @@ def _resolve(spec: str | Path | None) -> _Resolved:
     if _HUB_ID.fullmatch(spec) and not spec.endswith((".pt", ".pth")):
         return _Resolved(spec, spec, f"Hugging Face hub: {spec}")
     if os.sep in spec or spec.endswith((".pt", ".pth")):
-        raise ModelError(f"{spec} does not exist; pass a model directory, a .pt file, or an embedded name ({', '.join(EMBEDDED)})")
+        raise _missing(spec)
     raise ModelError(f"model '{spec}' is neither an existing path, an embedded model ({', '.join(EMBEDDED)}) nor a hub id (owner/name)")
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub can be contacted: offline mode says no; otherwise one quick TCP connect.
+
+    Without this check huggingface_hub retries an unreachable hub for about 25 s per file.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; a direct connection test would say nothing
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _load_hub(resolved: _Resolved, dtype: torch.dtype, attn_implementation: str | None):
@@ -401,12 +429,13 @@ def _load_hub(resolved: _Resolved, dtype: torch.dtype, attn_implementation: str 
     from transformers import AutoConfig
 
     hub_id = str(resolved.where)
+    local_only = not _hub_reachable()  # then only the local Hugging Face cache can serve it
     try:
-        with _quiet_transformers():
-            model_type = AutoConfig.from_pretrained(hub_id).model_type
+        with quiet_transformers():
+            model_type = AutoConfig.from_pretrained(hub_id, local_files_only=local_only).model_type
         if model_type != "whisper":
             raise ModelError(f"{hub_id} is a {model_type} model, not Whisper; pass a Whisper model")
-        return resolved, _from_pretrained(hub_id, dtype, attn_implementation)
+        return resolved, _from_pretrained(hub_id, dtype, attn_implementation, local_only)
     except OSError as exc:
         failure = _hub_failure(hub_id, exc)
         equivalent = _embedded_for_hub_id(hub_id)
@@ -419,7 +448,7 @@ def _load_hub(resolved: _Resolved, dtype: torch.dtype, attn_implementation: str 
         return fallback, _load_local_hf(Path(fallback.where), dtype, attn_implementation)
     except (ImportError, ValueError) as exc:
         _raise_if_attention_problem(exc, attn_implementation)
-        raise ModelError(f"{hub_id} cannot be loaded as a Whisper model ({convert._first_line(exc)})") from exc
+        raise ModelError(f"{hub_id} cannot be loaded as a Whisper model ({convert.first_line(exc)})") from exc
 
 
 def _alignment_heads(model) -> list[tuple[int, int]]:
@@ -501,7 +530,7 @@ def tiny_random_model(n_mels: int = 80, multilingual: bool = True, seed: int = 0
     )
     provenance = {"source": f"random init, seed {seed}", "source_format": "random"}
     config = convert.whisper_model_config(dims, tokenizer, provenance)
-    with torch.random.fork_rng(devices=[]), _quiet_transformers():
+    with torch.random.fork_rng(devices=[]), quiet_transformers():
         torch.manual_seed(seed)
         model = WhisperForConditionalGeneration(config)
     model.generation_config = generation_config

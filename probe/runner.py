@@ -8,9 +8,8 @@ records; any error leaves the store as it was and no hook on the model.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -76,24 +75,33 @@ def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
     }
 
 
-def trace_clip(tracer: Tracer, clip: AudioClip, store: Store, name: str | None = None) -> tuple[Run, "Trace"]:
-    """Trace one clip into ``store``; returns the run and the committed :class:`probe.store.Trace`."""
-    started = time.perf_counter()
-    name = name or Path(clip.source).stem
+def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None):
+    """Let the plugins write ``run``'s records into a new trace of ``store``; returns the trace.
+
+    The trace appears in the store only when everything is written; any error leaves no trace.
+    """
+    name = name or Path(run.clip.source).stem
     with store.writer(name=name) as writer:
-        run = tracer.trace(clip, writer=writer)
-        timings = {"total": round(time.perf_counter() - started, 4)}
-        for key in ("encode", "detect", "generate", "replay"):
-            timings[key] = round(sum(w.timings.get(key, 0.0) for w in run.windows), 4)
-        writer.add_audio(encode_flac(clip.samples), 16000)
+        tracer.finish(run, writer)
+        timings = {key: round(sum(w.timings.get(key, 0.0) for w in run.windows), 4)
+                   for key in ("encode", "detect", "generate", "replay")}
+        timings["total"] = round(sum(timings.values()), 4)
+        writer.add_audio(encode_flac(run.clip.samples), 16000)
         writer.update_manifest(**manifest_fields(run, tracer.pm, name, timings))
-    return run, store.open(writer.id)
+    return store.open(writer.id)
+
+
+def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store, name: str | None = None,
+                batch_size: int = 1) -> Iterator[tuple[Run, "Trace"]]:
+    """Trace clips (``batch_size`` windows decoded together) and store each: yields (run, trace)."""
+    for run in tracer.trace_many(clips, batch_size=batch_size):
+        yield run, write_trace(tracer, run, store, name)
 
 
 def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), store=None, name: str | None = None,
         language: str | None = None, task: str = "transcribe", timestamps: bool = False, num_beams: int = 1,
         max_new_tokens: int | None = None, device: str = "auto", dtype: str = "auto", disable: Iterable[str] = (),
-        plugin_options: dict | None = None, channel="mix"):
+        plugin_options: dict | None = None, channel="mix", batch_size: int = 1):
     """Trace ``audio`` with Whisper and return the stored trace (a list of traces for a list input).
 
     :param audio: a path, a 16 kHz numpy/torch array, an :class:`~probe.audio.AudioClip`, or a list.
@@ -102,6 +110,7 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     :param plugins: extra plugins (module names, ``.py`` paths or objects); ``"no:NAME"`` disables one.
     :param points: hook points (globs allowed) for the ``activations`` plugin to record.
     :param store: a :class:`~probe.store.Store` or folder; default :func:`probe.store.default_store_dir`.
+    :param batch_size: windows decoded together (several clips, or the windows of a long one).
     """
     from probe.models import LoadedModel, load_model
 
@@ -112,7 +121,8 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     pm = get_plugin_manager(plugins=list(plugins), disabled=disable)
     tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options)
     items = audio if isinstance(audio, (list, tuple)) else [audio]
-    traces = [trace_clip(tracer, as_clip(item, channel), store, name)[1] for item in items]
+    clips = (as_clip(item, channel) for item in items)
+    traces = [trace for _, trace in trace_clips(tracer, clips, store, name, batch_size=batch_size)]
     if not traces:
         raise StoreError("nothing to trace: the input list is empty")
     return traces if isinstance(audio, (list, tuple)) else traces[0]

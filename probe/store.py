@@ -469,7 +469,7 @@ class Trace:
         from probe.audio import decode_bytes  # only views that play audio need the decoder
 
         sample_rate = int(self.manifest["audio"].get("sample_rate", 16000))
-        return decode_bytes(data, sample_rate=sample_rate), sample_rate
+        return decode_bytes(data), sample_rate
 
     def __repr__(self) -> str:
         text = self.transcript

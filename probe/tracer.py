@@ -14,21 +14,24 @@ window, step) and a :class:`WindowResult` per window; they write records into th
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from probe import hooks as hooks_mod
 from probe.audio import AudioClip, Window, split_windows
-from probe.errors import OptionError, PluginError, ProbeError
+from probe.errors import MemoryBudgetError, OptionError, PluginError, ProbeError
+from probe.models import quiet_transformers
 from probe.plugin_manager import call_each, implementations, plugin_version
 from probe.points import HookPoint, select_points
 
 FRAMES_PER_SECOND = 50  # encoder frames: 1500 per 30 s window, 20 ms each
 TASKS = ("transcribe", "translate")
+WARN_BYTES = 256 * 2**20  # say how much a trace will keep before recording more than this
 
 
 @dataclass
@@ -64,8 +67,11 @@ class DecodeOptions:
 
 
 def audio_frames(seconds: float, max_frames: int = 1500) -> int:
-    """Encoder frames (20 ms each) that hold ``seconds`` of audio, at least 1."""
-    return max(1, min(int(np.ceil(round(seconds * FRAMES_PER_SECOND, 6))), max_frames))
+    """Encoder frames (20 ms each) that hold ``seconds`` of audio, at least 1.
+
+    As openai-whisper counts them: log-Mel frames (hop 160 samples) halved by the conv stem.
+    """
+    return max(1, min(round(seconds * 16000) // 160 // 2, max_frames))
 
 
 def language_codes(loaded) -> dict[str, int]:
@@ -153,29 +159,50 @@ class Run:
     def option(self, key: str, default=None):
         return self.plugin_options.get(key, default)
 
+    @property
+    def expected_tokens(self) -> int:
+        """An upper estimate of tokens per window, for memory estimates before decoding."""
+        if self.options.max_new_tokens:
+            return self.options.max_new_tokens + 1
+        longest = max((end - start for start, end in self.window_spans), default=30.0)
+        return min(self.config.max_target_positions // 2, int(longest * 6) + 8)
+
+    @property
+    def frames(self) -> list[int]:
+        """Encoder frames holding audio, per window."""
+        return [audio_frames(end - start, self.config.max_source_positions) for start, end in self.window_spans]
+
 
 class _Router:
-    """Routes each fired hook point to the plugins that asked for it, in the phases they asked."""
+    """Routes each fired hook point to the plugins that asked for it, in the phases they asked.
 
-    def __init__(self, run: Run, ctx: CaptureContext, routes: dict[str, list], phases: set[str]):
-        self.run, self.ctx, self.routes, self.phases = run, ctx, routes, phases
+    A batch holds several windows (of one clip or of many); the batch axis is split back so each
+    run's plugins see only their own rows (``rows`` = beams per window while decoding).
+    """
 
+    def __init__(self, phases: set[str]):
+        self.phases = phases
+        self.phase = "encode"
+        self.items: list[tuple[Run, CaptureContext, dict[str, list]]] = []
         self.busy = False  # a plugin calling a hooked module inside probe_capture is not the model's forward
 
     def __call__(self, point: HookPoint, tensor: torch.Tensor) -> None:
-        if self.busy or self.ctx.phase not in self.phases:
+        if self.busy or self.phase not in self.phases:
             return
         self.busy = True
         try:
-            for name, function, argnames in self.routes[point.name]:
-                values = {"run": self.run, "point": point, "tensor": tensor, "ctx": self.ctx}
-                try:
-                    function(*[values[a] for a in argnames])
-                except ProbeError:
-                    raise
-                except Exception as exc:
-                    raise PluginError(f"plugin {name!r} raised in probe_capture at {point.name}:"
-                                      f" {type(exc).__name__}: {exc} (disable it with -p no:{name})") from exc
+            rows = tensor.shape[0] // len(self.items)
+            for i, (run, ctx, routes) in enumerate(self.items):
+                part = tensor if len(self.items) == 1 else tensor[i * rows:(i + 1) * rows]
+                for name, function, argnames in routes.get(point.name, ()):
+                    values = {"run": run, "point": point, "tensor": part, "ctx": ctx}
+                    try:
+                        function(*[values[a] for a in argnames])
+                    except ProbeError:
+                        raise
+                    except Exception as exc:
+                        raise PluginError(f"plugin {name!r} raised in probe_capture at {point.name}:"
+                                          f" {type(exc).__name__}: {exc} (disable it with -p no:{name})") from exc
         finally:
             self.busy = False
 
@@ -242,72 +269,98 @@ class Tracer:
             prompt.append(gen.no_timestamps_token_id)
         return prompt
 
-    def detect(self, encoder_hidden: torch.Tensor) -> tuple[dict[str, float], float]:
-        """Language distribution and no-speech probability from one step on <|startoftranscript|>.
+    def detect(self, encoder_hidden: torch.Tensor) -> list[tuple[dict[str, float], float]]:
+        """Per window: (language → probability, descending; no-speech probability).
 
-        encoder_hidden: [1, frame, d_model].
+        One decoder step on <|startoftranscript|>, as openai-whisper does.  encoder_hidden: [batch, frame, d_model].
         """
         model = self.loaded.model
-        sot = torch.tensor([[self.sot]], device=encoder_hidden.device)
+        sot = torch.full((encoder_hidden.shape[0], 1), self.sot, device=encoder_hidden.device)  # [batch, 1]
         hidden = model.model.decoder(input_ids=sot, encoder_hidden_states=encoder_hidden,
                                      use_cache=False).last_hidden_state
-        logits = model.proj_out(hidden)[0, -1].float()  # [vocab]
-        no_speech = float(logits.softmax(-1)[self.no_speech]) if self.no_speech is not None else 0.0
+        logits = model.proj_out(hidden)[:, -1].float()  # [batch, vocab]
+        no_speech = (logits.softmax(-1)[:, self.no_speech].tolist() if self.no_speech is not None
+                     else [0.0] * len(logits))
         if not self.languages:
-            return {"en": 1.0}, no_speech
-        codes = list(self.languages)
-        probs = logits[list(self.languages.values())].softmax(-1).tolist()
-        ranked = sorted(zip(codes, probs), key=lambda item: -item[1])
-        return dict(ranked), no_speech
+            return [({"en": 1.0}, p) for p in no_speech]
+        probs = logits[:, list(self.languages.values())].softmax(-1).tolist()  # [batch, language]
+        return [(dict(sorted(zip(self.languages, row), key=lambda item: -item[1])), p)
+                for row, p in zip(probs, no_speech)]
 
-    def generate_kwargs(self, language: str) -> dict:
+    def generate_kwargs(self, languages: list[str]) -> dict:
         kwargs: dict[str, Any] = {"return_timestamps": self.options.timestamps, "num_beams": self.options.num_beams}
         if self.loaded.is_multilingual:
-            kwargs.update(language=language, task=self.options.task)
+            kwargs.update(language=languages[0] if len(set(languages)) == 1 else languages, task=self.options.task)
         if self.options.max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.options.max_new_tokens
         if self.options.min_new_tokens is not None:
             kwargs["min_new_tokens"] = self.options.min_new_tokens
         return kwargs
 
-    def decode_window(self, window: Window, run: Run, ctx: CaptureContext, decode_points, decode_router,
-                      replay_points, replay_router, decode_tail_hooks: bool) -> WindowResult:
+    def decode_batch(self, items: list[tuple[Run, Window]]) -> list[WindowResult]:
+        """Decode windows together (one ``generate()`` call), then replay each chosen sequence."""
         from transformers.modeling_outputs import BaseModelOutput
 
         model = self.loaded.model
+        runs = [run for run, _ in items]
+        contexts = [run.state["_ctx"] for run in runs]
+        for ctx, (_, window) in zip(contexts, items):
+            ctx.window, ctx.step, ctx.tokens, ctx.prompt_length = window.index, -1, None, 0
+        decode_points = _union(run.state["_decode"][0] for run in runs)
+        router = _Router({"encode", "decode"})
+        router.items = [(run, ctx, run.state["_decode"][1]) for run, ctx in zip(runs, contexts)]
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        ctx.window, ctx.step, ctx.tokens, ctx.num_beams = window.index, -1, None, self.options.num_beams
-        features = self.features(window)
-        with hooks_mod.attach(model, decode_points, decode_router), self._step_counter(ctx, decode_tail_hooks):
-            ctx.phase = "encode"
-            encoder_hidden = model.model.encoder(features).last_hidden_state  # [1, frame, d_model]
+        features = torch.cat([self.features(window) for _, window in items])  # [batch, n_mels, 3000]
+        counting = any(p.side == "decoder" for p in decode_points)
+        with hooks_mod.attach(model, decode_points, router), self._step_counter(router, contexts, counting):
+            self._set_phase(router, contexts, "encode")
+            encoder_hidden = model.model.encoder(features).last_hidden_state  # [batch, frame, d_model]
             timings["encode"] = time.perf_counter() - clock
-            ctx.phase = "detect"
-            language_probs, no_speech = self.detect(encoder_hidden)
-            language = self.options.language or next(iter(language_probs))
+            self._set_phase(router, contexts, "detect")
+            detected = self.detect(encoder_hidden)
+            languages = [self.options.language or next(iter(probs)) for probs, _ in detected]
             timings["detect"] = time.perf_counter() - clock - timings["encode"]
-            ctx.phase, ctx.step = "decode", -1
-            out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-                                 **self.generate_kwargs(language))
-        prompt = self.prompt(language)
-        tokens = self.completed(_sequence_of(out), prompt)
-        sequence = prompt + tokens
+            self._set_phase(router, contexts, "decode")
+            with quiet_transformers():
+                out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+                                     **self.generate_kwargs(languages))
         timings["generate"] = time.perf_counter() - clock - timings["encode"] - timings["detect"]
-        if replay_points:
-            replay_clock = time.perf_counter()
-            ctx.phase, ctx.tokens, ctx.prompt_length = "replay", sequence, len(prompt)
-            with hooks_mod.attach(model, replay_points, replay_router):
-                self.replay(encoder_hidden, sequence, need_logits=any(p.name == "hook_logits" for p in replay_points))
-            timings["replay"] = time.perf_counter() - replay_clock
+        share = {key: value / len(items) for key, value in timings.items()}
+        results = []
+        for i, ((run, window), ctx, language, (language_probs, no_speech)) in enumerate(
+                zip(items, contexts, languages, detected)):
+            prompt = self.prompt(language)
+            tokens = self.completed(_sequence_of(out, i), prompt)
+            result = self.result(window, prompt, tokens, language, language_probs, no_speech, dict(share))
+            replay_points, replay_routes = run.state["_replay"]
+            if replay_points:
+                replay_clock = time.perf_counter()
+                replay = _Router({"replay"})
+                replay.items = [(run, ctx, replay_routes)]
+                self._set_phase(replay, [ctx], "replay")
+                ctx.tokens, ctx.prompt_length = result.sequence, len(prompt)
+                with hooks_mod.attach(model, replay_points, replay):
+                    self.replay(encoder_hidden[i:i + 1], result.sequence,
+                                need_logits=any(p.name == "hook_logits" for p in replay_points))
+                result.timings["replay"] = time.perf_counter() - replay_clock
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _set_phase(router: "_Router", contexts: list[CaptureContext], phase: str) -> None:
+        router.phase = phase
+        for ctx in contexts:
+            ctx.phase = phase
+
+    def result(self, window: Window, prompt, tokens, language, language_probs, no_speech, timings) -> WindowResult:
         tokenizer = self.loaded.processor.tokenizer
-        text_tokens = [t for t in tokens if t < self.eot]
         return WindowResult(
             index=window.index, start=window.start, end=window.end, prompt=prompt, tokens=tokens,
-            text=tokenizer.decode(text_tokens).strip(), language=language,
+            text=tokenizer.decode([t for t in tokens if t < self.eot]).strip(), language=language,
             language_probability=language_probs.get(language, 0.0), language_probs=language_probs,
             no_speech_probability=no_speech,
-            n_frames=audio_frames(window.end - window.start, model.config.max_source_positions),
+            n_frames=audio_frames(window.end - window.start, self.loaded.model.config.max_source_positions),
             segments=self.segments(tokens, window.start) if self.options.timestamps else [],
             timings=timings,
         )
@@ -320,6 +373,8 @@ class Tracer:
         """
         if generated[: len(prompt)] == prompt:
             generated = generated[len(prompt):]
+        if self.eot in generated:  # batched rows are padded with <|endoftext|> after their end
+            generated = generated[: generated.index(self.eot) + 1]
         limit = self.options.max_new_tokens or (self.loaded.model.config.max_target_positions - len(prompt))
         if (not generated or generated[-1] != self.eot) and len(generated) < limit:
             generated = generated + [self.eot]
@@ -354,7 +409,7 @@ class Tracer:
                 text.append(token)
         return segments
 
-    def _step_counter(self, ctx: CaptureContext, active: bool):
+    def _step_counter(self, router: "_Router", contexts: list[CaptureContext], active: bool):
         """A pre-hook on the decoder counting generation steps (only when decoder points are hooked)."""
         from contextlib import nullcontext
 
@@ -362,41 +417,119 @@ class Tracer:
             return nullcontext()
 
         def count(module, args):
-            if ctx.phase == "decode":
-                ctx.step += 1
+            if router.phase == "decode":
+                for ctx in contexts:
+                    ctx.step += 1
 
         decoder = self.loaded.model.model.decoder
         return _Handle(decoder.register_forward_pre_hook(count))
 
     # -- per clip ---------------------------------------------------------------------------
-    def trace(self, clip: AudioClip, writer=None) -> Run:
-        """Decode ``clip`` with every plugin watching; records go to ``writer`` (a TraceWriter)."""
+    def start(self, clip: AudioClip) -> tuple[Run, list[Window]]:
+        """A new :class:`Run` for ``clip``: plugins started, hook points resolved."""
         run = Run(loaded=self.loaded, clip=clip, options=self.options, points=self.points,
                   plugin_options=self.plugin_options)
         windows = split_windows(clip)
         run.window_spans = [(w.start, w.end) for w in windows]
         call_each(self.pm, "probe_run_start", run=run)
-        decode_points, decode_routes = _routes(self.pm, _requested(self.pm, run, "probe_decode_points"))
+        run.state["_decode"] = _routes(self.pm, _requested(self.pm, run, "probe_decode_points"))
         replay_requested = _requested(self.pm, run, "probe_replay_points")
         for plugin, wanted in replay_requested.items():
             if any(p.side == "encoder" for p in wanted):
                 raise PluginError(f"plugin {plugin!r} asks for encoder points in probe_replay_points;"
                                   " encoder points belong in probe_decode_points")
-        replay_points, replay_routes = _routes(self.pm, replay_requested)
-        ctx = CaptureContext(num_beams=self.options.num_beams)
-        decode_router = _Router(run, ctx, decode_routes, {"encode", "decode"})
-        replay_router = _Router(run, ctx, replay_routes, {"replay"})
-        any_decoder = any(p.side == "decoder" for p in decode_points)
-        run.state["hooked"] = {"decode": [p.name for p in decode_points], "replay": [p.name for p in replay_points]}
-        for window in windows:
-            with torch.inference_mode():
-                result = self.decode_window(window, run, ctx, decode_points, decode_router,
-                                            replay_points, replay_router, any_decoder)
-            run.windows.append(result)
-            call_each(self.pm, "probe_window_end", run=run, window=result)
+        run.state["_replay"] = _routes(self.pm, replay_requested)
+        run.state["_ctx"] = CaptureContext(num_beams=self.options.num_beams)
+        run.state["hooked"] = {"decode": [p.name for p in run.state["_decode"][0]],
+                               "replay": [p.name for p in run.state["_replay"][0]]}
+        run.state["estimate"] = estimate = {}
+        for sizes in call_each(self.pm, "probe_estimate", expect=lambda r: isinstance(r, dict), run=run).values():
+            estimate.update({str(name): int(size) for name, size in sizes.items()})
+        total = sum(estimate.values())
+        if total > WARN_BYTES:
+            print(f"probe: this trace will keep about {total / 2**20:,.0f} MiB of records"
+                  " (probe run --dry-run lists them)", file=sys.stderr)
+        check_budget(total, len(windows), self.loaded.device)
+        return run, windows
+
+    def trace_many(self, clips: Iterable[AudioClip], batch_size: int = 1) -> Iterator[Run]:
+        """Trace clips, decoding up to ``batch_size`` windows together; yields each run once all its
+        windows are done (then call ``finish``).  Windows of one clip keep their order."""
+        if batch_size < 1:
+            raise OptionError(f"--batch-size must be ≥ 1 (got {batch_size})")
+        pending: list[tuple[Run, Window]] = []
+        remaining: dict[int, int] = {}
+
+        def flush(count: int):
+            batch, pending[:] = pending[:count], pending[count:]
+            try:
+                with torch.inference_mode():
+                    results = self.decode_batch(batch)
+            except torch.OutOfMemoryError as exc:
+                raise MemoryBudgetError(f"the {self.loaded.device} ran out of memory while capturing; hook fewer"
+                                        " --points, use --activations summary, a smaller --batch-size, or"
+                                        " --dtype float16") from exc
+            for (run, _), result in zip(batch, results):
+                run.windows.append(result)
+                call_each(self.pm, "probe_window_end", run=run, window=result)
+                remaining[id(run)] -= 1
+                if remaining[id(run)] == 0:
+                    del remaining[id(run)]
+                    yield run
+
+        for clip in clips:
+            run, windows = self.start(clip)
+            remaining[id(run)] = len(windows)
+            pending += [(run, window) for window in windows]
+            while len(pending) >= batch_size:
+                yield from flush(batch_size)
+        while pending:
+            yield from flush(batch_size)
+
+    def finish(self, run: Run, writer) -> None:
+        """Let every plugin write its records for ``run`` into ``writer``."""
+        for key in ("_decode", "_replay", "_ctx"):
+            run.state.pop(key, None)
+        call_each(self.pm, "probe_run_end", run=run, writer=writer)
+
+    def trace(self, clip: AudioClip, writer=None) -> Run:
+        """Decode one clip with every plugin watching; records go to ``writer`` (a TraceWriter)."""
+        run = next(self.trace_many([clip]))
         if writer is not None:
-            call_each(self.pm, "probe_run_end", run=run, writer=writer)
+            self.finish(run, writer)
         return run
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free now: on the GPU for a CUDA device, else host memory available to allocate."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_budget(total_bytes: int, n_windows: int, device: torch.device) -> None:
+    """Refuse a capture that would not fit: all records in host memory, one window's on the device."""
+    host = available_memory(torch.device("cpu"))
+    if total_bytes > 0.8 * host:
+        raise MemoryBudgetError(f"this capture would keep about {total_bytes / 2**30:.1f} GiB but only"
+                                f" {host / 2**30:.1f} GiB of memory is free; hook fewer --points, use"
+                                " --activations summary, or keep float16 (see probe run --dry-run)")
+    if device.type == "cuda":
+        free = available_memory(device)
+        per_window = 2 * total_bytes / max(n_windows, 1)  # kept in float32 on the device until the window ends
+        if per_window > 0.8 * free:
+            raise MemoryBudgetError(f"one window's capture needs about {per_window / 2**30:.1f} GiB on {device}"
+                                    f" but {free / 2**30:.1f} GiB is free; hook fewer --points or use"
+                                    " --activations summary")
+
+
+def _union(point_lists) -> list[HookPoint]:
+    points: dict[str, HookPoint] = {}
+    for point_list in point_lists:
+        points.update((p.name, p) for p in point_list)
+    return list(points.values())
 
 
 class _Handle:
@@ -412,11 +545,12 @@ class _Handle:
         self.handle.remove()
 
 
-def _sequence_of(out) -> list[int]:
+def _sequence_of(out, row: int) -> list[int]:
+    """Row ``row`` of what generate() returned, without padding after <|endoftext|>."""
     sequences = out.sequences if hasattr(out, "sequences") else out
     if isinstance(sequences, dict):
         sequences = sequences["sequences"]
-    return [int(t) for t in sequences[0].tolist()]
+    return [int(t) for t in sequences[row].tolist()]
 
 
 def plugin_versions(pm) -> dict[str, str]:

@@ -206,3 +206,38 @@ def test_dashboard_views_hook_collects_registered_views():
 
     views = plugin_views(get_plugin_manager(plugins=[ViewPlugin()], autoload=False))
     assert [(v.title, v.plugin) for v in views] == [("My statistic", "viewer")]
+
+
+class Estimator:
+    name = "estimator"
+
+    @probe.hookimpl
+    def probe_estimate(self, run):
+        return {"estimator.big": 10 * 2**30}
+
+
+def test_estimate_is_summed_and_a_capture_too_big_for_memory_is_refused(tiny, tone, store, monkeypatch):
+    from probe import tracer
+    from probe.errors import MemoryBudgetError
+
+    monkeypatch.setattr(tracer, "available_memory", lambda device: 4 * 2**30)
+    before = store_snapshot(store.path)
+    with pytest.raises(MemoryBudgetError, match=r"about 10\.\d GiB.*--points"):
+        probe.run(tone, model=tiny, plugins=[Estimator()], store=store, max_new_tokens=3)
+    assert store_snapshot(store.path) == before and hooks_left(tiny.model) == 0
+
+
+def test_dry_run_prints_estimates_without_decoding(tiny, capsys, monkeypatch, en_clip):
+    import json
+
+    from probe import cli, tracer
+
+    monkeypatch.setattr("probe.models.load_model", lambda *a, **k: tiny)
+    monkeypatch.setattr(tracer.Tracer, "decode_batch", lambda *a: pytest.fail("--dry-run decoded"))
+    assert cli.main(["run", str(en_clip), "--dry-run", "--json", "--points", "encoder.blocks.*.hook_resid_post"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    config = tiny.model.config
+    layer_bytes = config.max_source_positions * config.d_model * 2
+    assert report["records"]["activations.encoder.blocks.0.hook_resid_post"] == layer_bytes
+    assert report["total_bytes"] == sum(report["records"].values())
+    assert "cross_attention.weights" in report["records"]

@@ -1,0 +1,269 @@
+"""What every dashboard view shares: the store, the selected trace, cached reads and errors.
+
+This module owns the one store handle (``st.cache_resource``), the trace picker (the sidebar's
+follows ``?trace=`` in the URL; the compare view uses the same helper for its second trace), the
+:class:`CachedTrace` views and figures read through (whole records cached with ``st.cache_data``,
+keyed by store path + trace id + record), figures drawn once per trace and arguments and kept as
+PNG, and the small presentational pieces several views use (prompt tokens as chips, the export
+download).  Trace references from the URL or widgets only ever reach the disk through
+:meth:`Store.resolve` / :meth:`Store.open`, which refuse anything outside the store.  Nothing
+here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import importlib.util
+import io
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from probe import figures
+from probe.errors import StoreError
+from probe.store import Store, Trace
+
+TRACE_KEY = "trace"  # session-state key of the sidebar picker and the URL query parameter
+_PENDING_KEY = "trace_to_select"  # set by select_trace(), applied before the picker is drawn
+EXPORT_FORMATS = ("html", "zip", "png", "svg", "pdf", "json", "csv")
+
+
+# --------------------------------------------------------------------------- store and traces
+
+
+def store_argument(argv: list[str]) -> str | None:
+    """The ``--store DIR`` that :func:`probe.dashboards.serve` passes after ``--``, if any."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--store", default=None)
+    return parser.parse_known_args(argv)[0].store
+
+
+@st.cache_resource(show_spinner=False)
+def open_store(path: str | None) -> Store:
+    """The store at ``path`` (default: ``$WHISPER_PROBE_STORE`` or the user store), shared by sessions."""
+    return Store(path)
+
+
+def current_store() -> Store:
+    return open_store(store_argument(sys.argv[1:]))
+
+
+class CachedTrace(Trace):
+    """A :class:`Trace` whose whole-record and audio reads are served from ``st.cache_data``.
+
+    Lazy tensor slices (``lazy=True``) read straight from the file: they are small by design and
+    the figures drawn from them are cached as images anyway.
+    """
+
+    @property
+    def store_path(self) -> str:
+        return str(self.path.parent)
+
+    def tensor(self, name: str, lazy: bool = False):
+        if lazy:
+            return super().tensor(name, lazy=True)
+        return _read_record(self.store_path, self.id, name)
+
+    def table(self, name: str) -> list[dict]:
+        return _read_record(self.store_path, self.id, name)
+
+    def json(self, name: str):
+        return _read_record(self.store_path, self.id, name)
+
+    def audio(self) -> tuple[np.ndarray, int] | None:
+        return _read_audio(self.store_path, self.id)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def open_trace(store_path: str, trace_id: str) -> CachedTrace:
+    """The trace ``trace_id`` (manifest read once; traces never change once written)."""
+    return CachedTrace(open_store(store_path).open(trace_id).path)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _read_record(store_path: str, trace_id: str, name: str):
+    return open_store(store_path).open(trace_id).record(name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _read_audio(store_path: str, trace_id: str):
+    return open_store(store_path).open(trace_id).audio()
+
+
+@st.cache_data(show_spinner=False, ttl=5)
+def trace_labels(store_path: str) -> dict[str, str]:
+    """Trace id → picker label, newest first; short-lived so new traces show up.  Labels hold the
+    id (time, name, hash), so two traces never share one: Streamlit tells options apart by label."""
+    labels = {}
+    for info in open_store(store_path).list():
+        text = info.transcript[:40] + ("…" if len(info.transcript) > 40 else "")
+        labels[info.id] = f"⚠ {info.id} (broken)" if info.error else f"{info.id} · {text}"
+    return labels
+
+
+@st.cache_data(show_spinner=False, ttl=5)
+def traces_of_audio(store_path: str, sha256: str | None) -> list[str]:
+    """Ids of the traces recorded from the same audio (by its hash), newest first."""
+    found = []
+    for trace_id in trace_labels(store_path):
+        try:
+            audio = open_trace(store_path, trace_id).manifest.get("audio") or {}
+        except StoreError:
+            continue
+        if sha256 and audio.get("sha256") == sha256:
+            found.append(trace_id)
+    return found
+
+
+def pick_trace(label: str, key: str, follow_url: bool = False, default: str | None = None) \
+        -> CachedTrace | None:
+    """A trace picker; returns the chosen trace, or None if the store is empty.  ``default``: the
+    reference to start from (id, prefix or name).  ``follow_url``: start from ``?trace=`` (an id, id prefix or name, resolved by
+    the store) and write the choice back to the URL, so a view can be shared as a link."""
+    store = current_store()
+    labels = trace_labels(str(store.path))
+    if not labels:
+        st.info(f"No traces in {store.path} yet: record one on the **New trace** page or with "
+                   "`probe run AUDIO`.")
+        return None
+    wanted = st.session_state.pop(_PENDING_KEY, None) if follow_url else None
+    if wanted is None and follow_url and key not in st.session_state:
+        wanted = st.query_params.get(TRACE_KEY)
+    if wanted is None and key not in st.session_state:
+        wanted = default
+    if wanted is not None:
+        try:
+            st.session_state[key] = store.resolve(wanted).id
+        except StoreError as err:
+            st.error(str(err))
+    if st.session_state.get(key) not in labels:
+        if wanted is not None:
+            trace_labels.clear()  # a trace written since the list was cached
+            labels = trace_labels(str(store.path))
+        if st.session_state.get(key) not in labels:
+            st.session_state[key] = next(iter(labels))
+    trace_id = st.selectbox(label, list(labels), key=key, format_func=labels.get)
+    if follow_url:
+        st.query_params[TRACE_KEY] = trace_id
+    return open_trace(str(store.path), trace_id)
+
+
+def select_trace(trace_id: str) -> None:
+    """Make ``trace_id`` the sidebar's trace from the next run on (e.g. after recording it)."""
+    trace_labels.clear()
+    st.session_state[_PENDING_KEY] = trace_id
+
+
+def sidebar() -> None:
+    """The sidebar every page shares: the store, the trace picker and the export download.
+    A trace that cannot be opened is reported by the view that needs it (:func:`current_trace`)."""
+    with st.sidebar:
+        st.caption(f"Store: `{current_store().path}`")
+        try:
+            trace = pick_trace("Trace", TRACE_KEY, follow_url=True)
+        except StoreError as err:
+            st.session_state["_current_trace"] = str(err)
+            return
+        st.session_state["_current_trace"] = trace
+        if trace is not None:
+            export_controls(trace)
+
+
+def current_trace() -> CachedTrace:
+    """The trace picked in the sidebar; stops the view with the reason if there is none."""
+    trace = st.session_state.get("_current_trace")
+    if isinstance(trace, str):
+        st.error(trace)
+        st.stop()
+    if trace is None:
+        st.info("Pick a trace in the sidebar, or record one on the **New trace** page.")
+        st.stop()
+    return trace
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _figure_png(store_path: str, trace_id: str, name: str, options: tuple) -> bytes:
+    trace = open_trace(store_path, trace_id)
+    draw = getattr(figures, name) if options else figures.FIGURES[name]
+    return figures.png_bytes(draw(trace, **dict(options)))
+
+
+def show_figure(trace: CachedTrace, name: str, **options) -> bool:
+    """Draw ``probe.figures.<name>(trace, **options)`` (no options: its :data:`~probe.figures.FIGURES`
+    defaults); a :class:`StoreError` (missing or corrupt record) is shown in its place."""
+    try:
+        with st.spinner(f"Drawing {name.replace('_', ' ')}…"):
+            png = _figure_png(trace.store_path, trace.id, name, tuple(sorted(options.items())))
+    except StoreError as err:
+        st.error(str(err))
+        return False
+    st.image(png, width="stretch")
+    return True
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def prompt_chips(prompt: list[dict], highlight: set[int] = frozenset()) -> str:
+    """The special-token prompt as HTML chips (``<|en|>`` over its id); ids in ``highlight`` stand out."""
+    chips = []
+    for entry in prompt:
+        colour = "#ffd54f" if entry["id"] in highlight else "#e3eaf5"
+        chips.append(f'<span style="display:inline-block;margin:2px 4px 2px 0;padding:3px 8px;border-radius:6px;'
+                     f'background:{colour};font-family:monospace;color:#111">{html.escape(entry["token"])}'
+                     f'<br><small style="color:#555">{entry["id"]}</small></span>')
+    return f'<div class="probe-prompt">{"".join(chips)}</div>'
+
+
+def audio_span(trace: CachedTrace, start: float, end: float) -> np.ndarray:
+    """The samples between ``start`` and ``end`` seconds: float32 [sample] at 16 kHz."""
+    samples = figures.audio_samples(trace)
+    rate = figures.SAMPLE_RATE
+    return samples[int(start * rate): max(int(end * rate), int(start * rate) + 1)]
+
+
+def export_available() -> bool:
+    return importlib.util.find_spec("probe.export") is not None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _export_bytes(store_path: str, trace_id: str, fmt: str) -> tuple[bytes, str]:
+    """The export of a trace in ``fmt`` as (bytes, file name): one file as is, several zipped."""
+    from probe.export import export_trace  # written by the export module's owner; loaded on demand
+
+    trace = open_store(store_path).open(trace_id)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = export_trace(trace, fmt, out=folder)  # single files land inside, many in it
+        if len(paths) == 1:
+            return paths[0].read_bytes(), paths[0].name
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+            for path in paths:
+                bundle.write(path, path.name)
+        return buffer.getvalue(), f"{trace_id}-{fmt}.zip"
+
+
+def export_controls(trace: CachedTrace) -> None:
+    """Export the trace for a lecture (hidden if this install has no ``probe.export``)."""
+    if not export_available():
+        return
+    fmt = st.selectbox("Export format", EXPORT_FORMATS, key="export_format")
+    ready = st.session_state.setdefault("exports_ready", set())
+    if st.button("Prepare export", key="export_prepare"):
+        ready.add((trace.id, fmt))
+    if (trace.id, fmt) in ready:
+        try:
+            with st.spinner("Exporting…"):
+                data, name = _export_bytes(trace.store_path, trace.id, fmt)
+        except StoreError as err:
+            st.error(str(err))
+            return
+        st.download_button(f"Download {name}", data, file_name=name, key="export_download")

@@ -1,0 +1,32 @@
+"""Compare two traces side by side: their prompts and transcripts, and any figure for both
+(transcribe vs translate of one clip, two models, two decoding settings)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from probe import figures
+from probe.dashboards import context
+
+trace = context.current_trace()
+# Start from the same audio recorded another way, if the store has it.
+twins = [twin for twin in context.traces_of_audio(trace.store_path, (trace.manifest.get("audio") or {}).get("sha256"))
+         if twin != trace.id]
+
+st.title("Compare traces")
+figure = st.selectbox("Figure", list(figures.FIGURES), index=list(figures.FIGURES).index("cross_attention"),
+                      format_func=lambda name: name.replace("_", " "), key="compare_figure")
+left, right = st.columns(2)
+with left:
+    st.markdown(f"**Sidebar trace:** {trace.name or trace.id}")
+    st.caption(f"`{trace.id}`")
+with right:
+    other = context.pick_trace("Compare with", "compare_trace", default=twins[0] if twins else None)
+for column, shown in zip((left, right), (trace, other)):
+    with column:
+        decode = shown.manifest.get("decode") or {}
+        st.markdown(f"{shown.model_id} · task **{decode.get('task')}** · language "
+                    f"<|{shown.language}|> · beams {decode.get('num_beams')}")
+        st.html(context.prompt_chips(shown.manifest.get("prompt") or []))
+        st.markdown(f"> {shown.transcript}")
+        context.show_figure(shown, figure)

@@ -1,0 +1,56 @@
+"""Overview of the selected trace: model, device, decode options, the special-token prompt,
+transcript, language and no-speech probability, timings and the records it holds."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from probe.dashboards import context
+
+trace = context.current_trace()
+manifest = trace.manifest
+model = manifest.get("model") or {}
+audio = manifest.get("audio") or {}
+
+st.title("Overview")
+st.caption(f"Trace `{trace.id}` · recorded {trace.created[:19].replace('T', ' ')} UTC · "
+           f"audio: `{trace.audio_source or 'array'}`")
+
+columns = st.columns(5)
+columns[0].metric("Model", trace.model_id or "?")
+columns[1].metric("Device · dtype", f"{model.get('device', '?')} · {model.get('dtype', '?')}")
+columns[2].metric("Language", f"<|{trace.language}|>",
+                  f"p = {manifest.get('language_probability', 0):.2f}", delta_color="off")
+columns[3].metric("No-speech probability", f"{manifest.get('no_speech_probability', 0):.3f}")
+columns[4].metric("Audio", f"{audio.get('duration', 0):.2f} s", f"{len(manifest.get('windows') or [])} window(s)",
+                  delta_color="off")
+
+st.subheader("Transcript")
+st.markdown(f"> {trace.transcript or '*(nothing decoded)*'}")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Special-token prompt")
+    st.html(context.prompt_chips(manifest.get("prompt") or []))
+    st.caption("The decoder starts from these forced tokens; token ids below each.")
+    st.subheader("Decode options")
+    st.dataframe([{"option": key, "value": str(value)} for key, value in (manifest.get("decode") or {}).items()],
+                 hide_index=True)
+with right:
+    st.subheader("Timings (s)")
+    timings = manifest.get("timings") or {}
+    st.dataframe([{"stage": stage, "seconds": seconds} for stage, seconds in timings.items()], hide_index=True)
+    st.subheader("Model configuration")
+    st.dataframe([{"setting": key, "value": value} for key, value in (model.get("config") or {}).items()],
+                 hide_index=True)
+
+segments = [dict(window=w["index"], **segment) for w in manifest.get("windows") or []
+            for segment in w.get("segments") or []]
+if segments:
+    st.subheader("Segments")
+    st.dataframe(segments, hide_index=True)
+
+with st.expander(f"Records ({len(trace.records)})"):
+    st.dataframe([{"record": name, "plugin": entry.get("plugin"), "kind": entry["kind"],
+                   "shape": str(entry.get("shape")), "dtype": entry.get("dtype")}
+                  for name, entry in trace.records.items()], hide_index=True)

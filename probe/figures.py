@@ -1,0 +1,730 @@
+"""Every picture whisper-probe draws, for the dashboard and the lecture export alike.
+
+Each figure function takes a :class:`probe.store.Trace` (plus a few choices such as a layer or a
+head) and returns a matplotlib :class:`~matplotlib.figure.Figure` with a title, axis labels with
+units and a colour bar wherever colour carries a value.  Figures are built on the Agg canvas
+without pyplot, so drawing needs no GUI, keeps no global state and never imports torch; only the
+log-Mel spectrogram imports transformers (its ``WhisperFeatureExtractor``).  Big arrays (conv stem
+maps, long audio, long transcripts) are pooled or paged before drawing so a figure stays fast on a
+large-v3 trace.  A figure whose record is missing raises :class:`~probe.errors.StoreError` naming
+the record and the plugin that makes it.  :data:`FIGURES` maps a name to a one-argument figure
+with sensible defaults; :func:`transcript_html` renders the transcript coloured by token
+probability; :func:`save` writes a figure at print resolution.
+
+Units used throughout: audio samples at 16 kHz, log-Mel frames of 10 ms (100 per second), encoder
+frames of 20 ms (50 per second), probabilities in [0, 1], entropies in nats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import html
+import math
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+import numpy as np
+from matplotlib import colors, font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from probe.errors import StoreError
+
+SAMPLE_RATE = 16000
+MEL_FRAMES_PER_SECOND = 100  # hop of 160 samples
+ENCODER_FRAMES_PER_SECOND = 50  # after the stride-2 conv
+WINDOW_SECONDS = 30
+N_TIMESTAMP_TOKENS = 1501  # <|0.00|> ... <|30.00|>, the last ids of every Whisper vocabulary
+MAX_COLUMNS = 1500  # widest image drawn; wider arrays are mean-pooled along time
+MAX_WAVEFORM_POINTS = 4000  # longer audio is drawn as a min/max envelope
+TOKENS_PER_PAGE = 40  # token-by-token figures show this many tokens at a time
+
+PROBABILITY_CMAP = "RdYlGn"
+ATTENTION_CMAP = "magma"
+_CJK_FALLBACKS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "Noto Sans Thai",
+                  "Noto Sans")
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+@functools.cache
+def _font_families() -> list[str]:
+    """DejaVu Sans, then whichever installed fonts cover scripts it lacks (CJK, Thai)."""
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans"] + [name for name in _CJK_FALLBACKS if name in installed]
+
+
+def _draws(function: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Build the figure with fonts that fall back to other scripts (token texts can be any)."""
+
+    @functools.wraps(function)
+    def draw(*args, **kwargs) -> Figure:
+        with matplotlib.rc_context({"font.family": _font_families()}):
+            return function(*args, **kwargs)
+
+    return draw
+
+
+@contextlib.contextmanager
+def _quiet_missing_glyphs():
+    # A token in a script no installed font covers is drawn as boxes; one warning per glyph
+    # would only flood the log.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        yield
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def require(trace, name: str) -> None:
+    """Raise a one-line :class:`StoreError` if ``trace`` lacks record ``name``."""
+    if name not in trace.records:
+        plugin, _, rest = name.partition(".")
+        if plugin == "activations":  # whole activations exist only for the points asked for
+            hint = f"re-run the trace with --points {rest} (or without --points for the lecture set)"
+        else:
+            hint = f"re-run the trace with the {plugin} plugin enabled"
+        raise StoreError(f"trace {trace.id} has no record {name!r} (made by the {plugin} plugin); {hint}")
+
+
+def _config(trace, key: str, default: int) -> int:
+    config = (trace.manifest.get("model") or {}).get("config") or {}
+    return int(config.get(key) or default)
+
+
+def audio_samples(trace) -> np.ndarray:
+    """The trace's audio as float32 [sample] at 16 kHz; StoreError if it kept none."""
+    audio = trace.audio()
+    if audio is None:
+        raise StoreError(f"trace {trace.id} kept no audio; re-run the trace to keep it")
+    samples, _ = audio
+    return np.asarray(samples, dtype=np.float32)
+
+
+def duration(trace) -> float:
+    """Seconds of audio in the trace, from the manifest (no decoding)."""
+    audio = trace.manifest.get("audio") or {}
+    if audio.get("duration"):
+        return float(audio["duration"])
+    windows = trace.manifest.get("windows") or [{}]
+    return float(windows[-1].get("end") or WINDOW_SECONDS)
+
+
+def log_mel_array(trace) -> np.ndarray:
+    """The log-Mel spectrogram Whisper sees: [n_mels, frame] at 100 frames/s, padded to 30 s
+    like the model's input (longer audio is not padded); values on Whisper's scale."""
+    from transformers import WhisperFeatureExtractor  # heavy; only spectrogram figures need it
+
+    samples = audio_samples(trace)
+    extractor = WhisperFeatureExtractor(feature_size=_config(trace, "num_mel_bins", 80))
+    length = max(WINDOW_SECONDS * SAMPLE_RATE, len(samples))
+    features = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length",
+                         max_length=length, truncation=False)
+    return features["input_features"][0]  # [n_mels, frame]
+
+
+def pool_columns(array: np.ndarray, max_columns: int = MAX_COLUMNS) -> tuple[np.ndarray, int]:
+    """Mean-pool the last axis by a whole factor until it has at most ``max_columns`` columns;
+    returns (pooled, factor)."""
+    factor = max(1, math.ceil(array.shape[-1] / max_columns))
+    if factor == 1:
+        return array, 1
+    pad = (-array.shape[-1]) % factor
+    padded = np.pad(array.astype(np.float32), [(0, 0)] * (array.ndim - 1) + [(0, pad)], mode="edge")
+    return padded.reshape(*array.shape[:-1], -1, factor).mean(-1), factor
+
+
+def vocabulary(trace) -> dict[int, str]:
+    """Token id → text for every token the trace has decoded text for (prompt, emitted tokens
+    and their top-k alternatives).  The store keeps no tokenizer, so other ids stay unknown."""
+    vocab: dict[int, str] = {}
+    for window in trace.manifest.get("windows") or []:
+        vocab.update(zip(window.get("prompt") or [], window.get("prompt_tokens") or []))
+    if "token_probs.tokens" in trace.records:
+        for row in trace.table("token_probs.tokens"):
+            vocab.update(zip(row["top_k_ids"], row["top_k_tokens"]))
+            vocab[row["token_id"]] = row["token"]
+    if "cross_attention.tokens" in trace.records:
+        vocab.update((row["token_id"], row["token"]) for row in trace.table("cross_attention.tokens"))
+    return vocab
+
+
+def token_label(trace, vocab: dict[int, str], token_id: int) -> str:
+    """A short, visible label for a token: timestamps as ``<|1.20|>``, unknown ids as ``#id``."""
+    first_timestamp = _config(trace, "vocab_size", 51865) - N_TIMESTAMP_TOKENS
+    if token_id >= first_timestamp:
+        return f"<|{(token_id - first_timestamp) * 0.02:.2f}|>"
+    text = vocab.get(int(token_id))
+    if text is None:
+        return f"#{token_id}"
+    return text.strip() or "␣"
+
+
+def window_sequence(trace, window: int = 0) -> list[int]:
+    """The token ids the decoder read in ``window``: the forced prompt, then the emitted tokens."""
+    windows = trace.manifest.get("windows") or []
+    if window >= len(windows):
+        raise StoreError(f"trace {trace.id} has no window {window}; it has {len(windows)}")
+    return list(windows[window].get("prompt") or []) + list(windows[window].get("tokens") or [])
+
+
+def _imshow(ax, image: np.ndarray, extent, cmap: str, norm=None, **kwargs):
+    return ax.imshow(image, aspect="auto", origin="lower", extent=extent, cmap=cmap, norm=norm,
+                     interpolation="nearest", **kwargs)
+
+
+def _grid_shape(n: int) -> tuple[int, int]:
+    columns = min(n, 4 if n <= 8 else 5)
+    return math.ceil(n / columns), columns
+
+
+def _tick_tokens(ax, labels: list[str], axis: str, max_labels: int = 60) -> None:
+    """Token labels on an axis whose cells are centred on 0, 1, ...; thinned past ``max_labels``."""
+    step = max(1, math.ceil(len(labels) / max_labels))
+    positions = list(range(0, len(labels), step))
+    shown = [labels[i] for i in positions]
+    if axis == "x":
+        ax.set_xticks(positions, shown, rotation=90, fontsize=7)
+    else:
+        ax.set_yticks(positions, shown, fontsize=7)
+
+
+def _page(n: int, first: int, count: int) -> range:
+    first = min(max(0, first), max(0, n - 1))
+    return range(first, min(n, first + count))
+
+
+def _page_note(shown: range, total: int) -> str:
+    if len(shown) == total:
+        return ""
+    return f" (tokens {shown.start + 1}–{shown.stop} of {total})"
+
+
+# --------------------------------------------------------------------------- audio
+
+
+@_draws
+def waveform(trace) -> Figure:
+    """The audio as the model hears it (16 kHz mono), with Whisper's 30 s windows marked."""
+    samples = audio_samples(trace)
+    seconds = len(samples) / SAMPLE_RATE
+    fig = _figure(10, 2.8)
+    ax = fig.add_subplot()
+    if len(samples) > 2 * MAX_WAVEFORM_POINTS:
+        # min/max envelope per bin: every peak stays visible without drawing every sample
+        per_bin = math.ceil(len(samples) / MAX_WAVEFORM_POINTS)
+        padded = np.pad(samples, (0, (-len(samples)) % per_bin)).reshape(-1, per_bin)  # [bin, sample]
+        times = (np.arange(len(padded)) + 0.5) * per_bin / SAMPLE_RATE
+        ax.fill_between(times, padded.min(1), padded.max(1), color="tab:blue", linewidth=0.4)
+    else:
+        ax.plot(np.arange(len(samples)) / SAMPLE_RATE, samples, color="tab:blue", linewidth=0.6)
+    for start in range(WINDOW_SECONDS, int(seconds) + 1, WINDOW_SECONDS):
+        ax.axvline(start, color="0.4", linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, seconds)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("amplitude (full scale)")
+    ax.set_title(f"Waveform: {seconds:.2f} s at 16 kHz mono ({len(samples):,} samples)")
+    return fig
+
+
+@_draws
+def log_mel(trace) -> Figure:
+    """The log-Mel spectrogram fed to the encoder: n_mels bins × 3000 frames for a 30 s window."""
+    mel = log_mel_array(trace)  # [n_mels, frame]
+    n_mels, frames = mel.shape
+    shown, _ = pool_columns(mel, 3000)
+    seconds = frames / MEL_FRAMES_PER_SECOND
+    fig = _figure(10, 3.6)
+    ax = fig.add_subplot()
+    image = _imshow(ax, shown, (0, seconds, 0, n_mels), "magma")
+    end = duration(trace)
+    if end < seconds - 0.05:
+        ax.axvline(end, color="white", linestyle="--", linewidth=1)
+        ax.text(end + 0.2, n_mels * 0.92, "end of audio: zero padding follows", color="white", fontsize=8,
+                va="top")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("Mel bin (low → high frequency)")
+    ax.set_title(f"log-Mel spectrogram: {n_mels} Mel bins × {frames} frames (10 ms hop, "
+                 f"{seconds:.0f} s{' window' if frames == 3000 else ''})")
+    fig.colorbar(image, ax=ax, label="log10 power (Whisper-normalised)", pad=0.01)
+    return fig
+
+
+@_draws
+def conv_stem(trace, channels: int = 16) -> Figure:
+    """The conv stem: conv1 keeps 3000 frames (10 ms), conv2 (stride 2) halves them to 1500 (20 ms).
+
+    Left: the first ``channels`` channels over the whole 30 s window; right: the first second,
+    where single frames are visible and conv2's columns are twice as wide as conv1's.
+    """
+    for name in ("activations.encoder.hook_conv1", "activations.encoder.hook_conv2"):
+        require(trace, name)
+    conv1_shape = trace.records["activations.encoder.hook_conv1"]["shape"]  # [window, d_model, 3000]
+    conv2_shape = trace.records["activations.encoder.hook_conv2"]["shape"]  # [window, d_model, 1500]
+    channels = max(1, min(channels, conv1_shape[1]))
+    maps = [np.asarray(trace.tensor(name, lazy=True)[0:1, :channels], dtype=np.float32)[0]
+            for name in ("activations.encoder.hook_conv1", "activations.encoder.hook_conv2")]
+    low, high = np.percentile(np.concatenate([m.ravel() for m in maps]), [1, 99])
+    norm = colors.Normalize(float(low), float(max(high, low + 1e-6)))  # a few outliers must not wash it out
+    end = min(duration(trace), WINDOW_SECONDS)
+    zoom = min(1.0, WINDOW_SECONDS)
+    fig = _figure(11, 5)
+    grid = fig.add_gridspec(2, 2, width_ratios=[3, 1.2])
+    image = None
+    for row, (fmap, shape, frame_ms, label) in enumerate(zip(
+            maps, (conv1_shape, conv2_shape), (10, 20), ("conv1 (stride 1)", "conv2 (stride 2)"))):
+        frames = fmap.shape[-1]
+        full, _ = pool_columns(fmap)
+        ax = fig.add_subplot(grid[row, 0])
+        image = _imshow(ax, full, (0, frames * frame_ms / 1000, 0, channels), "viridis", norm)
+        ax.axvline(end, color="white", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{label}: [{shape[1]}, {shape[2]}] — {frames} frames of {frame_ms} ms", fontsize=10)
+        ax.set_ylabel("channel")
+        ax.set_xlabel("time (s)")
+        zoomed = fmap[:, : int(zoom * 1000 / frame_ms)]
+        ax_zoom = fig.add_subplot(grid[row, 1])
+        _imshow(ax_zoom, zoomed, (0, zoomed.shape[-1], 0, channels), "viridis", norm)
+        ax_zoom.set_title(f"first {zoom:.0f} s: {zoomed.shape[-1]} frames", fontsize=10)
+        ax_zoom.set_xlabel(f"frame ({frame_ms} ms each)")
+        ax_zoom.set_ylabel("channel")
+    fig.suptitle(f"Conv stem: {conv1_shape[2]} → {conv2_shape[2]} frames (first {channels} of "
+                 f"{conv1_shape[1]} channels, after GELU; dashed line: end of audio)")
+    fig.colorbar(image, ax=fig.axes, label="activation (after GELU)", shrink=0.8)
+    return fig
+
+
+# --------------------------------------------------------------------------- self-attention
+
+
+def _head_grid(fig: Figure, heads: list[int], draw: Callable, title: str, colorbar_label: str,
+               xlabel: str, ylabel: str):
+    """One panel per head (``draw(ax, head)`` returns its image), outer axes labelled, one colour bar."""
+    rows, columns = _grid_shape(len(heads))
+    axes = fig.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    image = None
+    for index, ax in enumerate(axes.flat):
+        if index >= len(heads):
+            ax.set_visible(False)
+            continue
+        image = draw(ax, heads[index])
+        ax.set_title(f"head {heads[index]}", fontsize=9)
+        if index % columns == 0:
+            ax.set_ylabel(ylabel)
+        if index >= len(heads) - columns:
+            ax.set_xlabel(xlabel)
+    fig.suptitle(title)
+    fig.colorbar(image, ax=[ax for ax in axes.flat if ax.get_visible()], label=colorbar_label, shrink=0.8)
+    return axes
+
+
+def _heads(n_heads: int, head: int | None) -> list[int]:
+    if head is None:
+        return list(range(n_heads))
+    if not 0 <= head < n_heads:
+        raise StoreError(f"head {head} does not exist; the model has heads 0–{n_heads - 1}")
+    return [head]
+
+
+def _layer_slice(trace, name: str, layer: int) -> np.ndarray:
+    """One layer of a [layer, ...] tensor record, read without loading the others."""
+    require(trace, name)
+    n_layers = trace.records[name]["shape"][0]
+    if not -n_layers <= layer < n_layers:
+        raise StoreError(f"layer {layer} does not exist; record {name} has layers 0–{n_layers - 1}")
+    return np.asarray(trace.tensor(name, lazy=True)[layer % n_layers], dtype=np.float32)
+
+
+@_draws
+def encoder_attention(trace, layer: int, head: int | None = None) -> Figure:
+    """Encoder self-attention of one layer over the frames holding audio; ``head=None`` draws a
+    grid of every head.  Patterns are stored pooled (see the attention plugin), rows sum to 1."""
+    pattern = _layer_slice(trace, "attention.encoder", layer)  # [head, query_cell, key_cell]
+    meta = trace.records["attention.encoder"].get("meta") or {}
+    cell_seconds = int(meta.get("pool", 1)) / ENCODER_FRAMES_PER_SECOND
+    seconds = pattern.shape[-1] * cell_seconds
+    norm = colors.PowerNorm(0.5, vmin=0, vmax=max(float(pattern.max()), 1e-6))
+    heads = _heads(pattern.shape[0], head)
+    fig = _figure(10, 7.5) if head is None else _figure(6.5, 5.5)
+    which = "all heads" if head is None else f"head {head}"
+    layer = layer % trace.records["attention.encoder"]["shape"][0]
+    _head_grid(fig, heads,
+               lambda ax, h: _imshow(ax, pattern[h], (0, seconds, 0, seconds), ATTENTION_CMAP, norm),
+               f"Encoder self-attention, layer {layer}, {which} (first window, {seconds:.2f} s of audio)",
+               "attention weight (√ scale)", "key time (s)", "query time (s)")
+    return fig
+
+
+@_draws
+def decoder_attention(trace, layer: int, head: int | None = None) -> Figure:
+    """Decoder (causal) self-attention of one layer over the prompt and emitted tokens of the
+    first window, token texts on both axes; ``head=None`` draws a grid of every head."""
+    pattern = _layer_slice(trace, "attention.decoder", layer)  # [head, query, key]
+    n_tokens = pattern.shape[-1]
+    vocab = vocabulary(trace)
+    labels = [token_label(trace, vocab, t) for t in window_sequence(trace, 0)][:n_tokens]
+    labels += ["?"] * (n_tokens - len(labels))
+    heads = _heads(pattern.shape[0], head)
+    norm = colors.Normalize(0, 1)
+    layer = layer % trace.records["attention.decoder"]["shape"][0]
+
+    def draw(ax, h):
+        image = ax.imshow(pattern[h], cmap=ATTENTION_CMAP, norm=norm, interpolation="nearest", aspect="auto")
+        if head is not None or n_tokens <= 24:
+            _tick_tokens(ax, labels, "x")
+            _tick_tokens(ax, labels, "y")
+        return image
+
+    size = (11, 9) if head is None else (7.5, 6.5)
+    fig = _figure(*size)
+    which = "all heads" if head is None else f"head {head}"
+    _head_grid(fig, heads, draw, f"Decoder self-attention, layer {layer}, {which} (first window)",
+               "attention weight", "key token (attended to)", "query token (reading)")
+    return fig
+
+
+@_draws
+def attention_summary(trace) -> Figure:
+    """Per encoder layer and head: attention entropy (nats) and mean attention distance (ms),
+    averaged over windows.  Low entropy and distance: sharp, local heads; high: diffuse, global."""
+    for name in ("attention.encoder_entropy", "attention.encoder_distance"):
+        require(trace, name)
+    entropy = trace.tensor("attention.encoder_entropy").astype(np.float32).mean(0)  # [layer, head]
+    distance_ms = trace.tensor("attention.encoder_distance").astype(np.float32).mean(0) * 1000 / \
+        ENCODER_FRAMES_PER_SECOND  # [layer, head]
+    fig = _figure(11, 0.45 * entropy.shape[0] + 2.4)
+    for ax, values, cmap, label, fmt in zip(
+            fig.subplots(1, 2), (entropy, distance_ms), ("viridis", "cividis"),
+            ("entropy (nats)", "mean attention distance (ms)"), ("{:.1f}", "{:.0f}")):
+        image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
+        if values.size <= 200:
+            threshold = (values.max() + values.min()) / 2
+            for (layer, head), value in np.ndenumerate(values):
+                ax.text(head, layer, fmt.format(value), ha="center", va="center", fontsize=7,
+                        color="black" if value > threshold else "white")
+        ax.set_xlabel("head")
+        ax.set_ylabel("encoder layer")
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]))
+        ax.set_title(label.capitalize(), fontsize=10)
+        fig.colorbar(image, ax=ax, label=label)
+    fig.suptitle("Encoder self-attention per layer and head")
+    return fig
+
+
+# --------------------------------------------------------------------------- cross-attention
+
+
+def cross_attention_rows(trace, layer: int | None = None, head: int | None = None) \
+        -> tuple[np.ndarray, list[dict]]:
+    """What each decoded token attended to, on the clip's time axis.
+
+    Returns (matrix [token, frame] at 50 frames/s from the start of the clip, token rows).
+    ``layer=None``: the alignment-head average the word timings come from (text tokens only);
+    otherwise layer ``layer``'s cross-attention for every emitted token, one head or the mean of all.
+    """
+    require(trace, "cross_attention.tokens")
+    tokens = trace.table("cross_attention.tokens")
+    if layer is None:
+        require(trace, "cross_attention.alignment")
+        per_window = np.asarray(trace.tensor("cross_attention.alignment"), dtype=np.float32)
+        tokens = [row for row in tokens if row["is_text"]]
+    else:
+        weights = _layer_slice(trace, "cross_attention.weights", layer)  # [head, token, frame]
+        per_window = weights.mean(0) if head is None else weights[_heads(weights.shape[0], head)[0]]
+    starts = {w["index"]: float(w["start"]) for w in trace.manifest.get("windows") or []}
+    frames = max(per_window.shape[-1], math.ceil(duration(trace) * ENCODER_FRAMES_PER_SECOND))
+    matrix = np.zeros((len(tokens), frames), dtype=np.float32)  # [token, frame]
+    for row, token in enumerate(tokens[: per_window.shape[0]]):
+        offset = round(starts.get(token["window"], 0.0) * ENCODER_FRAMES_PER_SECOND)
+        width = min(per_window.shape[-1], frames - offset)
+        matrix[row, offset: offset + width] = per_window[row, :width]
+    return matrix, tokens
+
+
+def attended_span(trace, token_index: int, layer: int | None = None, head: int | None = None,
+                  margin: float = 0.06) -> tuple[float, float]:
+    """(start, end) seconds a token attended to most: the contiguous frames around its
+    attention peak holding at least half the peak's weight, widened by ``margin`` seconds."""
+    matrix, _ = cross_attention_rows(trace, layer, head)
+    row = matrix[token_index]
+    peak = int(row.argmax())
+    floor = row.min() + (row[peak] - row.min()) / 2
+    start = end = peak
+    while start > 0 and row[start - 1] >= floor:
+        start -= 1
+    while end < len(row) - 1 and row[end + 1] >= floor:
+        end += 1
+    return (max(0.0, start / ENCODER_FRAMES_PER_SECOND - margin),
+            min(duration(trace), (end + 1) / ENCODER_FRAMES_PER_SECOND + margin))
+
+
+def _word_rows(words: list[dict], tokens: list[dict]) -> list[tuple[dict, list[int]]]:
+    """Each word with the matrix rows of its tokens (words consume text tokens in order)."""
+    text_rows = [i for i, token in enumerate(tokens) if token["is_text"]]
+    placed, cursor = [], 0
+    for word in words:
+        count = len(word.get("tokens") or [])
+        placed.append((word, text_rows[cursor: cursor + count]))
+        cursor += count
+    return placed
+
+
+@_draws
+def cross_attention(trace, layer: int | None = None, head: int | None = None) -> Figure:
+    """Decoded tokens against audio time, under the log-Mel spectrogram with word timestamps.
+
+    ``layer=None`` shows the alignment-head average (z-scored, median-filtered) the DTW word
+    timings walk; a layer shows that layer's attention, of one head or averaged over heads.
+    Boxes mark each word's DTW span over its tokens.
+    """
+    matrix, tokens = cross_attention_rows(trace, layer, head)  # [token, frame]
+    words = trace.words()
+    end = duration(trace)
+    mel = log_mel_array(trace)[:, : math.ceil(end * MEL_FRAMES_PER_SECOND)]  # [n_mels, frame]
+    frames = math.ceil(end * ENCODER_FRAMES_PER_SECOND)
+    shown, _ = pool_columns(matrix[:, :frames])
+    vocab = vocabulary(trace)
+    labels = [token_label(trace, vocab, t["token_id"]) for t in tokens]
+    fig = _figure(11, 3 + 0.16 * max(len(tokens), 12))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2.4])
+    mel_image = _imshow(top, pool_columns(mel)[0], (0, end, 0, mel.shape[0]), "magma")
+    for word in words:
+        top.axvline(word["start"], color="white", linewidth=0.6, alpha=0.8)
+        top.text((word["start"] + word["end"]) / 2, mel.shape[0] * 0.96, word["word"].strip(), color="white",
+                 fontsize=8, ha="center", va="top", rotation=90 if len(words) > 20 else 0)
+    top.set_ylabel("Mel bin")
+    top.set_title("log-Mel spectrogram with word timestamps (DTW on the alignment heads)", fontsize=10)
+    fig.colorbar(mel_image, ax=top, label="log10 power", pad=0.01)
+    if layer is None:
+        heads = ", ".join(f"{l}.{h}" for l, h in (trace.manifest.get("model") or {}).get("alignment_heads", []))
+        what, label, cmap_norm = f"alignment-head average (layer.head {heads})", "z-scored attention", None
+    else:
+        layer = layer % trace.records["cross_attention.weights"]["shape"][0]
+        which = "mean of all heads" if head is None else f"head {head}"
+        what, label = f"layer {layer}, {which}", "attention weight (√ scale)"
+        cmap_norm = colors.PowerNorm(0.5, vmin=0, vmax=max(float(shown.max()), 1e-6))
+    image = bottom.imshow(shown, aspect="auto", origin="upper", extent=(0, end, len(tokens) - 0.5, -0.5),
+                          cmap="viridis", norm=cmap_norm, interpolation="nearest")
+    for word, rows in _word_rows(words, tokens):
+        if rows:
+            bottom.add_patch(Rectangle((word["start"], rows[0] - 0.5), word["end"] - word["start"], len(rows),
+                                       fill=False, edgecolor="white", linewidth=0.9))
+    _tick_tokens(bottom, labels, "y")
+    bottom.set_xlabel("time (s)")
+    bottom.set_ylabel("decoded token")
+    bottom.set_title(f"Cross-attention: {what}; boxes: word spans", fontsize=10)
+    fig.colorbar(image, ax=bottom, label=label, pad=0.01)
+    fig.suptitle("Where each decoded token listens in the audio")
+    return fig
+
+
+# --------------------------------------------------------------------------- tokens and probabilities
+
+
+@_draws
+def token_probs(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
+    """Per emitted token: the chosen token's probability (bars) and the entropy of the
+    distribution (line), above the top-k alternatives with their probabilities."""
+    require(trace, "token_probs.tokens")
+    rows = trace.table("token_probs.tokens")
+    shown = _page(len(rows), first, count)
+    rows = [rows[i] for i in shown] if rows else []
+    vocab = vocabulary(trace)
+    labels = [token_label(trace, vocab, row["token_id"]) for row in rows]
+    steps = np.arange(len(rows))
+    probs = np.array([row["prob"] for row in rows], dtype=np.float32)  # [token]
+    entropy = np.array([row["entropy"] for row in rows], dtype=np.float32)  # [token]
+    k = max((len(row["top_k_probs"]) for row in rows), default=1)
+    top = np.full((k, len(rows)), np.nan, dtype=np.float32)  # [k, token]
+    for column, row in enumerate(rows):
+        top[: len(row["top_k_probs"]), column] = row["top_k_probs"]
+    cmap = matplotlib.colormaps[PROBABILITY_CMAP]
+    fig = _figure(max(8, 0.34 * len(rows) + 3), 7.5)
+    ax, ax_top = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.3])
+    ax.bar(steps, probs, color=cmap(probs), edgecolor="0.3", linewidth=0.4)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("p(chosen token)")
+    ax.set_title("Chosen-token probability (bars) and entropy (line)", fontsize=10)
+    ax_entropy = ax.twinx()
+    ax_entropy.plot(steps, entropy, color="black", marker=".", linewidth=1)
+    ax_entropy.set_ylabel("entropy (nats)")
+    ax_entropy.set_ylim(0, max(1.0, float(entropy.max(initial=0)) * 1.1))
+    image = ax_top.imshow(top, cmap=PROBABILITY_CMAP, norm=colors.Normalize(0, 1), aspect="auto",
+                          interpolation="nearest")
+    for column, row in enumerate(rows):
+        for rank, (token_id, p) in enumerate(zip(row["top_k_ids"], row["top_k_probs"])):
+            text = token_label(trace, vocab, token_id)
+            weight = "bold" if token_id == row["token_id"] else "normal"
+            ax_top.text(column, rank, text[:8], ha="center", va="center", fontsize=6, rotation=90,
+                        fontweight=weight, color="black")
+    ax_top.set_yticks(range(k), [str(rank + 1) for rank in range(k)])
+    ax_top.set_ylabel("rank among alternatives")
+    ax_top.set_xlabel("emitted token (decoding step)")
+    ax_top.set_title("Top-k alternatives at each step (bold: the token emitted)", fontsize=10)
+    _tick_tokens(ax_top, labels, "x")
+    fig.colorbar(image, ax=[ax, ax_top], label="probability", shrink=0.8)
+    fig.suptitle(f"Token probabilities{_page_note(shown, len(trace.table('token_probs.tokens')))}")
+    return fig
+
+
+@_draws
+def logit_lens(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
+    """Layers × emitted tokens: each cell names the top prediction of that decoder layer's
+    residual read through the final norm and unembedding; colour is the probability that layer
+    gives the token the model really emitted (text in bold where it is already the top choice)."""
+    for name in ("logit_lens.top_ids", "logit_lens.chosen_prob", "logit_lens.chosen_rank"):
+        require(trace, name)
+    top_ids = trace.tensor("logit_lens.top_ids")[:, :, 0]  # [layer, token]
+    chosen_prob = trace.tensor("logit_lens.chosen_prob")  # [layer, token]
+    chosen_rank = trace.tensor("logit_lens.chosen_rank")  # [layer, token]
+    n_layers, n_tokens = chosen_prob.shape
+    shown = _page(n_tokens, first, count)
+    columns = list(shown)
+    vocab = vocabulary(trace)
+    emitted = [t for w in range(len(trace.manifest.get("windows") or [])) for t in
+               (trace.manifest["windows"][w].get("tokens") or [])]
+    labels = [token_label(trace, vocab, emitted[i]) if i < len(emitted) else "?" for i in columns]
+    fig = _figure(max(8, 0.55 * len(columns) + 3), 0.5 * n_layers + 2.6)
+    ax = fig.add_subplot()
+    image = ax.imshow(chosen_prob[:, columns], cmap=PROBABILITY_CMAP, norm=colors.Normalize(0, 1),
+                      aspect="auto", origin="lower", interpolation="nearest")
+    for layer in range(n_layers):
+        for column, token in enumerate(columns):
+            is_top = chosen_rank[layer, token] == 0
+            ax.text(column, layer, token_label(trace, vocab, int(top_ids[layer, token]))[:7], ha="center",
+                    va="center", fontsize=6.5, rotation=60, fontweight="bold" if is_top else "normal")
+    ax.set_yticks(range(n_layers), [f"block {layer}" for layer in range(n_layers)])
+    _tick_tokens(ax, labels, "x")
+    ax.set_xlabel("emitted token")
+    ax.set_ylabel("decoder layer (residual after block)")
+    fig.colorbar(image, ax=ax, label="p(emitted token) at this layer")
+    ax.set_title(f"Logit lens: top prediction per layer{_page_note(shown, n_tokens)}")
+    return fig
+
+
+def _multitask_window(trace) -> dict:
+    require(trace, "token_probs.multitask")
+    windows = (trace.json("token_probs.multitask") or {}).get("windows") or []
+    if not windows:
+        raise StoreError(f"record token_probs.multitask of trace {trace.id} has no windows; re-run the trace")
+    return windows[0]
+
+
+@_draws
+def language_probs(trace, top: int = 10) -> Figure:
+    """The language-detection distribution of the first window (its ``top`` most likely
+    languages), with the detected language and the no-speech probability in the title."""
+    window = _multitask_window(trace)
+    ranked = sorted((window.get("language_probs") or {}).items(), key=lambda item: -item[1])[:top]
+    fig = _figure(7, 0.32 * len(ranked) + 1.8)
+    ax = fig.add_subplot()
+    names = [f"<|{code}|>" for code, _ in ranked][::-1]
+    values = np.array([p for _, p in ranked][::-1], dtype=np.float32)
+    cmap = matplotlib.colormaps["Blues"]
+    ax.barh(names, values, color=cmap(0.35 + 0.65 * values))
+    for y, value in enumerate(values):
+        ax.text(min(value + 0.01, 0.9), y, f"{value:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability")
+    ax.set_ylabel("language token")
+    ax.set_title(f"Language detection: <|{window.get('language')}|> "
+                 f"(p={window.get('language_probability', 0):.2f}); "
+                 f"no-speech p={window.get('no_speech_probability', 0):.3f}", fontsize=10)
+    return fig
+
+
+def transcript_html(trace) -> str:
+    """The transcript as HTML spans coloured by each token's probability (red = unsure, green =
+    sure), with probability, entropy and alternatives in each span's tooltip.  Self-contained
+    (inline styles only); special and timestamp tokens are left out."""
+    require(trace, "token_probs.tokens")
+    cmap = matplotlib.colormaps[PROBABILITY_CMAP]
+    spans = []
+    for row in trace.table("token_probs.tokens"):
+        if row["kind"] != "text":
+            continue
+        red, green, blue, _ = cmap(0.15 + 0.7 * float(row["prob"]))
+        alternatives = ", ".join(f"{text!r} {p:.2f}" for text, p in zip(row["top_k_tokens"], row["top_k_probs"]))
+        tooltip = f"p={row['prob']:.3f}, entropy={row['entropy']:.2f} nats; top: {alternatives}"
+        spans.append(f'<span title="{html.escape(tooltip)}" style="background:rgb({red * 255:.0f},'
+                     f'{green * 255:.0f},{blue * 255:.0f});color:#111;border-radius:3px;padding:1px 0">'
+                     f"{html.escape(row['token'])}</span>")
+    legend = "".join(
+        f'<span style="background:rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f});padding:0 6px;'
+        f'color:#111">{p:.1f}</span>' for p in (0.0, 0.25, 0.5, 0.75, 1.0)
+        for r, g, b, _ in [cmap(0.15 + 0.7 * p)])
+    return ('<div class="probe-transcript" style="font-size:1.15em;line-height:1.9;white-space:pre-wrap">'
+            f"{''.join(spans)}</div>"
+            f'<div style="font-size:0.8em;color:#555">token probability: {legend}</div>')
+
+
+@_draws
+def record_heatmap(trace, name: str, index: tuple[int, ...] = ()) -> Figure:
+    """Any tensor record (a plugin's own, say) as a heatmap of its last two axes, taken at
+    ``index`` along the leading ones; axis names come from the record's ``meta["axes"]``."""
+    require(trace, name)
+    entry = trace.records[name]
+    shape = list(entry.get("shape") or [])
+    if len(shape) - len(index) != 2:
+        raise ValueError(f"record {name} has shape {shape}: give {len(shape) - 2} leading indices, not {len(index)}")
+    view = trace.tensor(name, lazy=True)
+    values = np.asarray(view[index] if index else view[:], dtype=np.float32)  # [row, column]
+    shown, factor = pool_columns(values)
+    axes = list((entry.get("meta") or {}).get("axes") or [f"axis {i}" for i in range(len(shape))])
+    fig = _figure(10, 4.5)
+    ax = fig.add_subplot()
+    image = ax.imshow(shown, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                      extent=(0, values.shape[1], 0, values.shape[0]))
+    ax.set_xlabel(f"{axes[-1]} (index{f', pooled ×{factor}' if factor > 1 else ''})")
+    ax.set_ylabel(f"{axes[-2]} (index)")
+    at = ", ".join(f"{axis}={i}" for axis, i in zip(axes, index))
+    ax.set_title(f"{name} {shape}{f' at {at}' if at else ''}")
+    fig.colorbar(image, ax=ax, label=f"value ({entry.get('dtype')})")
+    return fig
+
+
+# --------------------------------------------------------------------------- registry and output
+
+
+def _middle(trace, key: str) -> int:
+    return _config(trace, key, 2) // 2
+
+
+FIGURES: dict[str, Callable[..., Figure]] = {
+    "waveform": waveform,
+    "log_mel": log_mel,
+    "conv_stem": conv_stem,
+    "encoder_attention": lambda trace: encoder_attention(trace, _middle(trace, "encoder_layers")),
+    "decoder_attention": lambda trace: decoder_attention(trace, _middle(trace, "decoder_layers")),
+    "attention_summary": attention_summary,
+    "cross_attention": cross_attention,
+    "token_probs": token_probs,
+    "logit_lens": logit_lens,
+    "language_probs": language_probs,
+}
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 200) -> Path:
+    """Write ``fig`` to ``path``; the format follows the suffix (png, svg, pdf)."""
+    path = Path(path)
+    with _quiet_missing_glyphs():
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """``fig`` as PNG bytes, for screens (the dashboard) rather than print."""
+    buffer = io.BytesIO()
+    with _quiet_missing_glyphs():
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()

@@ -1,0 +1,122 @@
+"""A real trace store for the figure, dashboard and browser tests, built once per session.
+
+Real decoding with the embedded Whisper base weights on the example clips: an English trace that
+also carries a third-party plugin's records, a transcribe + translate pair of the Mandarin clip
+(recorded with fewer plugins to keep the session short; the transcribe one lacks the attention,
+logit-lens and activations records, so views that need them must show an error), and a copy of the English trace with one record file deleted
+(a damaged trace).  The third-party plugin is a small module that stores a 1-D series and a
+table and registers a dashboard view; it is installed as an entry point in ``plugin_dir`` (put
+that folder on ``sys.path`` / ``PYTHONPATH`` for the dashboard to find it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+
+PLUGIN_MODULE = "loudness_plugin"
+PLUGIN_SOURCE = textwrap.dedent('''
+    """Loudness: a third-party whisper-probe plugin, as a user would write one."""
+    import numpy as np
+
+    from probe import hookimpl
+
+    name = "loudness"
+    __version__ = "0.1"
+
+
+    @hookimpl
+    def probe_run_end(run, writer):
+        samples = np.asarray(run.clip.samples, dtype=np.float32)
+        frames = samples[: len(samples) // 320 * 320].reshape(-1, 320)  # [frame, sample]: 20 ms
+        rms = np.sqrt((frames ** 2).mean(axis=1))  # [frame]
+        writer.add_tensor("loudness.rms", rms, plugin=name, meta={"axes": ["frame"]})
+        writer.add_table("loudness.summary", [{"statistic": "peak", "value": float(rms.max())},
+                                              {"statistic": "mean", "value": float(rms.mean())}], plugin=name)
+
+
+    @hookimpl
+    def probe_dashboard_views(register):
+        def render(trace, st):
+            peak = trace.table("loudness.summary")[0]["value"]
+            st.metric("Peak RMS loudness", f"{peak:.4f}")
+
+        register("Loudness", render)
+''')
+DAMAGED_RECORD = "cross_attention.weights"
+
+
+@dataclasses.dataclass(frozen=True)
+class DashboardStore:
+    path: Path
+    english: object  # probe.store.Trace: transcribe, every built-in plugin + loudness
+    translate: object  # Mandarin clip, task translate, without attention / activations
+    transcribe: object  # Mandarin clip, transcribe, without attention / logit_lens / activations
+    damaged_id: str  # a copy of `english` whose cross_attention.weights file is gone
+    plugin_dir: Path  # holds the loudness plugin module and its entry point
+
+
+_BUILT: dict[Path, DashboardStore] = {}
+
+
+def _speech(folder: Path, clip: str, voice: str, text: str) -> Path:
+    """An example clip, or the same sentence synthesised with espeak-ng if examples/ lacks it."""
+    if (EXAMPLES / clip).exists():
+        return EXAMPLES / clip
+    if shutil.which("espeak-ng") is None:
+        pytest.skip(f"needs examples/{clip} or espeak-ng to make speech")
+    path = folder / f"{Path(clip).stem}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+    return path
+
+
+def _install_plugin(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{PLUGIN_MODULE}.py").write_text(PLUGIN_SOURCE)
+    dist = folder / "loudness_plugin-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: loudness-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[whisper_probe]\nloudness = {PLUGIN_MODULE}\n")
+    return folder
+
+
+def build_dashboard_store(base, folder: Path) -> DashboardStore:
+    """Trace the example clips into ``folder/store`` (once per folder and process)."""
+    if folder in _BUILT:
+        return _BUILT[folder]
+    import probe
+    from probe.store import Store
+
+    store = Store(folder / "store")
+    plugin_dir = _install_plugin(folder / "plugins")
+    english_clip = _speech(folder, "en_fox.flac", "en-us", "The quick brown fox jumps over the lazy dog.")
+    mandarin_clip = _speech(folder, "zh_hello.flac", "cmn-latn-pinyin",
+                            "ni3 hao3, huan1 ying2 lai2 dao4 yu3 yin1 shi2 bie2 ke4 cheng2")
+    english = probe.run(english_clip, model=base, store=store, name="en_fox",
+                        plugins=[str(plugin_dir / f"{PLUGIN_MODULE}.py")])
+    translate = probe.run(mandarin_clip, model=base, store=store, name="zh_translate", task="translate",
+                          disable=["attention", "activations"])
+    transcribe = probe.run(mandarin_clip, model=base, store=store, name="zh_transcribe",
+                           disable=["attention", "logit_lens", "activations"])
+    damaged_id = f"{english.id}-damaged"
+    damaged = store.path / damaged_id
+    shutil.copytree(english.path, damaged)
+    (damaged / english.records[DAMAGED_RECORD]["file"]).unlink()
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    (damaged / "manifest.json").write_text(json.dumps({**manifest, "name": "en_fox_damaged"}))
+    built = DashboardStore(store.path, english, translate, transcribe, damaged_id, plugin_dir)
+    _BUILT[folder] = built
+    return built
+
+
+@pytest.fixture(scope="session")
+def dashboard_store(base, tmp_path_factory) -> DashboardStore:
+    return build_dashboard_store(base, tmp_path_factory.getbasetemp() / "dashboard")

@@ -1,0 +1,287 @@
+"""The dashboard under Streamlit's AppTest, one test (or a few) per view, on a real trace store.
+
+Each test opens a view the way a browser would (``?trace=`` in the URL, then the page), checks
+what it shows against the trace (transcript, language, tokens, words, shapes), drives its widgets
+and checks the output changes.  Traces missing records, a damaged trace and bad URLs must show an
+error inside the view while the sidebar and the rest keep working, never an exception.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import probe.dashboards
+from probe.dashboards import context
+from probe.plugin_manager import DEFAULT_PLUGINS
+from probe.store import Store
+from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.integration
+
+APP = Path(probe.dashboards.__file__).with_name("app.py")
+VIEWS = ["overview", "audio", "multitask", "tokens", "conv_stem", "attention", "cross_attention", "logit_lens",
+         "lesson", "compare", "plugin_records", "new_trace"]
+
+
+@pytest.fixture
+def open_view(dashboard_store, monkeypatch):
+    """open_view(view, trace=None) → the AppTest after its first run, as from ``/view?trace=...``."""
+    monkeypatch.setenv("WHISPER_PROBE_STORE", str(dashboard_store.path))
+    monkeypatch.syspath_prepend(str(dashboard_store.plugin_dir))  # the loudness plugin's entry point
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+    def run(view: str, trace: str | None = None) -> AppTest:
+        app = AppTest.from_file(str(APP), default_timeout=120)
+        if trace is not None:
+            app.query_params["trace"] = trace
+        app.switch_page(f"views/{view}.py")
+        return app.run()
+
+    yield run
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def texts(app: AppTest) -> str:
+    """Every piece of text the page shows (markdown, captions, html, metrics, alerts), joined."""
+    parts = [element.value for kind in ("markdown", "caption", "title", "subheader", "error", "info")
+             for element in getattr(app, kind)]
+    parts += [f"{metric.label} {metric.value}" for metric in app.metric]
+    parts += [html.unescape(element.proto.body) for element in app.get("html")]
+    return "\n".join(str(part) for part in parts)
+
+
+def no_exception(app: AppTest) -> None:
+    assert not app.exception, [e.value for e in app.exception]
+
+
+def image_urls(app: AppTest) -> list[str]:
+    return [url for image in app.image for url in image.value]
+
+
+# --------------------------------------------------------------------------- picker and router
+
+
+def test_every_view_opens_on_incomplete_traces_without_exceptions(open_view, dashboard_store):
+    # Complete traces are opened view by view below; these two lack records or a record file.
+    for view in VIEWS:
+        for trace in (dashboard_store.transcribe.id, dashboard_store.damaged_id):
+            app = open_view(view, trace)
+            no_exception(app)
+            assert app.title, f"{view} on {trace} shows no title"
+
+
+def test_trace_comes_from_the_url_by_id_prefix_or_name(open_view, dashboard_store):
+    english, translate = dashboard_store.english, dashboard_store.translate
+    assert open_view("overview", "en_fox").sidebar.selectbox(key="trace").value == english.id
+    app = open_view("overview", translate.id[:-2])
+    assert app.sidebar.selectbox(key="trace").value == translate.id
+    assert app.query_params["trace"] == translate.id
+
+
+@pytest.mark.parametrize("ref", ["../../etc", "/etc/passwd", "no-such-trace"])
+def test_url_outside_the_store_is_refused_in_the_sidebar(open_view, ref):
+    app = open_view("overview", ref)
+    no_exception(app)
+    assert app.sidebar.error and "store" in app.sidebar.error[0].value
+    assert app.title[0].value == "Overview"  # the newest trace is shown instead
+
+
+def test_sidebar_picker_changes_what_every_view_shows(open_view, dashboard_store):
+    app = open_view("overview", "en_fox")
+    assert dashboard_store.english.transcript in texts(app)
+    app.sidebar.selectbox(key="trace").select(dashboard_store.translate.id).run()
+    assert dashboard_store.translate.transcript in texts(app)
+    assert app.query_params["trace"] == dashboard_store.translate.id
+
+
+# --------------------------------------------------------------------------- views
+
+
+def test_overview_shows_model_prompt_transcript_language_and_timings(open_view, dashboard_store):
+    trace = dashboard_store.english
+    app = open_view("overview", trace.id)
+    shown = texts(app)
+    assert trace.transcript in shown
+    assert f"Model {trace.model_id}" in shown
+    assert f"Language <|{trace.language}|>" in shown
+    assert "No-speech probability" in shown
+    for entry in trace.manifest["prompt"]:
+        assert entry["token"] in shown and str(entry["id"]) in shown
+    tables = [frame.value for frame in app.dataframe]
+    assert any("total" in set(table.get("stage", [])) for table in tables)
+    assert any("task" in set(table.get("option", [])) for table in tables)
+
+
+def test_audio_view_plays_and_draws_waveform_and_log_mel(open_view, dashboard_store):
+    app = open_view("audio", dashboard_store.english.id)
+    no_exception(app)
+    assert len(app.get("audio")) == 1
+    assert len(app.image) == 2
+    assert "80 Mel bins × 3000 frames" in texts(app)
+
+
+def test_conv_stem_view_redraws_for_more_channels_and_explains_shapes(open_view, dashboard_store):
+    app = open_view("conv_stem", dashboard_store.english.id)
+    assert "[512, 1500]" in texts(app) and "[80, 3000]" in texts(app)
+    before = image_urls(app)
+    app.slider(key="conv_channels").set_value(32).run()
+    no_exception(app)
+    assert len(image_urls(app)) == 1 and image_urls(app) != before
+
+
+def test_attention_explorer_switches_side_layer_and_head(open_view, dashboard_store):
+    app = open_view("attention", dashboard_store.english.id)
+    assert len(app.image) == 2  # the explorer and the per-head summary
+    first = image_urls(app)[0]
+    app.selectbox(key="attn_layer_encoder_attention").select(4).run()
+    app.selectbox(key="attn_head_encoder_attention").select(3).run()
+    assert image_urls(app)[0] != first
+    app.radio(key="attn_side").set_value("Decoder self-attention").run()
+    app.selectbox(key="attn_layer_decoder_attention").select(2).run()
+    no_exception(app)
+    assert len(app.image) == 2 and not app.error
+
+
+def test_cross_attention_lists_tokens_and_words_and_plays_their_spans(open_view, dashboard_store):
+    trace = dashboard_store.english
+    app = open_view("cross_attention", trace.id)
+    no_exception(app)
+    tokens = app.selectbox(key="cross_token").options
+    assert any(option.endswith(": fox") for option in tokens)
+    words = app.selectbox(key="cross_word").options
+    assert len(words) == len(trace.words()) and any(option.startswith("fox (") for option in words)
+    assert len(app.get("audio")) == 2  # the token's span and the word's span
+    span = app.caption[0].value
+    app.selectbox(key="cross_token").set_value(tokens.index(next(o for o in tokens if o.endswith(": fox")))).run()
+    assert app.caption[0].value != span
+    first = image_urls(app)
+    app.selectbox(key="cross_source").set_value(3).run()
+    app.selectbox(key="cross_head").set_value(1).run()
+    no_exception(app)
+    assert image_urls(app) != first and not app.error
+
+
+def test_cross_attention_of_a_damaged_trace_errors_in_the_view_only(open_view, dashboard_store):
+    app = open_view("cross_attention", dashboard_store.damaged_id)
+    assert len(app.image) == 1  # the alignment-head average does not need the deleted file
+    app.selectbox(key="cross_source").set_value(2).run()
+    no_exception(app)
+    assert app.error and "cross_attention.weights" in app.error[0].value
+    assert app.sidebar.selectbox(key="trace").value == dashboard_store.damaged_id  # the sidebar still works
+
+
+def test_token_view_colours_the_transcript_and_lists_every_token(open_view, dashboard_store):
+    trace = dashboard_store.english
+    app = open_view("tokens", trace.id)
+    shown = texts(app)
+    assert "background:rgb(" in shown and " fox" in shown
+    assert len(app.image) == 1
+    assert len(app.dataframe[0].value) == len(trace.table("token_probs.tokens"))
+
+
+def test_logit_lens_view_draws_or_names_the_missing_plugin(open_view, dashboard_store):
+    assert len(open_view("logit_lens", dashboard_store.english.id).image) == 1
+    app = open_view("logit_lens", dashboard_store.transcribe.id)
+    no_exception(app)
+    assert "logit_lens.top_ids" in app.error[0].value and "logit_lens plugin" in app.error[0].value
+
+
+def test_views_needing_missing_records_say_which_plugin(open_view, dashboard_store):
+    for view, record in [("conv_stem", "activations.encoder.hook_conv1"), ("attention", "attention.encoder")]:
+        app = open_view(view, dashboard_store.transcribe.id)
+        no_exception(app)
+        assert any(record in error.value for error in app.error), view
+
+
+def test_multitask_view_shows_language_no_speech_and_the_task_pair(open_view, dashboard_store):
+    trace = dashboard_store.translate
+    app = open_view("multitask", trace.id)
+    shown = texts(app)
+    assert f"Detected language <|{trace.language}|>" in shown
+    assert f"{trace.manifest['no_speech_probability']:.3f}" in shown
+    assert "<|translate|>" in shown and "<|transcribe|>" in shown  # both prompts, side by side
+    assert dashboard_store.transcribe.transcript in shown
+    assert len(app.image) == 1
+    app.slider(key="multitask_top").set_value(5).run()
+    no_exception(app)
+    english = open_view("multitask", dashboard_store.english.id)
+    assert "Only the task token changes" in texts(english)
+
+
+def test_compare_view_starts_from_the_other_task_of_the_same_audio(open_view, dashboard_store):
+    app = open_view("compare", dashboard_store.translate.id)
+    assert app.selectbox(key="compare_trace").value == dashboard_store.transcribe.id
+    shown = texts(app)
+    assert dashboard_store.translate.transcript in shown and dashboard_store.transcribe.transcript in shown
+    assert len(app.image) == 2
+    app.selectbox(key="compare_figure").select("language_probs").run()
+    no_exception(app)
+    assert len(app.image) == 2
+
+
+def test_lesson_walks_every_step_forward_and_back(open_view, dashboard_store):
+    app = open_view("lesson", dashboard_store.english.id)
+    seen = [app.subheader[0].value]
+    for _ in range(6):
+        app.button(key="lesson_next").click().run()
+        no_exception(app)
+        seen.append(app.subheader[0].value)
+    assert seen[0] == "The sound" and seen[2].startswith("The conv stem") and seen[-1].startswith("Tokens")
+    assert len(set(seen)) == 7
+    assert app.button(key="lesson_next").disabled
+    app.button(key="lesson_previous").click().run()
+    assert app.subheader[0].value == seen[-2]
+    assert not app.error
+
+
+def test_plugin_records_view_browses_third_party_records_and_views(open_view, dashboard_store):
+    trace = dashboard_store.english
+    app = open_view("plugin_records", trace.id)
+    no_exception(app)
+    assert app.selectbox(key="plugin_record").options[0].startswith("loudness.rms")
+    assert app.get("arrow_line_chart") or app.get("vega_lite_chart") or app.get("arrow_vega_lite_chart")
+    peak = trace.table("loudness.summary")[0]["value"]
+    assert [(m.label, m.value) for m in app.metric] == [("Peak RMS loudness", f"{peak:.4f}")]
+    app.selectbox(key="plugin_record").set_value("loudness.summary").run()
+    assert list(app.dataframe[0].value["statistic"]) == ["peak", "mean"]
+    without = open_view("plugin_records", dashboard_store.translate.id)
+    assert "no records from third-party plugins" in texts(without)
+
+
+def test_new_trace_records_an_upload_and_selects_it(open_view, dashboard_store):
+    app = open_view("new_trace")
+    assert app.button(key="new_run").disabled
+    clip = Path(dashboard_store.english.audio_source)
+    app.file_uploader(key="new_upload").set_value((clip.name, clip.read_bytes(), "audio/flac"))
+    app.multiselect(key="new_plugins").set_value(["token_probs"])
+    app.text_input(key="new_name").input("uploaded fox")
+    app.run()
+    assert not app.button(key="new_run").disabled
+    before = set(Store(dashboard_store.path))
+    app.button(key="new_run").click().run()
+    no_exception(app)
+    new = set(Store(dashboard_store.path)) - before
+    assert len(new) == 1
+    trace = Store(dashboard_store.path).open(new.pop())
+    assert trace.name == "uploaded fox"
+    assert set(trace.manifest["plugins"]) & set(DEFAULT_PLUGINS) == {"token_probs"}
+    assert app.title[0].value == "Overview" and trace.transcript in texts(app)
+    assert app.sidebar.selectbox(key="trace").value == trace.id
+    Store(dashboard_store.path).delete(trace.id)
+
+
+def test_export_download_appears_after_preparing(open_view, dashboard_store):
+    if not context.export_available():
+        pytest.skip("probe.export is not in this install")
+    app = open_view("overview", dashboard_store.english.id)
+    app.sidebar.selectbox(key="export_format").select("json").run()
+    app.sidebar.button(key="export_prepare").click().run()
+    no_exception(app)
+    assert app.get("download_button")

@@ -1,0 +1,505 @@
+"""Tests for probe.export: the lecture page, print figures, tables, and bundles in and out.
+
+One real trace (the embedded Whisper base weights on a real speech clip) is made per session;
+a copy of it with a hostile transcript checks escaping, and hand-built zip files check that
+every kind of bad bundle is refused without touching the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import shutil
+import stat
+import struct
+import subprocess
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import probe
+import probe.export
+from probe.errors import OptionError, StoreError
+from probe.export import export_tables, export_trace, figure_names, import_bundle, language_rows
+from probe.store import Store, Trace
+from tests.conftest import EXAMPLES, store_snapshot
+
+HOSTILE = "<script>alert('pwned')</script>"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory) -> Path:
+    clip = EXAMPLES / "en_fox.flac"
+    if clip.exists():
+        return clip
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("needs examples/en_fox.flac or espeak-ng to make speech")
+    path = tmp_path_factory.mktemp("speech") / "fox.wav"
+    subprocess.run([espeak, "-v", "en-us", "-w", str(path),
+                    "The quick brown fox jumps over the lazy dog."], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fox(tmp_path_factory, base, speech) -> Trace:
+    """A real trace with every built-in plugin."""
+    return probe.run(speech, model=base, store=tmp_path_factory.mktemp("traces"), name="fox")
+
+
+@pytest.fixture(scope="session")
+def hostile(tmp_path_factory, fox) -> Trace:
+    """A copy of ``fox`` whose name, transcript, a word and a token carry markup."""
+    store = Store(tmp_path_factory.mktemp("hostile"))
+    copy = store.path / fox.id
+    shutil.copytree(fox.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.update(name=HOSTILE, transcript=f"The {HOSTILE} fox")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    words_file = copy / manifest["records"]["cross_attention.words"]["file"]
+    words = json.loads(words_file.read_text())
+    words[1]["word"] = HOSTILE
+    words_file.write_text(json.dumps(words))
+    tokens_file = copy / manifest["records"]["token_probs.tokens"]["file"]
+    table = pq.read_table(tokens_file).to_pylist()
+    table[1]["token"] = HOSTILE
+    table[1]["top_k_tokens"][0] = HOSTILE
+    pq.write_table(pa.Table.from_pylist(table), tokens_file)
+    return store.open(fox.id)
+
+
+@pytest.fixture(scope="session")
+def page(tmp_path_factory, fox) -> tuple[Path, str]:
+    path, = export_trace(fox, "html", out=tmp_path_factory.mktemp("html") / "fox.html")
+    return path, path.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, fox) -> Path:
+    path, = export_trace(fox, "zip", out=tmp_path_factory.mktemp("bundle"))
+    return path
+
+
+# --- html --------------------------------------------------------------------------------------
+
+
+def references(text: str) -> list[str]:
+    """Every src/href/url()/@import target in a page."""
+    attrs = re.findall(r"""\b(?:src|href|srcset|poster|action|data)\s*=\s*["']?([^"'\s>]*)""",
+                       text, flags=re.IGNORECASE)
+    urls = re.findall(r"""url\(\s*["']?([^"')]*)""", text, flags=re.IGNORECASE)
+    imports = re.findall(r"""@import\s+["']?([^"';\s]*)""", text, flags=re.IGNORECASE)
+    return attrs + urls + imports
+
+
+def test_html_has_no_external_references(page):
+    path, text = page
+    refs = references(text)
+    assert refs, "the page should at least embed audio and figures"
+    external = [ref for ref in refs if not ref.startswith(("data:", "#"))]
+    assert external == []
+    assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", re.sub(r"data:[^\"']*", "", text),
+                         flags=re.IGNORECASE)
+    assert "<link" not in text and not re.search(r"<script[^>]*\bsrc", text)
+    assert path.stat().st_size < 4 * 2**20
+
+
+def test_html_embeds_the_trace_audio(page, fox):
+    match = re.search(r'<audio[^>]*\bsrc="data:audio/flac;base64,([A-Za-z0-9+/=]+)"', page[1])
+    assert match
+    assert base64.b64decode(match.group(1)) == fox.audio_bytes()
+
+
+def test_html_has_every_figure_as_an_image(page, fox):
+    from PIL import Image
+
+    text = page[1]
+    for name in figure_names():
+        match = re.search(rf'<figure id="figure-{name}">(?:(?!</figure>).)*?<img[^>]*'
+                          r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+        assert match, f"figure {name} missing"
+        image = Image.open(io.BytesIO(base64.b64decode(match.group(1))))
+        assert image.size[0] > 200 and image.size[1] > 100
+
+
+def test_html_shows_transcript_words_prompt_and_languages(page, fox):
+    text = page[1]
+    for word in fox.words():
+        start = f'data-start="{word["start"]:.3f}"'
+        assert start in text
+    for token in fox.manifest["prompt"]:
+        assert probe.export._esc(token["token"]) in text
+    assert f"{fox.manifest['no_speech_probability']:.3f}" in text
+    assert ">en<" in text  # language table
+    assert text.count("<script>") == 1  # only the page's own player script
+
+
+def test_html_escapes_trace_text(hostile, tmp_path):
+    path, = export_trace(hostile, "html", out=tmp_path / "hostile.html",
+                         views=["language_probs"])
+    text = path.read_text(encoding="utf-8")
+    assert HOSTILE not in text
+    assert "&lt;script&gt;" in text
+    assert text.count("<script") == 1
+
+
+# --- figure files ------------------------------------------------------------------------------
+
+PRINT_VIEWS = ["log_mel", "cross_attention", "token_probs"]
+
+
+def test_png_figures_are_print_resolution(fox, tmp_path):
+    from PIL import Image
+
+    paths = export_trace(fox, "png", out=tmp_path / "png", views=PRINT_VIEWS)
+    assert [p.name for p in paths] == [f"{fox.id}-{view}.png" for view in PRINT_VIEWS]
+    for path in paths:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert min(image.info["dpi"]) >= 199.5
+            assert image.size[0] >= 1000
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(p.name for p in paths)
+
+
+def test_svg_figures_parse_as_xml(fox, tmp_path):
+    paths = export_trace(fox, "svg", out=tmp_path, views=["waveform", "language_probs"])
+    assert [p.name for p in paths] == [f"{fox.id}-waveform.svg", f"{fox.id}-language_probs.svg"]
+    for path in paths:
+        assert ET.parse(path).getroot().tag.endswith("svg")
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="needs pdftoppm (poppler-utils)")
+def test_pdf_handout_has_a_title_page_and_one_page_per_figure(fox, tmp_path):
+    path, = export_trace(fox, "pdf", out=tmp_path / "deep" / "handout.pdf", views=PRINT_VIEWS)
+    assert path == tmp_path / "deep" / "handout.pdf"
+    subprocess.run(["pdftoppm", "-r", "20", "-png", str(path), str(tmp_path / "page")],
+                   check=True, capture_output=True)
+    assert len(list(tmp_path.glob("page*.png"))) == 1 + len(PRINT_VIEWS)
+    text = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(path), "-"],
+                          capture_output=True, text=True).stdout
+    if text:  # pdftotext ships with pdftoppm; check the title page says what it should
+        assert "embedded:base" in text and "quick" in text
+
+
+def test_unknown_view_lists_the_valid_ones(fox, tmp_path):
+    with pytest.raises(OptionError, match="cross_attention") as info:
+        export_trace(fox, "png", out=tmp_path, views=["cross_atention"])
+    assert "'cross_atention'" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_views_are_refused_for_table_formats(fox, tmp_path):
+    with pytest.raises(OptionError, match="--views"):
+        export_trace(fox, "json", out=tmp_path / "x.json", views=["log_mel"])
+
+
+def test_what_a_trace_lacks_is_noted_or_refused(fox, tmp_path, monkeypatch):
+    from probe import figures
+
+    store = Store(tmp_path / "store")
+    shutil.copytree(fox.path, store.path / fox.id)
+    manifest_path = store.path / fox.id / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["records"] = {name: entry for name, entry in manifest["records"].items()
+                           if not name.startswith("logit_lens.") and name != "token_probs.tokens"}
+    manifest_path.write_text(json.dumps(manifest))
+    partial = store.open(fox.id)
+    monkeypatch.setattr(figures, "FIGURES", {name: figures.FIGURES[name]
+                                             for name in ("language_probs", "logit_lens")})
+    path, = export_trace(partial, "html", out=tmp_path / "partial.html")
+    text = path.read_text(encoding="utf-8")
+    assert 'id="figure-language_probs"' in text and 'id="figure-logit_lens"' not in text
+    assert re.search(r'class="note">Not drawn: Logit lens.*logit_lens', text)
+    assert f'<div class="transcript">{fox.transcript}</div>' in text  # uncoloured, still there
+    assert 'id="tokens"' not in text and "data-start" in text
+    pdf, = export_trace(partial, "pdf", out=tmp_path / "partial.pdf")
+    assert pdf.stat().st_size > 0
+    with pytest.raises(StoreError, match="logit_lens"):
+        export_trace(partial, "png", out=tmp_path / "png", views=["logit_lens"])
+
+
+def test_unknown_format(fox):
+    with pytest.raises(OptionError, match="html, png"):
+        export_trace(fox, "docx")
+
+
+def test_a_failed_export_leaves_no_file(fox, tmp_path, monkeypatch):
+    from probe import figures
+
+    def broken_save(fig, path, dpi=200):
+        Path(path).write_bytes(b"half a png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(figures, "save", broken_save)
+    with pytest.raises(OptionError, match="No space left"):
+        export_trace(fox, "png", out=tmp_path, views=["waveform"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_output_names(fox, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert export_trace(fox, "json") == [tmp_path / f"{fox.id}.json"]
+    folder = tmp_path / f"{fox.id}-export"
+    assert export_trace(fox, "csv") == [folder / f"{fox.id}-{t}.csv"
+                                        for t in ("tokens", "words", "languages")]
+    (tmp_path / "existing").mkdir()
+    assert export_trace(fox, "json", out="existing") == [tmp_path / "existing" / f"{fox.id}.json"]
+    assert not list(tmp_path.rglob(".*part*"))
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def expected_tables(trace: Trace) -> dict[str, list[dict]]:
+    multitask = trace.json("token_probs.multitask")["windows"][0]["language_probs"]
+    return {"tokens": trace.table("token_probs.tokens"), "words": trace.words(),
+            "languages": [{"window": 0, "language": code, "probability": p}
+                          for code, p in sorted(multitask.items(), key=lambda kv: -kv[1])]}
+
+
+def test_json_holds_tokens_words_and_languages(fox, tmp_path):
+    path, = export_trace(fox, "json", out=tmp_path / "fox.json")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert {key: data[key] for key in ("tokens", "words", "languages")} == expected_tables(fox)
+    assert data["trace"]["transcript"] == fox.transcript
+    assert data["trace"]["prompt"][0] == "<|startoftranscript|>"
+    assert data["languages"][0]["language"] == "en"
+
+
+def parse_cell(cell: str, like):
+    if isinstance(like, (list, dict)):
+        return json.loads(cell)
+    if isinstance(like, bool):
+        return cell == "True"
+    if isinstance(like, int):
+        return int(cell)
+    if isinstance(like, float):
+        return float(cell)
+    return cell
+
+
+def test_csv_round_trips(fox, tmp_path):
+    paths = export_trace(fox, "csv", out=tmp_path)
+    assert [p.name for p in paths] == [f"{fox.id}-{t}.csv" for t in ("tokens", "words", "languages")]
+    for (name, rows), path in zip(expected_tables(fox).items(), paths):
+        with open(path, newline="", encoding="utf-8") as file:
+            read = list(csv.DictReader(file))
+        assert len(read) == len(rows), name
+        assert [{k: parse_cell(row[k], orig[k]) for k in orig} for row, orig in zip(read, rows)] == rows
+    assert export_tables(fox)["languages"] == language_rows(fox)
+
+
+# --- bundles -----------------------------------------------------------------------------------
+
+
+def test_bundle_imports_into_another_store_identically(fox, bundle, tmp_path):
+    store = Store(tmp_path / "other")
+    imported = import_bundle(bundle, store)
+    assert imported.id == fox.id and imported.path.parent == store.path
+    assert imported.manifest == fox.manifest
+    for name, entry in fox.records.items():
+        if entry["kind"] == "tensor":
+            mine, theirs = imported.tensor(name), fox.tensor(name)
+            assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), name
+        else:
+            assert imported.record(name) == fox.record(name), name
+    assert imported.audio_bytes() == fox.audio_bytes()
+    assert not (store.path / ".tmp").exists()  # the staging area is cleaned up
+    with pytest.raises(StoreError, match="already in store"):
+        import_bundle(bundle, store)
+
+
+def bundle_entries(good: Path) -> list[tuple[zipfile.ZipInfo, bytes]]:
+    with zipfile.ZipFile(good) as archive:
+        return [(info, archive.read(info)) for info in archive.infolist()]
+
+
+def write_zip(path: Path, entries) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info, data in entries:
+            archive.writestr(info, data)
+    return path
+
+
+def add(name: str, data: bytes = b"{}", mode: int = stat.S_IFREG | 0o644):
+    info = zipfile.ZipInfo(name)
+    info.external_attr = mode << 16
+    info.create_system = 3
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info, data
+
+
+def with_manifest(entries, **changes):
+    out = []
+    for info, data in entries:
+        if info.filename.endswith("/manifest.json"):
+            manifest = json.loads(data)
+            manifest.update(changes)
+            data = json.dumps(manifest).encode()
+        out.append((info, data))
+    return out
+
+
+def renamed(entries, root: str):
+    return [(add(root + "/" + info.filename.split("/", 1)[1])[0], data) for info, data in entries]
+
+
+def set_declared_size(path: Path, member: str, size: int) -> None:
+    """Rewrite a member's uncompressed size in the central directory (what zipfile trusts)."""
+    raw = bytearray(path.read_bytes())
+    name = member.encode()
+    at = raw.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len = struct.unpack_from("<H", raw, at + 28)[0]
+        if raw[at + 46:at + 46 + name_len] == name:
+            struct.pack_into("<I", raw, at + 24, size)
+        at = raw.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(raw))
+
+
+BAD_BUNDLES = {
+    "traversal": (lambda e, root: e + [add("../evil.json")], "unsafe path"),
+    "nested traversal": (lambda e, root: e + [add(f"{root}/json/../../evil.json")], "unsafe path"),
+    "absolute": (lambda e, root: e + [add("/tmp/evil.json")], "unsafe path"),
+    "symlink": (lambda e, root: e + [add(f"{root}/json/link.json", b"/etc/passwd",
+                                         stat.S_IFLNK | 0o777)], "link"),
+    "pickle": (lambda e, root: e + [add(f"{root}/tensors/evil.pkl", b"\x80\x04N.")], "pickles"),
+    "unlisted file": (lambda e, root: e + [add(f"{root}/json/extra.json")], "manifest names"),
+    "future schema": (lambda e, root: with_manifest(e, schema_version=999), "newer whisper-probe"),
+    "two traces": (lambda e, root: e + renamed(e, "20990101-000000-other-abcdef"),
+                   "exactly one trace folder"),
+    "loose file": (lambda e, root: e + [add("notes.json")], "exactly one trace folder"),
+    "no manifest": (lambda e, root: [x for x in e if not x[0].filename.endswith("manifest.json")],
+                    "no manifest.json"),
+    "broken manifest": (lambda e, root: [(i, b"{nope" if i.filename.endswith("manifest.json")
+                                          else d) for i, d in e], "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BUNDLES))
+def test_bad_bundles_are_refused_and_change_nothing(case, bundle, tmp_path):
+    edit, message = BAD_BUNDLES[case]
+    entries = bundle_entries(bundle)
+    root = entries[0][0].filename.split("/")[0]
+    bad = write_zip(tmp_path / "bad.zip", edit(entries, root))
+    store = Store(tmp_path / "store")
+    before = store_snapshot(store.path)
+    with pytest.raises(StoreError, match=message) as info:
+        import_bundle(bad, store)
+    assert "\n" not in str(info.value)
+    assert store_snapshot(store.path) == before == []
+
+
+def test_zip_bomb_by_declared_size_is_refused(bundle, tmp_path):
+    entries = bundle_entries(bundle)
+    root = entries[0][0].filename.split("/")[0]
+    bomb_name = f"{root}/json/bomb.json"
+    bomb = write_zip(tmp_path / "bomb.zip", entries + [add(bomb_name, b"0" * 1000)])
+    set_declared_size(bomb, bomb_name, 0xFFFF0000)
+    store = Store(tmp_path / "store")
+    with pytest.raises(StoreError, match="zip bomb"), \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probe.export, "MAX_BUNDLE_BYTES", 2**30)
+        import_bundle(bomb, store)
+    assert store_snapshot(store.path) == []
+
+
+def test_zip_bomb_that_really_inflates_is_refused(bundle, tmp_path, monkeypatch):
+    entries = bundle_entries(bundle)
+    root = entries[0][0].filename.split("/")[0]
+    bomb = write_zip(tmp_path / "bomb.zip", entries + [add(f"{root}/json/bomb.json",
+                                                           bytes(64 * 2**20))])
+    assert bomb.stat().st_size < bundle.stat().st_size + 2**20  # 64 MiB in well under 1 MiB
+    monkeypatch.setattr(probe.export, "MAX_BUNDLE_BYTES", 32 * 2**20)
+    store = Store(tmp_path / "store")
+    with pytest.raises(StoreError, match="zip bomb"):
+        import_bundle(bomb, store)
+    assert store_snapshot(store.path) == []
+
+
+def test_member_that_inflates_past_its_declared_size_is_refused(bundle, tmp_path):
+    entries = bundle_entries(bundle)
+    lying = write_zip(tmp_path / "lying.zip", entries)
+    audio = next(i.filename for i, _ in entries if i.filename.endswith(".flac"))
+    set_declared_size(lying, audio, 1000)
+    store = Store(tmp_path / "store")
+    with pytest.raises(StoreError, match="cannot be unpacked"):
+        import_bundle(lying, store)
+    assert store_snapshot(store.path) == []
+
+
+def test_too_many_members_is_refused(bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr(probe.export, "MAX_BUNDLE_MEMBERS", 5)
+    with pytest.raises(StoreError, match="members"):
+        import_bundle(bundle, Store(tmp_path / "store"))
+
+
+def test_not_a_bundle(tmp_path):
+    store = Store(tmp_path / "store")
+    with pytest.raises(StoreError, match="no bundle at"):
+        import_bundle(tmp_path / "missing.zip", store)
+    (tmp_path / "fake.zip").write_bytes(b"not a zip at all")
+    with pytest.raises(StoreError, match="not a readable zip"):
+        import_bundle(tmp_path / "fake.zip", store)
+    assert store_snapshot(store.path) == []
+
+
+def test_cli_export_and_import(fox, tmp_path, capsys):
+    from probe.cli import main
+
+    out = tmp_path / "fox.zip"
+    assert main(["export", fox.id, "--store", str(fox.path.parent), "-f", "zip", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert main(["import", str(out), "--store", str(tmp_path / "store")]) == 0
+    assert capsys.readouterr().out.strip() == f"imported {fox.id}"
+    assert main(["export", fox.id, "--store", str(fox.path.parent), "-f", "png",
+                 "--views", "nope"]) == 2
+    assert "valid views:" in capsys.readouterr().err
+
+
+# --- in a real browser -------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+def test_page_plays_in_a_browser_offline(page, fox):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path, _ = page
+    first = fox.words()[1]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required"])
+        try:
+            tab = browser.new_page()
+            requests = []
+            tab.on("request", lambda request: requests.append(request.url))
+            tab.goto(path.as_uri())
+            tab.wait_for_function("document.getElementById('audio').readyState >= 1")
+            duration = tab.evaluate("document.getElementById('audio').duration")
+            assert duration == pytest.approx(fox.manifest["audio"]["duration"], abs=0.1)
+            tab.locator(f'.words button[data-start="{first["start"]:.3f}"]').click()
+            tab.wait_for_function("document.getElementById('audio').currentTime > 0")
+            assert tab.evaluate("document.getElementById('audio').currentTime") >= first["start"]
+            tab.wait_for_function("document.getElementById('audio').paused", timeout=5000)
+            stopped = tab.evaluate("document.getElementById('audio').currentTime")
+            assert stopped == pytest.approx(first["end"], abs=0.15)
+            broken = tab.evaluate("[...document.images].filter(i => !i.naturalWidth).length")
+            assert broken == 0
+        finally:
+            browser.close()
+    assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
