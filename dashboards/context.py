@@ -223,6 +223,15 @@ def prompt_chips(prompt: list[dict], highlight: set[int] = frozenset()) -> str:
     return f'<div class="probe-prompt">{"".join(chips)}</div>'
 
 
+def pick_window(trace: CachedTrace, key: str) -> int:
+    """The 30 s window to show: a picker for long audio, window 0 otherwise."""
+    windows = trace.manifest.get("windows") or []
+    if len(windows) < 2:
+        return 0
+    return st.selectbox("Window", range(len(windows)), key=key, format_func=lambda i: (
+        f"window {i + 1}: {windows[i]['start']:.1f}–{windows[i]['end']:.1f} s"))
+
+
 def audio_span(trace: CachedTrace, start: float, end: float) -> np.ndarray:
     """The samples between ``start`` and ``end`` seconds: float32 [sample] at 16 kHz."""
     samples = figures.audio_samples(trace)

@@ -48,8 +48,7 @@ class Plugin:
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
         layer = int(point.name.split(".")[2])
-        # [head, token, frame]: the queries that emitted the generated tokens
-        run.state[self.name]["layers"][layer] = tensor[0, :, ctx.prompt_length - 1:]
+        run.state[self.name]["layers"][layer] = tensor[0]  # [head, query, frame]: every replay position
 
     @hookimpl
     def probe_window_end(self, run, window):
@@ -58,14 +57,21 @@ class Plugin:
         state["layers"] = {}
         if not layers:
             return
-        weights = torch.stack([layers[i] for i in sorted(layers)])[..., : window.n_frames]  # [layer, head, token, frame]
+        first = len(window.prompt) - 1  # the position that emitted the first generated token
+        # [layer, head, query, frame] over every replay position, cropped to the frames holding audio
+        every = torch.stack([layers[i] for i in sorted(layers)])[..., : window.n_frames]
+        weights = every[:, :, first:first + len(window.tokens)]  # [layer, head, token, frame]
         text_rows = [i for i, t in enumerate(window.tokens) if t < run.eot]
         eot_rows = [i for i, t in enumerate(window.tokens) if t == run.eot][:1]
         rows = text_rows + (eot_rows or [len(window.tokens) - 1])
+        # As openai-whisper's timing.py: normalise over the prompt, text and <|endoftext|> positions
+        # (timestamp tokens left out), with the softmax taken over the audio frames only.
+        kept = list(range(first)) + [first + i for i in rows] + [every.shape[2] - 1]
         heads = run.loaded.alignment_heads
-        aligned = torch.stack([weights[layer, head] for layer, head in heads])[:, rows]  # [head, token + 1, frame]
+        aligned = torch.stack([every[layer, head] for layer, head in heads])[:, kept].float()  # [head, row, frame]
+        aligned = aligned / aligned.sum(-1, keepdim=True)
         text_tokens = [window.tokens[i] for i in text_rows]
-        matrix = alignment_matrix(aligned).cpu().numpy()  # [text_token + 1, frame]
+        matrix = alignment_matrix(aligned)[first:first + len(rows)].cpu().numpy()  # [text_token + 1, frame]
         words = (words_from_alignment(matrix, text_tokens, run.tokenizer, window.language, run.eot,
                                       offset=window.start) if text_tokens else [])
         state["windows"].append({

@@ -45,7 +45,7 @@ class Plugin:
         k = int(run.option("top_k", 5))
         model = run.model
         norm = model.model.decoder.layer_norm
-        resid = tensor[0, ctx.prompt_length - 1:]  # [token, d_model]
+        resid = tensor[0, ctx.prompt_length - 1:-1]  # [token, d_model]: the positions that emitted tokens
         normed = F.layer_norm(resid, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         logits = F.linear(normed, model.proj_out.weight).float()  # [token, vocab]
         probs = logits.softmax(-1)

@@ -49,7 +49,7 @@ class Plugin:
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
         k = int(run.option("top_k", 5))
-        logits = tensor[0, ctx.prompt_length - 1:].float()  # [token, vocab]: the positions that emitted tokens
+        logits = tensor[0, ctx.prompt_length - 1:-1].float()  # [token, vocab]: the positions that emitted tokens
         log_probs = logits.log_softmax(-1)
         emitted = torch.tensor(ctx.tokens[ctx.prompt_length:], device=logits.device)  # [token]
         chosen = log_probs.gather(1, emitted[:, None])[:, 0]  # [token]

@@ -80,7 +80,7 @@ def load_audio(path: str | os.PathLike, channel: str | int = "mix") -> AudioClip
 
     ``channel``: "mix" (mean of all channels), "left"/"right", or a channel number (0-based).
     """
-    file = _existing_file(path)
+    file = existing_file(path)
     label = str(file)
     with open(file, "rb") as handle:
         head = handle.read(_HEAD_BYTES)
@@ -107,7 +107,7 @@ def encode_flac(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     return encoder.to_tensor("flac").numpy().tobytes()
 
 
-def _existing_file(path: str | os.PathLike) -> Path:
+def existing_file(path: str | os.PathLike) -> Path:
     """The absolute path of a non-empty regular file, or an AudioError saying what is wrong."""
     file = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
     if not file.exists():
@@ -412,14 +412,16 @@ def iter_dataset(
     file paths works too).  Each clip's ``row`` holds the row's other scalar columns."""
     _check_limit(limit)
     label = _dataset_label(name_or_dir, config)
-    ds = _open_split(name_or_dir, config, split)
+    ds = _open_split(name_or_dir, config, split)  # opened now, so a bad dataset fails here
     column = _audio_column(ds, audio_column, label)
-    ds = _as_undecoded_audio(ds, column, label)
-    for index, row in enumerate(_rows(ds, label)):
+    return _clips(_as_undecoded_audio(ds, column, label), column, f"dataset:{label}[{split}]", limit)
+
+
+def _clips(ds, column: str, prefix: str, limit: int | None) -> Iterator[AudioClip]:
+    for index, row in enumerate(_rows(ds, prefix)):
         if limit is not None and index >= limit:
-            break
-        source = f"dataset:{label}[{split}]#{index}"
-        yield _clip_from_row(row, column, source)
+            return
+        yield _clip_from_row(row, column, f"{prefix}#{index}")
 
 
 def dataset_size(
@@ -584,11 +586,15 @@ def _clip_from_row(row: dict, column: str, source: str) -> AudioClip:
     data, path = value.get("bytes"), value.get("path")
     if data:
         samples, rate, channels = _decode(_bytes_opener(data), source, "mix", data[:_HEAD_BYTES])
-    elif os.path.isfile(path):
-        _existing_file(path)
-        with open(path, "rb") as handle:
+    elif os.path.exists(path):
+        with open(existing_file(path), "rb") as handle:
             head = handle.read(_HEAD_BYTES)
         samples, rate, channels = _decode(_file_opener(path), source, "mix", head)
+    elif "://" not in path and "::" not in path:
+        raise AudioError(
+            f"{source}: audio file {path} does not exist; check the dataset's paths "
+            "and that --audio-column names the audio column"
+        )
     else:  # remote or archived file: let datasets open it
         samples, rate, channels = _decode(_datasets_opener(value), source, "mix", None)
     others = {k: v for k, v in row.items() if k != column and isinstance(v, (str, int, float, bool))}

@@ -15,9 +15,26 @@ import os
 import sys
 from pathlib import Path
 
-from probe.errors import ProbeError
+from probe.errors import OptionError, ProbeError
 
 DEBUG_ENV = "WHISPER_PROBE_DEBUG"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line like every other user error: one line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"probe: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1 (got {text!r})")
+    return value
 
 
 def _common_model_args(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +51,7 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probe", description="Introspection toolkit for OpenAI's Whisper.")
+    parser = _Parser(prog="probe", description="Introspection toolkit for OpenAI's Whisper.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--version", action="version", version=f"whisper-probe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -52,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", default="transcribe", help="transcribe or translate (to English)")
     run.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
     run.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
-    run.add_argument("--max-new-tokens", type=int, default=None)
+    run.add_argument("--max-new-tokens", type=_positive_int, default=None, help="stop each window after this many tokens")
     run.add_argument("--batch-size", type=int, default=1, help="windows decoded together (dataset runs)")
     run.add_argument("--channel", default="mix", help="mix (downmix), left or right")
     run.add_argument("--points", action="append", default=[],
@@ -124,7 +141,7 @@ def _split_points(values: list[str]) -> list[str]:
 
 def _inputs(args):
     """(clip iterator, count or None) for files or a dataset."""
-    from probe.audio import dataset_size, iter_dataset, load_audio
+    from probe.audio import dataset_size, existing_file, iter_dataset, load_audio
 
     if args.dataset and args.audio:
         raise ProbeError("give audio files or --dataset, not both")
@@ -133,6 +150,8 @@ def _inputs(args):
         return iter_dataset(args.dataset, **ds_args), dataset_size(args.dataset, **ds_args)
     if not args.audio:
         raise ProbeError("no audio given; pass audio files (e.g. probe run examples/en_fox.flac) or --dataset DIR")
+    for path in args.audio:
+        existing_file(path)  # a mistyped path fails now, not after the model has loaded
     channel = int(args.channel) if str(args.channel).isdigit() else args.channel
     return (load_audio(path, channel=channel) for path in args.audio), len(args.audio)
 
@@ -190,6 +209,9 @@ def cmd_run(args) -> int:
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     if loaded.note:
         print(f"probe: {loaded.note}", file=sys.stderr)
+    vocab = loaded.model.config.vocab_size
+    if not 0 <= args.top_k <= vocab:
+        raise OptionError(f"--top-k must be between 0 and the vocabulary size {vocab} (got {args.top_k})")
     options = DecodeOptions(language=args.language, task=args.task, timestamps=args.timestamps,
                             num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     plugin_refs = args.plugins if not args.no_store else args.plugins + [
@@ -266,7 +288,7 @@ def cmd_ls(args) -> int:
     from probe.store import Store
 
     store = Store(args.store)
-    infos = store.list()
+    infos = store.list(check_files=True)
     if args.json:
         print(json.dumps([info.__dict__ for info in infos], indent=1, default=str))
         return 0
@@ -282,6 +304,7 @@ def cmd_show(args) -> int:
     from probe.store import Store
 
     trace = Store(args.store, create=False).resolve(args.trace)
+    trace.check_files()
     data = dict(trace.manifest)
     data["words"] = trace.words()
     if args.json:

@@ -21,7 +21,7 @@ import re
 import shutil
 import struct
 import tempfile
-import zipfile
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -665,11 +665,14 @@ def _load_openai_checkpoint(pt_path: Path) -> tuple[dict, dict]:
     if not pt_path.is_file():
         raise ModelError(f"{pt_path} does not exist; pass an openai-whisper .pt checkpoint")
     try:
-        checkpoint = torch.load(pt_path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols it then refuses anyway
+            checkpoint = torch.load(pt_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ModelError(f"{pt_path} is not a plain Whisper checkpoint (refusing to unpickle code)") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{pt_path} cannot be read as a PyTorch checkpoint ({first_line(exc)}); re-download it") from exc
+    except Exception as exc:  # on garbage the weights-only unpickler raises KeyError, IndexError, ...
+        raise ModelError(f"{pt_path} cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {first_line(exc)}); "
+                         "it is truncated or not a .pt file, re-download it") from exc
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= set(checkpoint):
         raise ModelError(f"{pt_path} is not an openai-whisper checkpoint (it needs 'dims' and 'model_state_dict')")
     dims, state = checkpoint["dims"], checkpoint["model_state_dict"]
@@ -792,7 +795,7 @@ def convert_hf(src_dir: Path, dest_dir: Path) -> Path:
         with quiet_transformers():
             model = WhisperForConditionalGeneration.from_pretrained(src_dir, dtype="auto")
             processor = WhisperProcessor.from_pretrained(src_dir)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # transformers, safetensors, torch and tokenizers each raise their own types
         raise ModelError(f"{src_dir} cannot be loaded as a Whisper model ({first_line(exc)}); re-download it") from exc
     staging = _staging_dir(Path(dest_dir))
     try:

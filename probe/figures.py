@@ -3,10 +3,12 @@
 Each figure function takes a :class:`probe.store.Trace` (plus a few choices such as a layer or a
 head) and returns a matplotlib :class:`~matplotlib.figure.Figure` with a title, axis labels with
 units and a colour bar wherever colour carries a value.  Figures are built on the Agg canvas
-without pyplot, so drawing needs no GUI, keeps no global state and never imports torch; only the
-log-Mel spectrogram imports transformers (its ``WhisperFeatureExtractor``).  Big arrays (conv stem
-maps, long audio, long transcripts) are pooled or paged before drawing so a figure stays fast on a
-large-v3 trace.  A figure whose record is missing raises :class:`~probe.errors.StoreError` naming
+without pyplot, so drawing needs no GUI and keeps no global state.  This module uses numpy and
+matplotlib only; figures drawn from records never import torch (the spectrogram uses
+transformers' ``WhisperFeatureExtractor``, and decoding the stored audio is the store's business).
+Big arrays are cut down before drawing so a figure stays fast on a large-v3 trace: tensors are
+read a layer or a slice at a time, long audio is drawn as an envelope and one 30 s window at a
+time, wide maps are pooled, long transcripts paged.  A figure whose record is missing raises :class:`~probe.errors.StoreError` naming
 the record and the plugin that makes it.  :data:`FIGURES` maps a name to a one-argument figure
 with sensible defaults; :func:`transcript_html` renders the transcript coloured by token
 probability; :func:`save` writes a figure at print resolution.
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import html
+import io
 import math
 import warnings
 from pathlib import Path
@@ -43,6 +45,7 @@ N_TIMESTAMP_TOKENS = 1501  # <|0.00|> ... <|30.00|>, the last ids of every Whisp
 MAX_COLUMNS = 1500  # widest image drawn; wider arrays are mean-pooled along time
 MAX_WAVEFORM_POINTS = 4000  # longer audio is drawn as a min/max envelope
 TOKENS_PER_PAGE = 40  # token-by-token figures show this many tokens at a time
+CONV_ZOOM_SECONDS = 1.0  # the conv stem's close-up, where single frames are visible
 
 PROBABILITY_CMAP = "RdYlGn"
 ATTENTION_CMAP = "magma"
@@ -120,16 +123,28 @@ def duration(trace) -> float:
     return float(windows[-1].get("end") or WINDOW_SECONDS)
 
 
-def log_mel_array(trace) -> np.ndarray:
-    """The log-Mel spectrogram Whisper sees: [n_mels, frame] at 100 frames/s, padded to 30 s
-    like the model's input (longer audio is not padded); values on Whisper's scale."""
+def _window(trace, window: int) -> dict:
+    windows = trace.manifest.get("windows") or []
+    if not 0 <= window < len(windows):
+        raise StoreError(f"trace {trace.id} has no window {window}; it has {len(windows)}")
+    return windows[window]
+
+
+def window_span(trace, window: int = 0) -> tuple[float, float]:
+    """(start, end) seconds of 30 s window ``window`` within the clip."""
+    entry = _window(trace, window)
+    return float(entry["start"]), float(entry["end"])
+
+
+def log_mel_array(trace, window: int = 0) -> np.ndarray:
+    """The log-Mel spectrogram the encoder saw for ``window``: [n_mels, 3000] (100 frames/s, the
+    window's audio padded to 30 s), on Whisper's scale."""
     from transformers import WhisperFeatureExtractor  # heavy; only spectrogram figures need it
 
-    samples = audio_samples(trace)
+    start, end = window_span(trace, window)
+    samples = audio_samples(trace)[round(start * SAMPLE_RATE): round(end * SAMPLE_RATE)]
     extractor = WhisperFeatureExtractor(feature_size=_config(trace, "num_mel_bins", 80))
-    length = max(WINDOW_SECONDS * SAMPLE_RATE, len(samples))
-    features = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length",
-                         max_length=length, truncation=False)
+    features = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="np")  # pads to 30 s
     return features["input_features"][0]  # [n_mels, frame]
 
 
@@ -172,10 +187,8 @@ def token_label(trace, vocab: dict[int, str], token_id: int) -> str:
 
 def window_sequence(trace, window: int = 0) -> list[int]:
     """The token ids the decoder read in ``window``: the forced prompt, then the emitted tokens."""
-    windows = trace.manifest.get("windows") or []
-    if window >= len(windows):
-        raise StoreError(f"trace {trace.id} has no window {window}; it has {len(windows)}")
-    return list(windows[window].get("prompt") or []) + list(windows[window].get("tokens") or [])
+    entry = _window(trace, window)
+    return list(entry.get("prompt") or []) + list(entry.get("tokens") or [])
 
 
 def _imshow(ax, image: np.ndarray, extent, cmap: str, norm=None, **kwargs):
@@ -215,7 +228,7 @@ def _page_note(shown: range, total: int) -> str:
 
 @_draws
 def waveform(trace) -> Figure:
-    """The audio as the model hears it (16 kHz mono), with Whisper's 30 s windows marked."""
+    """The audio as the model hears it (16 kHz mono), with the starts of later 30 s windows marked."""
     samples = audio_samples(trace)
     seconds = len(samples) / SAMPLE_RATE
     fig = _figure(10, 2.8)
@@ -228,8 +241,8 @@ def waveform(trace) -> Figure:
         ax.fill_between(times, padded.min(1), padded.max(1), color="tab:blue", linewidth=0.4)
     else:
         ax.plot(np.arange(len(samples)) / SAMPLE_RATE, samples, color="tab:blue", linewidth=0.6)
-    for start in range(WINDOW_SECONDS, int(seconds) + 1, WINDOW_SECONDS):
-        ax.axvline(start, color="0.4", linestyle="--", linewidth=0.8)
+    for window in (trace.manifest.get("windows") or [])[1:]:
+        ax.axvline(float(window["start"]), color="0.4", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, seconds)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("amplitude (full scale)")
@@ -238,24 +251,26 @@ def waveform(trace) -> Figure:
 
 
 @_draws
-def log_mel(trace) -> Figure:
-    """The log-Mel spectrogram fed to the encoder: n_mels bins × 3000 frames for a 30 s window."""
-    mel = log_mel_array(trace)  # [n_mels, frame]
+def log_mel(trace, window: int = 0) -> Figure:
+    """The log-Mel spectrogram the encoder reads for one 30 s window: n_mels bins × 3000 frames,
+    with the end of the audio (where zero padding starts) marked."""
+    mel = log_mel_array(trace, window)  # [n_mels, frame]
     n_mels, frames = mel.shape
-    shown, _ = pool_columns(mel, 3000)
+    start, end = window_span(trace, window)
     seconds = frames / MEL_FRAMES_PER_SECOND
     fig = _figure(10, 3.6)
     ax = fig.add_subplot()
-    image = _imshow(ax, shown, (0, seconds, 0, n_mels), "magma")
-    end = duration(trace)
-    if end < seconds - 0.05:
+    image = _imshow(ax, mel, (start, start + seconds, 0, n_mels), "magma")
+    if end - start < seconds - 0.05:
         ax.axvline(end, color="white", linestyle="--", linewidth=1)
         ax.text(end + 0.2, n_mels * 0.92, "end of audio: zero padding follows", color="white", fontsize=8,
                 va="top")
+    of_window = f", window {window + 1} of {len(trace.manifest['windows'])}" \
+        if len(trace.manifest["windows"]) > 1 else ""
     ax.set_xlabel("time (s)")
     ax.set_ylabel("Mel bin (low → high frequency)")
     ax.set_title(f"log-Mel spectrogram: {n_mels} Mel bins × {frames} frames (10 ms hop, "
-                 f"{seconds:.0f} s{' window' if frames == 3000 else ''})")
+                 f"{seconds:.0f} s{of_window})")
     fig.colorbar(image, ax=ax, label="log10 power (Whisper-normalised)", pad=0.01)
     return fig
 
@@ -276,8 +291,7 @@ def conv_stem(trace, channels: int = 16) -> Figure:
             for name in ("activations.encoder.hook_conv1", "activations.encoder.hook_conv2")]
     low, high = np.percentile(np.concatenate([m.ravel() for m in maps]), [1, 99])
     norm = colors.Normalize(float(low), float(max(high, low + 1e-6)))  # a few outliers must not wash it out
-    end = min(duration(trace), WINDOW_SECONDS)
-    zoom = min(1.0, WINDOW_SECONDS)
+    end = window_span(trace, 0)[1]
     fig = _figure(11, 5)
     grid = fig.add_gridspec(2, 2, width_ratios=[3, 1.2])
     image = None
@@ -291,10 +305,10 @@ def conv_stem(trace, channels: int = 16) -> Figure:
         ax.set_title(f"{label}: [{shape[1]}, {shape[2]}] — {frames} frames of {frame_ms} ms", fontsize=10)
         ax.set_ylabel("channel")
         ax.set_xlabel("time (s)")
-        zoomed = fmap[:, : int(zoom * 1000 / frame_ms)]
+        zoomed = fmap[:, : int(CONV_ZOOM_SECONDS * 1000 / frame_ms)]
         ax_zoom = fig.add_subplot(grid[row, 1])
         _imshow(ax_zoom, zoomed, (0, zoomed.shape[-1], 0, channels), "viridis", norm)
-        ax_zoom.set_title(f"first {zoom:.0f} s: {zoomed.shape[-1]} frames", fontsize=10)
+        ax_zoom.set_title(f"first {CONV_ZOOM_SECONDS:.0f} s: {zoomed.shape[-1]} frames", fontsize=10)
         ax_zoom.set_xlabel(f"frame ({frame_ms} ms each)")
         ax_zoom.set_ylabel("channel")
     fig.suptitle(f"Conv stem: {conv1_shape[2]} → {conv2_shape[2]} frames (first {channels} of "
@@ -335,20 +349,26 @@ def _heads(n_heads: int, head: int | None) -> list[int]:
     return [head]
 
 
-def _layer_slice(trace, name: str, layer: int) -> np.ndarray:
-    """One layer of a [layer, ...] tensor record, read without loading the others."""
+def _layer_index(trace, name: str, layer: int) -> int:
+    """``layer`` (negative counts from the end) checked against record ``name``'s first axis."""
     require(trace, name)
     n_layers = trace.records[name]["shape"][0]
     if not -n_layers <= layer < n_layers:
         raise StoreError(f"layer {layer} does not exist; record {name} has layers 0–{n_layers - 1}")
-    return np.asarray(trace.tensor(name, lazy=True)[layer % n_layers], dtype=np.float32)
+    return layer % n_layers
+
+
+def _layer_slice(trace, name: str, layer: int) -> tuple[int, np.ndarray]:
+    """(layer index, that layer of a [layer, ...] tensor record), read without loading the others."""
+    index = _layer_index(trace, name, layer)
+    return index, np.asarray(trace.tensor(name, lazy=True)[index], dtype=np.float32)
 
 
 @_draws
 def encoder_attention(trace, layer: int, head: int | None = None) -> Figure:
     """Encoder self-attention of one layer over the frames holding audio; ``head=None`` draws a
     grid of every head.  Patterns are stored pooled (see the attention plugin), rows sum to 1."""
-    pattern = _layer_slice(trace, "attention.encoder", layer)  # [head, query_cell, key_cell]
+    layer, pattern = _layer_slice(trace, "attention.encoder", layer)  # [head, query_cell, key_cell]
     meta = trace.records["attention.encoder"].get("meta") or {}
     cell_seconds = int(meta.get("pool", 1)) / ENCODER_FRAMES_PER_SECOND
     seconds = pattern.shape[-1] * cell_seconds
@@ -356,7 +376,6 @@ def encoder_attention(trace, layer: int, head: int | None = None) -> Figure:
     heads = _heads(pattern.shape[0], head)
     fig = _figure(10, 7.5) if head is None else _figure(6.5, 5.5)
     which = "all heads" if head is None else f"head {head}"
-    layer = layer % trace.records["attention.encoder"]["shape"][0]
     _head_grid(fig, heads,
                lambda ax, h: _imshow(ax, pattern[h], (0, seconds, 0, seconds), ATTENTION_CMAP, norm),
                f"Encoder self-attention, layer {layer}, {which} (first window, {seconds:.2f} s of audio)",
@@ -368,14 +387,13 @@ def encoder_attention(trace, layer: int, head: int | None = None) -> Figure:
 def decoder_attention(trace, layer: int, head: int | None = None) -> Figure:
     """Decoder (causal) self-attention of one layer over the prompt and emitted tokens of the
     first window, token texts on both axes; ``head=None`` draws a grid of every head."""
-    pattern = _layer_slice(trace, "attention.decoder", layer)  # [head, query, key]
+    layer, pattern = _layer_slice(trace, "attention.decoder", layer)  # [head, query, key]
     n_tokens = pattern.shape[-1]
     vocab = vocabulary(trace)
     labels = [token_label(trace, vocab, t) for t in window_sequence(trace, 0)][:n_tokens]
     labels += ["?"] * (n_tokens - len(labels))
     heads = _heads(pattern.shape[0], head)
     norm = colors.Normalize(0, 1)
-    layer = layer % trace.records["attention.decoder"]["shape"][0]
 
     def draw(ax, h):
         image = ax.imshow(pattern[h], cmap=ATTENTION_CMAP, norm=norm, interpolation="nearest", aspect="auto")
@@ -424,48 +442,51 @@ def attention_summary(trace) -> Figure:
 # --------------------------------------------------------------------------- cross-attention
 
 
-def cross_attention_rows(trace, layer: int | None = None, head: int | None = None) \
+def cross_attention_rows(trace, layer: int | None = None, head: int | None = None, window: int = 0) \
         -> tuple[np.ndarray, list[dict]]:
-    """What each decoded token attended to, on the clip's time axis.
+    """What each token decoded in ``window`` attended to, and those tokens' rows.
 
-    Returns (matrix [token, frame] at 50 frames/s from the start of the clip, token rows).
-    ``layer=None``: the alignment-head average the word timings come from (text tokens only);
-    otherwise layer ``layer``'s cross-attention for every emitted token, one head or the mean of all.
+    Returns (matrix [token, frame] over the window's audio, 50 frames/s from the window's start;
+    the ``cross_attention.tokens`` rows of those tokens).  ``layer=None``: the alignment-head
+    average the word timings come from (text tokens only); otherwise layer ``layer``'s
+    cross-attention for every emitted token, of one head or the mean of all heads.
     """
     require(trace, "cross_attention.tokens")
+    start, end = window_span(trace, window)
+    frames = max(1, math.ceil((end - start) * ENCODER_FRAMES_PER_SECOND))
     tokens = trace.table("cross_attention.tokens")
     if layer is None:
         require(trace, "cross_attention.alignment")
-        per_window = np.asarray(trace.tensor("cross_attention.alignment"), dtype=np.float32)
-        tokens = [row for row in tokens if row["is_text"]]
+        tokens = [token for token in tokens if token["is_text"]]
+        name, index = "cross_attention.alignment", ()
     else:
-        weights = _layer_slice(trace, "cross_attention.weights", layer)  # [head, token, frame]
-        per_window = weights.mean(0) if head is None else weights[_heads(weights.shape[0], head)[0]]
-    starts = {w["index"]: float(w["start"]) for w in trace.manifest.get("windows") or []}
-    frames = max(per_window.shape[-1], math.ceil(duration(trace) * ENCODER_FRAMES_PER_SECOND))
-    matrix = np.zeros((len(tokens), frames), dtype=np.float32)  # [token, frame]
-    for row, token in enumerate(tokens[: per_window.shape[0]]):
-        offset = round(starts.get(token["window"], 0.0) * ENCODER_FRAMES_PER_SECOND)
-        width = min(per_window.shape[-1], frames - offset)
-        matrix[row, offset: offset + width] = per_window[row, :width]
-    return matrix, tokens
+        name, index = "cross_attention.weights", (_layer_index(trace, "cross_attention.weights", layer), slice(None))
+    rows = [i for i, token in enumerate(tokens) if token["window"] == window]  # contiguous: windows in order
+    if not rows:
+        return np.zeros((0, frames), dtype=np.float32), []
+    picked = np.asarray(trace.tensor(name, lazy=True)[(*index, slice(rows[0], rows[-1] + 1))], dtype=np.float32)
+    if layer is not None:  # [head, token, frame]
+        picked = picked.mean(0) if head is None else picked[_heads(picked.shape[0], head)[0]]
+    return picked[:, :frames], [tokens[i] for i in rows]
 
 
-def attended_span(trace, token_index: int, layer: int | None = None, head: int | None = None,
+def attended_span(trace, token_index: int, layer: int | None = None, head: int | None = None, window: int = 0,
                   margin: float = 0.06) -> tuple[float, float]:
-    """(start, end) seconds a token attended to most: the contiguous frames around its
-    attention peak holding at least half the peak's weight, widened by ``margin`` seconds."""
-    matrix, _ = cross_attention_rows(trace, layer, head)
-    row = matrix[token_index]
+    """(start, end) seconds in the clip that token ``token_index`` of ``window`` attended to most:
+    the contiguous frames around its attention peak holding at least half the peak's weight,
+    widened by ``margin`` seconds."""
+    matrix, _ = cross_attention_rows(trace, layer, head, window)
+    row = matrix[token_index]  # [frame]
     peak = int(row.argmax())
     floor = row.min() + (row[peak] - row.min()) / 2
-    start = end = peak
-    while start > 0 and row[start - 1] >= floor:
-        start -= 1
-    while end < len(row) - 1 and row[end + 1] >= floor:
-        end += 1
-    return (max(0.0, start / ENCODER_FRAMES_PER_SECOND - margin),
-            min(duration(trace), (end + 1) / ENCODER_FRAMES_PER_SECOND + margin))
+    first = last = peak
+    while first > 0 and row[first - 1] >= floor:
+        first -= 1
+    while last < len(row) - 1 and row[last + 1] >= floor:
+        last += 1
+    start, end = window_span(trace, window)
+    return (max(start, start + first / ENCODER_FRAMES_PER_SECOND - margin),
+            min(end, start + (last + 1) / ENCODER_FRAMES_PER_SECOND + margin))
 
 
 def _word_rows(words: list[dict], tokens: list[dict]) -> list[tuple[dict, list[int]]]:
@@ -480,24 +501,23 @@ def _word_rows(words: list[dict], tokens: list[dict]) -> list[tuple[dict, list[i
 
 
 @_draws
-def cross_attention(trace, layer: int | None = None, head: int | None = None) -> Figure:
-    """Decoded tokens against audio time, under the log-Mel spectrogram with word timestamps.
+def cross_attention(trace, layer: int | None = None, head: int | None = None, window: int = 0) -> Figure:
+    """Decoded tokens against audio time, under the log-Mel spectrogram with word timestamps,
+    for one 30 s window (tokens and words of that window; time in seconds of the clip).
 
     ``layer=None`` shows the alignment-head average (z-scored, median-filtered) the DTW word
     timings walk; a layer shows that layer's attention, of one head or averaged over heads.
     Boxes mark each word's DTW span over its tokens.
     """
-    matrix, tokens = cross_attention_rows(trace, layer, head)  # [token, frame]
-    words = trace.words()
-    end = duration(trace)
-    mel = log_mel_array(trace)[:, : math.ceil(end * MEL_FRAMES_PER_SECOND)]  # [n_mels, frame]
-    frames = math.ceil(end * ENCODER_FRAMES_PER_SECOND)
-    shown, _ = pool_columns(matrix[:, :frames])
+    matrix, tokens = cross_attention_rows(trace, layer, head, window)  # [token, frame]
+    start, end = window_span(trace, window)
+    words = [word for word in trace.words() if word.get("window", 0) == window]
+    mel = log_mel_array(trace, window)[:, : math.ceil((end - start) * MEL_FRAMES_PER_SECOND)]  # [n_mels, frame]
     vocab = vocabulary(trace)
     labels = [token_label(trace, vocab, t["token_id"]) for t in tokens]
     fig = _figure(11, 3 + 0.16 * max(len(tokens), 12))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2.4])
-    mel_image = _imshow(top, pool_columns(mel)[0], (0, end, 0, mel.shape[0]), "magma")
+    mel_image = _imshow(top, mel, (start, end, 0, mel.shape[0]), "magma")
     for word in words:
         top.axvline(word["start"], color="white", linewidth=0.6, alpha=0.8)
         top.text((word["start"] + word["end"]) / 2, mel.shape[0] * 0.96, word["word"].strip(), color="white",
@@ -507,14 +527,14 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None) ->
     fig.colorbar(mel_image, ax=top, label="log10 power", pad=0.01)
     if layer is None:
         heads = ", ".join(f"{l}.{h}" for l, h in (trace.manifest.get("model") or {}).get("alignment_heads", []))
-        what, label, cmap_norm = f"alignment-head average (layer.head {heads})", "z-scored attention", None
+        what, label, norm = f"alignment-head average (layer.head {heads})", "z-scored attention", None
     else:
-        layer = layer % trace.records["cross_attention.weights"]["shape"][0]
         which = "mean of all heads" if head is None else f"head {head}"
-        what, label = f"layer {layer}, {which}", "attention weight (√ scale)"
-        cmap_norm = colors.PowerNorm(0.5, vmin=0, vmax=max(float(shown.max()), 1e-6))
-    image = bottom.imshow(shown, aspect="auto", origin="upper", extent=(0, end, len(tokens) - 0.5, -0.5),
-                          cmap="viridis", norm=cmap_norm, interpolation="nearest")
+        what, label = f"layer {_layer_index(trace, 'cross_attention.weights', layer)}, {which}", \
+            "attention weight (√ scale)"
+        norm = colors.PowerNorm(0.5, vmin=0, vmax=max(float(matrix.max(initial=0)), 1e-6))
+    image = bottom.imshow(matrix, aspect="auto", origin="upper", extent=(start, end, len(tokens) - 0.5, -0.5),
+                          cmap="viridis", norm=norm, interpolation="nearest")
     for word, rows in _word_rows(words, tokens):
         if rows:
             bottom.add_patch(Rectangle((word["start"], rows[0] - 0.5), word["end"] - word["start"], len(rows),
@@ -524,7 +544,9 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None) ->
     bottom.set_ylabel("decoded token")
     bottom.set_title(f"Cross-attention: {what}; boxes: word spans", fontsize=10)
     fig.colorbar(image, ax=bottom, label=label, pad=0.01)
-    fig.suptitle("Where each decoded token listens in the audio")
+    n_windows = len(trace.manifest.get("windows") or [])
+    fig.suptitle("Where each decoded token listens in the audio"
+                 + (f" (window {window + 1} of {n_windows})" if n_windows > 1 else ""))
     return fig
 
 
@@ -633,7 +655,9 @@ def language_probs(trace, top: int = 10) -> Figure:
     cmap = matplotlib.colormaps["Blues"]
     ax.barh(names, values, color=cmap(0.35 + 0.65 * values))
     for y, value in enumerate(values):
-        ax.text(min(value + 0.01, 0.9), y, f"{value:.3f}", va="center", fontsize=8)
+        inside = value > 0.85  # no room right of the bar: write inside its end
+        ax.text(value - 0.01 if inside else value + 0.01, y, f"{value:.3f}", va="center", fontsize=8,
+                ha="right" if inside else "left", color="white" if inside else "black")
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability")
     ax.set_ylabel("language token")

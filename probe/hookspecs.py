@@ -60,7 +60,9 @@ def probe_replay_points(run):
     After a window is decoded, its chosen token sequence is run once more through the decoder,
     teacher-forced (as openai-whisper's ``timing.py`` does), so per-token records follow the
     hypothesis that won — also under beam search.  Captures come with ``ctx.phase == "replay"``;
-    query position ``q`` is the one that emitted token ``q + 1`` of ``ctx.tokens``.
+    the query axis covers all of ``ctx.tokens``: position ``q`` emitted token ``q + 1``, so the
+    generated tokens were emitted by positions ``ctx.prompt_length - 1`` to ``len(ctx.tokens) - 2``
+    (the last position emits nothing).
 
     :param run: the current run.
     :return: a list of hook-point names or glob patterns, or ``None``.

@@ -95,9 +95,13 @@ class Store:
             raise StoreError(f"no store at {path}; run a trace first or pass --store DIR")
         self.path = path.resolve()
 
-    def list(self) -> list[TraceInfo]:
-        """Every trace, newest first; a broken one is listed with ``error`` set, never raised."""
-        infos = [self._info(trace_id) for trace_id in self._trace_ids()]
+    def list(self, check_files: bool = False) -> list[TraceInfo]:
+        """Every trace, newest first; a broken one is listed with ``error`` set, never raised.
+
+        ``check_files``: also count a trace as broken when a file its manifest names is gone
+        (each file is looked up, none is read).
+        """
+        infos = [self._info(trace_id, check_files) for trace_id in self._trace_ids()]
         return sorted(infos, key=lambda info: (info.created, info.id), reverse=True)
 
     def open(self, trace_id: str) -> Trace:
@@ -208,9 +212,11 @@ class Store:
         raise StoreError(f"{ref} is not a trace folder in store {self.path}; "
                          f"pass --store {path.parent} to read it where it is")
 
-    def _info(self, trace_id: str) -> TraceInfo:
+    def _info(self, trace_id: str, check_files: bool = False) -> TraceInfo:
         try:
             trace = self.open(trace_id)
+            if check_files:
+                trace.check_files()
         except StoreError as err:
             return TraceInfo(trace_id, None, "", "", None, None, error=str(err))
         return TraceInfo(trace.id, trace.name, trace.created, trace.transcript[:80],
@@ -449,6 +455,14 @@ class Trace:
     def words(self) -> list[dict]:
         """Word timestamps from the cross-attention plugin, or ``[]`` if it did not run."""
         return self.record(WORDS_RECORD) if WORDS_RECORD in self.records else []
+
+    def check_files(self) -> None:
+        """Raise :class:`StoreError` if a file the manifest names is missing; nothing is read."""
+        for name, entry in self.records.items():
+            self._member_path(entry["file"], f"record {name}")
+        audio = _section(self.manifest, "audio").get("file")
+        if audio is not None:
+            self._member_path(audio, "audio")
 
     def audio_bytes(self) -> bytes | None:
         """The stored FLAC bytes, or ``None`` if the trace kept no audio."""

@@ -89,7 +89,7 @@ class CaptureContext:
     step: int = -1  # decoder call within the window's generate(): 0 is the prompt
     num_beams: int = 1
     tokens: list[int] | None = None  # replay: the full sequence, prompt included
-    prompt_length: int = 0  # replay: query positions prompt_length-1 … emitted the generated tokens
+    prompt_length: int = 0  # replay: query positions prompt_length-1 … len(tokens)-2 emitted the generated tokens
 
 
 @dataclass
@@ -381,9 +381,13 @@ class Tracer:
         return generated
 
     def replay(self, encoder_hidden: torch.Tensor, sequence: list[int], need_logits: bool) -> None:
-        """Teacher-forced pass of ``sequence[:-1]`` (the inputs that emitted ``sequence[1:]``)."""
+        """Teacher-forced pass of the whole ``sequence``: position q emitted token q + 1.
+
+        The final position (after the last token) emits nothing; it is kept because openai-whisper's
+        alignment normalises over it too.
+        """
         model = self.loaded.model
-        ids = torch.tensor([sequence[:-1]], device=encoder_hidden.device)  # [1, query]
+        ids = torch.tensor([sequence], device=encoder_hidden.device)  # [1, query]
         hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
                                      use_cache=False).last_hidden_state
         if need_logits:

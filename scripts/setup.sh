@@ -40,6 +40,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $py -c "import probe.cli, t
   fi
   say "installing whisper-probe and its dependencies into .venv"
   $py -m pip install -q --disable-pip-version-check "${constraints[@]}" -e ".[$extras]"
+  if [ "$with_tests" = 1 ]; then
+    # reference for the word-timing tests; --no-deps skips its 1 GB triton requirement (GPU only)
+    $py -m pip install -q --disable-pip-version-check --no-deps "openai-whisper==20250625"
+  fi
   echo "$want" > "$stamp"
 fi
 

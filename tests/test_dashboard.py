@@ -109,7 +109,7 @@ def test_overview_shows_model_prompt_transcript_language_and_timings(open_view, 
     app = open_view("overview", trace.id)
     shown = texts(app)
     assert trace.transcript in shown
-    assert f"Model {trace.model_id}" in shown
+    assert f"**Model** `{trace.model_id}`" in shown
     assert f"Language <|{trace.language}|>" in shown
     assert "No-speech probability" in shown
     for entry in trace.manifest["prompt"]:

@@ -18,4 +18,4 @@ st.audio(data, format="audio/flac")
 context.show_figure(trace, "waveform")
 st.markdown(f"Whisper pads or cuts the audio to **30 s windows** and turns each into a log-Mel spectrogram "
             f"of **{n_mels} Mel bins × 3000 frames** (25 ms windows every 10 ms), scaled to about [-1, 1].")
-context.show_figure(trace, "log_mel")
+context.show_figure(trace, "log_mel", window=context.pick_window(trace, "audio_window"))

@@ -23,15 +23,19 @@ layer = None if source == ALIGNMENT else source
 head_choice = right.selectbox("Head", [MEAN, *range(int(config.get("decoder_attention_heads", 1)))],
                               key="cross_head", disabled=layer is None)
 head = None if layer is None or head_choice == MEAN else head_choice
-if not context.show_figure(trace, "cross_attention", layer=layer, head=head):
+window = context.pick_window(trace, "cross_window")
+if not context.show_figure(trace, "cross_attention", layer=layer, head=head, window=window):
     st.stop()
 
 st.subheader("Listen to what a token attends to")
-matrix, tokens = figures.cross_attention_rows(trace, layer, head)
+_, tokens = figures.cross_attention_rows(trace, layer, head, window)
+if not tokens:
+    st.info("No tokens were decoded in this window.")
+    st.stop()
 vocab = figures.vocabulary(trace)
 token_index = st.selectbox("Token", range(len(tokens)), key="cross_token",
                            format_func=lambda i: f"{i}: {figures.token_label(trace, vocab, tokens[i]['token_id'])}")
-start, end = figures.attended_span(trace, token_index, layer, head)
+start, end = figures.attended_span(trace, token_index, layer, head, window)
 st.caption(f"Frames holding at least half of this token's peak attention: {start:.2f}–{end:.2f} s.")
 st.audio(context.audio_span(trace, start, end), sample_rate=figures.SAMPLE_RATE)
 

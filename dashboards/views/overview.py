@@ -15,15 +15,16 @@ audio = manifest.get("audio") or {}
 st.title("Overview")
 st.caption(f"Trace `{trace.id}` · recorded {trace.created[:19].replace('T', ' ')} UTC · "
            f"audio: `{trace.audio_source or 'array'}`")
+st.markdown(f"**Model** `{trace.model_id}` on **{model.get('device', '?')}** in **{model.get('dtype', '?')}** "
+            f"({model.get('attn_implementation') or 'default'} attention)")
 
-columns = st.columns(5)
-columns[0].metric("Model", trace.model_id or "?")
-columns[1].metric("Device · dtype", f"{model.get('device', '?')} · {model.get('dtype', '?')}")
-columns[2].metric("Language", f"<|{trace.language}|>",
-                  f"p = {manifest.get('language_probability', 0):.2f}", delta_color="off")
-columns[3].metric("No-speech probability", f"{manifest.get('no_speech_probability', 0):.3f}")
-columns[4].metric("Audio", f"{audio.get('duration', 0):.2f} s", f"{len(manifest.get('windows') or [])} window(s)",
-                  delta_color="off")
+columns = st.columns(4)
+columns[0].metric("Language", f"<|{trace.language}|>",
+                  f"p = {manifest.get('language_probability', 0):.2f}", delta_color="off", delta_arrow="off")
+columns[1].metric("No-speech probability", f"{manifest.get('no_speech_probability', 0):.3f}")
+columns[2].metric("Audio", f"{audio.get('duration', 0):.2f} s", f"{len(manifest.get('windows') or [])} window(s)",
+                  delta_color="off", delta_arrow="off")
+columns[3].metric("Traced in", f"{(manifest.get('timings') or {}).get('total', 0):.1f} s")
 
 st.subheader("Transcript")
 st.markdown(f"> {trace.transcript or '*(nothing decoded)*'}")

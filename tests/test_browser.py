@@ -1,0 +1,157 @@
+"""The dashboard as users get it: ``probe dashboard`` served for real, driven by headless Chromium.
+
+Starts ``probe dashboard --store <fixture store> --port <free port>`` as a subprocess, visits
+every view with Playwright (Debian's ``/usr/bin/chromium``; never ``playwright install``), picks
+another layer and head in the attention explorer, and saves a screenshot of each page to
+``$PROBE_SCREENSHOTS`` (or a temporary folder).  Fails if a page shows a Streamlit exception.
+The server's process group is always killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fixture)
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+sync_playwright, PlaywrightTimeout = playwright_api.sync_playwright, playwright_api.TimeoutError
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 1000}
+# url path (the overview is the default page, at the root) -> text the page must show
+VIEWS = {
+    "": "Transcript", "audio": "log-Mel", "multitask": "Language detection",
+    "tokens": "Every emitted token", "conv_stem": "Channels shown", "attention": "Every encoder head",
+    "cross_attention": "Word timestamps", "logit_lens": "unembedding", "lesson": "Step 1 of 7",
+    "compare": "Compare with", "plugin_records": "Loudness", "new_trace": "Record trace",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"probe dashboard exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"the dashboard at {url} did not come up in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(dashboard_store):
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    port = free_port()
+    script = Path(sys.executable).with_name("probe")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "probe"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(dashboard_store.plugin_dir), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    server = subprocess.Popen([*command, "dashboard", "--store", str(dashboard_store.path), "--port", str(port)],
+                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(url, server)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the CLI and the Streamlit process it started
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def page():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            yield browser.new_page(viewport=VIEWPORT)
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("PROBE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def settle(page, after_input: bool = False, timeout: float = 90_000) -> None:
+    """Wait until the script run is over and every image has loaded (``after_input``: first let
+    the rerun a widget triggered start)."""
+    if after_input:
+        try:
+            page.wait_for_selector('[data-testid="stApp"]:not([data-test-script-state="notRunning"])', timeout=2_000)
+        except PlaywrightTimeout:
+            pass  # the rerun was over before we looked
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+    page.wait_for_function("() => Array.from(document.images).every(image => image.complete)", timeout=timeout)
+
+
+def check(page, view: str, screenshots: Path, name: str | None = None) -> None:
+    """No exception on the page; then a screenshot of all of it (Streamlit scrolls inside its main
+    block, so the viewport is stretched to the content first)."""
+    assert page.locator('[data-testid="stException"]').count() == 0, \
+        f"{view} shows an exception: {page.locator('[data-testid=stException]').first.inner_text()}"
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], height + 120)})
+    page.wait_for_function("() => Array.from(document.images).every(image => image.complete)")
+    page.screenshot(path=str(screenshots / f"{name or view}.png"))
+    page.set_viewport_size(VIEWPORT)
+
+
+def test_every_view_renders_without_exceptions(dashboard_url, dashboard_store, page, screenshots):
+    trace = dashboard_store.english
+    started = time.perf_counter()
+    page.goto(f"{dashboard_url}/?trace={trace.id}")
+    settle(page)
+    print(f"\nfirst view (overview, cold) drawn in {time.perf_counter() - started:.2f} s")
+    assert trace.transcript in page.inner_text("body")
+    for view, text in VIEWS.items():
+        started = time.perf_counter()
+        page.goto(f"{dashboard_url}/{view}?trace={trace.id}")
+        settle(page)
+        print(f"{view or 'overview'}: {time.perf_counter() - started:.2f} s")
+        assert text in page.inner_text("body"), f"{view} does not show {text!r}"
+        check(page, view or "overview", screenshots)
+
+
+def test_attention_explorer_picks_another_layer_and_head(dashboard_url, dashboard_store, page, screenshots):
+    page.goto(f"{dashboard_url}/attention?trace={dashboard_store.english.id}")
+    settle(page)
+    before = page.locator('[data-testid="stImage"] img').first.get_attribute("src")
+    for label, option in (("Layer", "4"), ("Head", "2")):
+        page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+        page.get_by_role("option", name=option, exact=True).click()
+        settle(page, after_input=True)
+    after = page.locator('[data-testid="stImage"] img').first.get_attribute("src")
+    assert after != before
+    check(page, "attention", screenshots, "attention-layer4-head2")
+
+
+def test_missing_records_show_errors_in_the_view(dashboard_url, dashboard_store, page, screenshots):
+    page.goto(f"{dashboard_url}/logit_lens?trace={dashboard_store.transcribe.id}")
+    settle(page)
+    assert "logit_lens.top_ids" in page.locator('[data-testid="stAlert"]').first.inner_text()
+    check(page, "logit_lens", screenshots, "logit_lens-missing-record")
