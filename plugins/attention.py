@@ -76,18 +76,17 @@ class Plugin:
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
         state = run.state[self.name]
-        layer = int(point.name.split(".")[2])
         keep = ctx.window < int(run.option("attention_windows", 1))
         if point.side == "decoder":
             if keep:
-                state["decoder"].setdefault(ctx.window, {})[layer] = tensor[0].to(torch.float16)
+                state["decoder"].setdefault(ctx.window, {})[point.layer] = tensor[0].to(torch.float16)
             return
         frames = state["n_frames"][ctx.window]
         probs = tensor[0, :, :frames, :frames]  # [head, frame, frame]
-        state["summaries"].setdefault(ctx.window, {})[layer] = head_summaries(probs)
+        state["summaries"].setdefault(ctx.window, {})[point.layer] = head_summaries(probs)
         if keep:
             pool = math.ceil(frames / MAX_SIDE)
-            state["encoder"].setdefault(ctx.window, {})[layer] = (pool_pattern(probs, pool).to(torch.float16), pool)
+            state["encoder"].setdefault(ctx.window, {})[point.layer] = (pool_pattern(probs, pool).to(torch.float16), pool)
 
     @hookimpl
     def probe_run_end(self, run, writer):

@@ -47,8 +47,7 @@ class Plugin:
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
-        layer = int(point.name.split(".")[2])
-        run.state[self.name]["layers"][layer] = tensor[0]  # [head, query, frame]: every replay position
+        run.state[self.name]["layers"][point.layer] = tensor[0]  # [head, query, frame]: every replay position
 
     @hookimpl
     def probe_window_end(self, run, window):

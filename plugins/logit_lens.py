@@ -7,7 +7,8 @@ model really emitted.  Computed on the model's device, one layer at a time.
 
 Records (tokens of all windows in order; layer ``L`` = after block ``L``):
 ``logit_lens.top_ids`` [layer, token, k] int32, ``logit_lens.top_probs`` [layer, token, k] float32,
-``logit_lens.chosen_rank`` [layer, token] int32 (0 = top), ``logit_lens.chosen_prob`` [layer, token] float32.
+``logit_lens.top_tokens`` (json, the same as text), ``logit_lens.chosen_rank`` [layer, token] int32
+(0 = top), ``logit_lens.chosen_prob`` [layer, token] float32.
 """
 
 from __future__ import annotations
@@ -53,8 +54,7 @@ class Plugin:
         chosen_logit = logits.gather(1, emitted[:, None])  # [token, 1]
         rank = (logits > chosen_logit).sum(-1)  # [token]
         top_probs, top_ids = probs.topk(k, dim=-1)  # [token, k]
-        layer = int(point.name.split(".")[2])
-        run.state[self.name]["layers"][layer] = (top_ids, top_probs, rank, probs.gather(1, emitted[:, None])[:, 0])
+        run.state[self.name]["layers"][point.layer] = (top_ids, top_probs, rank, probs.gather(1, emitted[:, None])[:, 0])
 
     @hookimpl
     def probe_window_end(self, run, window):
@@ -74,6 +74,10 @@ class Plugin:
         meta = {"axes": ["layer", "token", "k"]}
         writer.add_tensor("logit_lens.top_ids", top_ids.numpy().astype(np.int32), plugin=self.name, meta=meta)
         writer.add_tensor("logit_lens.top_probs", top_probs.numpy().astype(np.float32), plugin=self.name, meta=meta)
+        text = {int(i): run.tokenizer.decode([int(i)]) for i in np.unique(top_ids.numpy())}
+        writer.add_json("logit_lens.top_tokens", [[[text[int(i)] for i in row] for row in layer]
+                                                  for layer in top_ids.numpy()], plugin=self.name,
+                        meta={"axes": ["layer", "token", "k"]})
         meta = {"axes": ["layer", "token"]}
         writer.add_tensor("logit_lens.chosen_rank", rank.numpy().astype(np.int32), plugin=self.name, meta=meta)
         writer.add_tensor("logit_lens.chosen_prob", chosen.numpy().astype(np.float32), plugin=self.name, meta=meta)

@@ -124,19 +124,6 @@ def merge_punctuation(words: list[dict]) -> list[dict]:
     return [w for w in words if w["word"]]
 
 
-def word_timings(weights: torch.Tensor, text_tokens: list[int], tokenizer, language: str, eot: int,
-                 offset: float = 0.0, clamp: bool = True) -> list[dict]:
-    """Words with start/end seconds.
-
-    weights: [alignment_head, len(text_tokens) + 1, frame] — the cross-attention that emitted each
-    text token and then ``<|endoftext|>``, cropped to the frames that hold audio.
-    """
-    if not text_tokens:
-        return []
-    matrix = alignment_matrix(weights).cpu().numpy()  # [token + 1, frame]
-    return words_from_alignment(matrix, text_tokens, tokenizer, language, eot, offset, clamp)
-
-
 def words_from_alignment(matrix: np.ndarray, text_tokens: list[int], tokenizer, language: str, eot: int,
                          offset: float = 0.0, clamp: bool = True) -> list[dict]:
     """Words with start/end seconds from an :func:`alignment_matrix` [len(text_tokens) + 1, frame].

@@ -19,7 +19,7 @@ import io
 import math
 import os
 import re
-import wave
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -40,6 +40,7 @@ _CHANNEL_NAMES = {"left": 0, "right": 1}
 _TRUNCATION_SLACK_SECONDS = 0.25
 _TRUNCATION_SLACK_FRACTION = 0.02
 _HEAD_BYTES = 64 * 1024
+_WAV_UNKNOWN_SIZE = 0x7FFF0000  # writers that stream put placeholders (0xFFFFFFFF, 0x7FFFF000) here
 _INT_SCALES = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 
 
@@ -226,16 +227,22 @@ def _declared_seconds(meta, head: bytes | None) -> float | None:
 
 
 def _wav_header_seconds(head: bytes) -> float | None:
-    """Length a RIFF/WAVE header declares (FFmpeg trims it to the file size, so read it here)."""
-    try:
-        with wave.open(io.BytesIO(head)) as reader:
-            frames, rate = reader.getnframes(), reader.getframerate()
-            frame_bytes = reader.getsampwidth() * reader.getnchannels()
-    except (wave.Error, EOFError, ValueError):
-        return None  # float / extensible wav that the stdlib cannot parse: trust FFmpeg
-    if rate <= 0 or frames == 0 or frames * frame_bytes >= 0xFFFF0000:
-        return None  # streamed wav: the size fields are placeholders
-    return frames / rate
+    """Length a RIFF/WAVE header declares (FFmpeg trims it to the file size, so read it here).
+
+    Walks the RIFF chunks to ``fmt `` (sample rate, bytes per frame) and ``data`` (byte count).
+    Returns None when the header is incomplete or its size is a streaming placeholder."""
+    rate = frame_bytes = 0
+    position = 12
+    while position + 8 <= len(head):
+        kind, size = head[position : position + 4], struct.unpack_from("<I", head, position + 4)[0]
+        if kind == b"fmt " and position + 8 + 14 <= len(head):
+            _, _, rate, _, frame_bytes = struct.unpack_from("<HHIIH", head, position + 8)
+        elif kind == b"data":
+            if not rate or not frame_bytes or size == 0 or size >= _WAV_UNKNOWN_SIZE:
+                return None
+            return size // frame_bytes / rate
+        position += 8 + size + (size & 1)
+    return None
 
 
 def _check_finite(samples: np.ndarray, label: str) -> None:

@@ -219,7 +219,8 @@ def cmd_run(args) -> int:
         if f"no:{name}" not in args.plugins]
     pm = get_plugin_manager(plugins=plugin_refs)
     tracer = Tracer(loaded, pm, options, points=_split_points(args.points),
-                    plugin_options={"top_k": args.top_k, "activations_mode": args.activations})
+                    plugin_options={"top_k": args.top_k, "activations_mode": args.activations},
+                    progress=sys.stderr.isatty())
     if args.dry_run:
         return _dry_run(tracer, clips, args.json)
     store = None if args.no_store else Store(args.store)

@@ -558,9 +558,9 @@ def token_probs(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
     """Per emitted token: the chosen token's probability (bars) and the entropy of the
     distribution (line), above the top-k alternatives with their probabilities."""
     require(trace, "token_probs.tokens")
-    rows = trace.table("token_probs.tokens")
-    shown = _page(len(rows), first, count)
-    rows = [rows[i] for i in shown] if rows else []
+    every_row = trace.table("token_probs.tokens")
+    shown = _page(len(every_row), first, count)
+    rows = [every_row[i] for i in shown]
     vocab = vocabulary(trace)
     labels = [token_label(trace, vocab, row["token_id"]) for row in rows]
     steps = np.arange(len(rows))
@@ -595,7 +595,7 @@ def token_probs(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
     ax_top.set_title("Top-k alternatives at each step (bold: the token emitted)", fontsize=10)
     _tick_tokens(ax_top, labels, "x")
     fig.colorbar(image, ax=[ax, ax_top], label="probability", shrink=0.8)
-    fig.suptitle(f"Token probabilities{_page_note(shown, len(trace.table('token_probs.tokens')))}")
+    fig.suptitle(f"Token probabilities{_page_note(shown, len(every_row))}")
     return fig
 
 
@@ -613,8 +613,7 @@ def logit_lens(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
     shown = _page(n_tokens, first, count)
     columns = list(shown)
     vocab = vocabulary(trace)
-    emitted = [t for w in range(len(trace.manifest.get("windows") or [])) for t in
-               (trace.manifest["windows"][w].get("tokens") or [])]
+    emitted = [token for window in trace.manifest.get("windows") or [] for token in window.get("tokens") or []]
     labels = [token_label(trace, vocab, emitted[i]) if i < len(emitted) else "?" for i in columns]
     fig = _figure(max(8, 0.55 * len(columns) + 3), 0.5 * n_layers + 2.6)
     ax = fig.add_subplot()
@@ -667,26 +666,28 @@ def language_probs(trace, top: int = 10) -> Figure:
     return fig
 
 
+def _probability_css(probability: float) -> str:
+    """The background colour of a token of this probability, as CSS (never the extremes of the
+    colour map, so black text stays readable)."""
+    red, green, blue, _ = matplotlib.colormaps[PROBABILITY_CMAP](0.15 + 0.7 * float(probability))
+    return f"rgb({red * 255:.0f},{green * 255:.0f},{blue * 255:.0f})"
+
+
 def transcript_html(trace) -> str:
     """The transcript as HTML spans coloured by each token's probability (red = unsure, green =
     sure), with probability, entropy and alternatives in each span's tooltip.  Self-contained
     (inline styles only); special and timestamp tokens are left out."""
     require(trace, "token_probs.tokens")
-    cmap = matplotlib.colormaps[PROBABILITY_CMAP]
     spans = []
     for row in trace.table("token_probs.tokens"):
         if row["kind"] != "text":
             continue
-        red, green, blue, _ = cmap(0.15 + 0.7 * float(row["prob"]))
         alternatives = ", ".join(f"{text!r} {p:.2f}" for text, p in zip(row["top_k_tokens"], row["top_k_probs"]))
         tooltip = f"p={row['prob']:.3f}, entropy={row['entropy']:.2f} nats; top: {alternatives}"
-        spans.append(f'<span title="{html.escape(tooltip)}" style="background:rgb({red * 255:.0f},'
-                     f'{green * 255:.0f},{blue * 255:.0f});color:#111;border-radius:3px;padding:1px 0">'
-                     f"{html.escape(row['token'])}</span>")
-    legend = "".join(
-        f'<span style="background:rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f});padding:0 6px;'
-        f'color:#111">{p:.1f}</span>' for p in (0.0, 0.25, 0.5, 0.75, 1.0)
-        for r, g, b, _ in [cmap(0.15 + 0.7 * p)])
+        spans.append(f'<span title="{html.escape(tooltip)}" style="background:{_probability_css(row["prob"])};'
+                     f'color:#111;border-radius:3px;padding:1px 0">{html.escape(row["token"])}</span>')
+    legend = " ".join(f'<span style="background:{_probability_css(p)};padding:0 6px;color:#111">{p:.2f}</span>'
+                      for p in (0.0, 0.25, 0.5, 0.75, 1.0))
     return ('<div class="probe-transcript" style="font-size:1.15em;line-height:1.9;white-space:pre-wrap">'
             f"{''.join(spans)}</div>"
             f'<div style="font-size:0.8em;color:#555">token probability: {legend}</div>')

@@ -35,6 +35,12 @@ class HookPoint:
     doc: str
     gelu: bool = False  # the conv stem is seen after its GELU, as the encoder uses it
 
+    @property
+    def layer(self) -> int | None:
+        """The block index of ``*.blocks.{i}.*`` points, else None."""
+        parts = self.name.split(".")
+        return int(parts[2]) if len(parts) > 2 and parts[1] == "blocks" else None
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

@@ -17,10 +17,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from probe import hooks as hooks_mod
 from probe.audio import AudioClip, Window, split_windows
@@ -241,8 +243,9 @@ def _no_speech_token(tokenizer) -> int | None:
 class Tracer:
     """Decodes clips with one model and one plugin manager; see the module docstring."""
 
-    def __init__(self, loaded, pm, options: DecodeOptions, points=(), plugin_options=None):
+    def __init__(self, loaded, pm, options: DecodeOptions, points=(), plugin_options=None, progress: bool = False):
         options.validate(loaded)
+        self.progress = progress  # a progress bar (stderr) for clips longer than one window
         self.loaded, self.pm, self.options = loaded, pm, options
         self.points = list(points)
         self.plugin_options = dict(plugin_options or {})
@@ -476,14 +479,19 @@ class Tracer:
             for (run, _), result in zip(batch, results):
                 run.windows.append(result)
                 call_each(self.pm, "probe_window_end", run=run, window=result)
+                bars[id(run)].update(1)
                 remaining[id(run)] -= 1
                 if remaining[id(run)] == 0:
                     del remaining[id(run)]
+                    bars.pop(id(run)).close()
                     yield run
 
+        bars: dict[int, tqdm] = {}
         for clip in clips:
             run, windows = self.start(clip)
             remaining[id(run)] = len(windows)
+            bars[id(run)] = tqdm(total=len(windows), desc=Path(clip.source).name[:30], unit="window", leave=False,
+                                 disable=not self.progress or len(windows) == 1)
             pending += [(run, window) for window in windows]
             while len(pending) >= batch_size:
                 yield from flush(batch_size)

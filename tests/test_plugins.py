@@ -125,7 +125,7 @@ def test_run_hooks_see_windows_steps_and_beams(tiny, tone, store):
     assert [s[3] for s in decode] == list(range(len(decode)))  # one capture per generation step
     assert all(s[4][0] == 2 for s in decode)  # beams on the batch axis
     assert len(replay) == tiny.model.config.decoder_layers
-    assert replay[0][4][2] == len(recorder.windows[0].sequence) - 1
+    assert replay[0][4][2] == len(recorder.windows[0].sequence)  # the replay covers the whole sequence
     assert trace.record("recorder.steps").tolist() == [s[3] for s in recorder.seen]
     assert trace.manifest["plugins"]["recorder"] == "0.1"
     assert hooks_left(tiny.model) == 0
