@@ -442,12 +442,17 @@ class Bench:
         sync(self.device)
         t2 = time.perf_counter()
         rows = [list(run.windows[0].tokens) for run in runs]
-        info = {"clips": len(runs), "bytes_captured": sum(trace_sizes(t)["tensor_record_bytes"] for t in traces),
+        phases: dict[str, float] = {}
+        for run in runs:
+            for key, value in run.windows[0].timings.items():
+                phases[key] = phases.get(key, 0.0) + value
+        info = {"clips": len(runs), "phases_s": {k: round(v, 4) for k, v in phases.items()}, "bytes_captured": sum(trace_sizes(t)["tensor_record_bytes"] for t in traces),
                 "tokens_equal_plain": None if self.plain_batch_tokens is None else rows == self.plain_batch_tokens}
         for trace in traces:
             self.store.delete(trace.id)
         return {"s": t2 - t0, "decode_s": t1 - t0, "store_write_s": t2 - t1,
-                "clips_per_s": len(runs) / (t2 - t0), "decode_clips_per_s": len(runs) / (t1 - t0)}, info
+                "clips_per_s": len(runs) / (t2 - t0), "decode_clips_per_s": len(runs) / (t1 - t0),
+                **{f"phase_{k}_s": v for k, v in phases.items()}}, info
 
     def close(self):
         shutil.rmtree(self.store_dir, ignore_errors=True)
@@ -465,7 +470,9 @@ def run_arms(bench: Bench, names: list[str], repeats: int, log) -> dict:
         meter = PeakMemory(bench.device)
         try:
             with meter:
+                cpu0 = time.process_time()
                 timings, info = getattr(bench, f"arm_{name}")()
+                timings["cpu_s"] = time.process_time() - cpu0
         except Exception as exc:  # keep the other arms' numbers; say what failed
             entry["error"] = f"{type(exc).__name__}: {exc}"
             log(f"  {name}: FAILED {entry['error']}")
@@ -519,6 +526,8 @@ def summarise(results: dict, baseline: str) -> dict:
             summary["ratio_to_plain"] = round(summary["median_s"] / base["median_s"], 4)
             if "median_decode_s" in summary:
                 summary["decode_ratio_to_plain"] = round(summary["median_decode_s"] / base["median_s"], 4)
+            if summary.get("median_cpu_s") and base.get("median_cpu_s"):
+                summary["cpu_ratio_to_plain"] = round(summary["median_cpu_s"] / base["median_cpu_s"], 4)
             if summary.get("peak_memory_bytes") and base.get("peak_memory_bytes"):
                 summary["peak_memory_ratio_to_plain"] = round(summary["peak_memory_bytes"] / base["peak_memory_bytes"], 4)
     return out
@@ -572,14 +581,32 @@ def dashboard_first_view(bench: Bench, repeats: int, log) -> dict:
     each time, open it and draw one figure to PNG as the dashboard does (imports timed apart)."""
     if not (ROOT / "probe" / "figures.py").is_file():
         return {"skipped": "probe/figures.py does not exist yet"}
-    tracer = Tracer(bench.loaded, get_plugin_manager(autoload=False), bench.options(), points=FULL_POINTS)
-    with torch.inference_mode():
-        run = tracer.trace(bench.clip)
-    trace = write_trace(tracer, run, bench.store, name="bench-largest")
+    import re
+
+    from probe.errors import PluginError
+
+    disabled: list[str] = []
+    failures: list[str] = []
+    while True:  # every built-in plugin; one that fails is left out (and said so) rather than no trace at all
+        tracer = Tracer(bench.loaded, get_plugin_manager(disabled=disabled, autoload=False), bench.options(),
+                        points=FULL_POINTS)
+        try:
+            with torch.inference_mode():
+                run = tracer.trace(bench.clip)
+            trace = write_trace(tracer, run, bench.store, name="bench-largest")
+            break
+        except PluginError as exc:
+            failed = re.search(r"plugin '([^']+)'", str(exc))
+            if not failed or failed.group(1) in disabled:
+                raise
+            disabled.append(failed.group(1))
+            failures.append(str(exc))
+            log(f"  leaving {failed.group(1)} out of the largest trace: {exc}")
     sizes = trace_sizes(trace)
     log(f"  largest trace: {sizes['trace_disk_bytes'] / 2**20:.1f} MiB on disk, {sizes['records']} records")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = {"trace": {"plugins": "all built-ins", "points": FULL_POINTS, **sizes},
+    out = {"trace": {"plugins": "all built-ins" + (f" but {disabled}" if disabled else ""),
+                     "plugin_failures": failures, "points": FULL_POINTS, **sizes},
            "page_cache": "warm (the trace was just written)", "figures": {}}
     for name in ("waveform", "cross_attention"):
         runs = []
@@ -612,15 +639,21 @@ def dashboard_first_view(bench: Bench, repeats: int, log) -> dict:
     return out
 
 
-def profile_lecture(bench: Bench, path: Path, log) -> dict:
-    """cProfile one lecture trace + store write; write the listing to ``path``; summarise probe's share."""
+def profile_lecture(bench: Bench, path: Path, log, batched: bool = False) -> dict:
+    """cProfile one lecture trace (or one batch) + store write; write the listing to ``path``;
+    summarise the time spent in probe's own functions."""
     profiler = cProfile.Profile()
+    clips = bench.batch_clips if batched else [bench.clip]
     with torch.inference_mode():
+        t0 = time.perf_counter()
         profiler.enable()
-        run = bench.lecture_tracer.trace(bench.clip)
-        trace = write_trace(bench.lecture_tracer, run, bench.store, name="bench-profile")
+        runs = list(bench.lecture_tracer.trace_many(clips, batch_size=len(clips)))
+        traces = [write_trace(bench.lecture_tracer, run, bench.store, name="bench-profile") for run in runs]
         profiler.disable()
-    bench.store.delete(trace.id)
+        wall = time.perf_counter() - t0
+    for trace in traces:
+        bench.store.delete(trace.id)
+    run = runs[0]
     stream = io.StringIO()
     stats = pstats.Stats(profiler, stream=stream)
     stats.sort_stats("cumulative").print_stats(60)
@@ -633,7 +666,9 @@ def profile_lecture(bench: Bench, path: Path, log) -> dict:
                          "calls": nc, "cumulative_s": round(ct, 4), "own_s": round(tt, 4)})
     rows.sort(key=lambda r: -r["cumulative_s"])
     log(f"  profile written to {path}")
-    return {"listing": str(path), "phases_s": run.windows[0].timings, "probe_functions": rows[:40]}
+    return {"listing": str(path), "clips": len(clips), "phases_s_first_clip": run.windows[0].timings,
+            "wall_s_under_profiler": round(wall, 4),
+            "probe_functions": rows[:40]}
 
 
 # --------------------------------------------------------------------------- report
@@ -655,7 +690,8 @@ def print_table(report: dict) -> None:
     print(f"{report['model']['name']} on {report['device']['name']} ({report['dtype']}, {report['attn_implementation']},"
           f" {report['input_seconds']:.0f} s input, {report['tokens']} tokens, {report['repeats']} repeats,"
           f" {report['threads']} threads)")
-    head = f"{'arm':<18}{'median s':>10}{'× plain':>9}{'decode s':>10}{'× plain':>9}{'peak mem':>12}{'Δ peak':>12}{'captured':>12}  same tokens"
+    head = (f"{'arm':<18}{'median s':>10}{'× plain':>9}{'decode s':>10}{'× plain':>9}{'cpu s':>9}{'× plain':>9}"
+            f"{'peak mem':>12}{'Δ peak':>12}{'captured':>12}  same tokens")
     print(head)
     print("-" * len(head))
     for name, a in arms.items():
@@ -664,6 +700,7 @@ def print_table(report: dict) -> None:
             continue
         print(f"{name:<18}{a['median_s']:>10.3f}{a.get('ratio_to_plain', float('nan')):>9.3f}"
               f"{a.get('median_decode_s', float('nan')):>10.3f}{a.get('decode_ratio_to_plain', float('nan')):>9.3f}"
+              f"{a.get('median_cpu_s', float('nan')):>9.3f}{a.get('cpu_ratio_to_plain', float('nan')):>9.3f}"
               f"{fmt_bytes(a.get('peak_memory_bytes')):>12}{fmt_bytes(a.get('peak_memory_delta_bytes')):>12}"
               f"{fmt_bytes(a.get('bytes_captured')):>12}  {a.get('tokens_equal_plain', '')}")
     batched = report.get("batched") or {}
@@ -673,6 +710,7 @@ def print_table(report: dict) -> None:
         for name, a in batched["arms"].items():
             if "median_s" in a:
                 print(f"  {name:<18}{a['median_s']:>9.3f} s  {a['median_clips_per_s']:.3f} clips/s"
+                      f"  (cpu {a['median_cpu_s']:.3f} s, {a.get('cpu_ratio_to_plain', float('nan')):.3f}× plain)"
                       + (f"  (decode only {a['median_decode_clips_per_s']:.3f} clips/s)" if "median_decode_clips_per_s" in a else "")
                       + (f"  same tokens: {a.get('tokens_equal_plain')}" if "tokens_equal_plain" in a else ""))
             else:
@@ -868,6 +906,12 @@ def main(argv=None) -> int:
         if args.profile == "yes" or (args.profile == "auto" and missed):
             log("profiling one lecture trace (cProfile)")
             report["profile"] = profile_lecture(bench, out_path.with_suffix(".profile.txt"), log)
+        batched_target = report["targets"].get("batched_throughput_ratio")
+        if "batched" in report and (args.profile == "yes" or (
+                args.profile == "auto" and isinstance(batched_target, dict) and not batched_target["pass_with_store_write"])):
+            log(f"profiling one lecture batch of {args.batch} (cProfile)")
+            report["profile_batched"] = profile_lecture(bench, out_path.with_suffix(".profile-batched.txt"), log,
+                                                        batched=True)
         report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         report["wall_s"] = round(time.perf_counter() - started, 1)
     finally:

@@ -14,14 +14,15 @@ tracebacks never reach the user for these.  Memory: a decoded clip is held once,
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import math
 import os
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -162,15 +163,15 @@ def _decode(open_: Opener, label: str, channel: str | int, head: bytes | None):
     meta = decoder.metadata
     channels = int(meta.num_channels or 0)
     index = _channel_index(channel, channels, label)
-    if index is None and channels in (1, 2):
+    if channels == 1:
+        samples = _all_samples(decoder, label)[0].numpy()
+    elif index is None and channels == 2:
         # Let FFmpeg downmix while decoding, so only mono samples are ever materialised.
         samples = _all_samples(_open(open_, 1, label), label)[0].numpy()
-        if channels == 2:
-            samples *= _STEREO_DOWNMIX_TO_MEAN
+        samples *= _STEREO_DOWNMIX_TO_MEAN
     else:
         data = _all_samples(decoder, label)  # [channels, n]
-        samples = data.mean(dim=0) if index is None else data[index].clone()
-        samples = samples.numpy()
+        samples = (data.mean(dim=0) if index is None else data[index].clone()).numpy()
         channels = channels or int(data.shape[0])
         del data
     _check_decoded(samples, label, meta, head)
@@ -294,22 +295,18 @@ def _reason(error: BaseException, label: str) -> str:
     return text or type(error).__name__
 
 
-def _torchcodec():
-    """The torchcodec modules, imported on first use (loading FFmpeg takes a moment)."""
+@functools.cache
+def _torchcodec() -> SimpleNamespace:
+    """torchcodec's AudioDecoder and AudioEncoder, imported on first use (it loads FFmpeg)."""
     try:
-        import torchcodec.decoders
-        import torchcodec.encoders
+        from torchcodec.decoders import AudioDecoder
+        from torchcodec.encoders import AudioEncoder
     except (ImportError, OSError, RuntimeError) as error:
         raise AudioError(
             f"torchcodec cannot be loaded ({_reason(error, '')}); install FFmpeg "
             "(e.g. apt-get install ffmpeg) and a torchcodec that matches your torch"
         ) from None
-
-    class _Codec:
-        AudioDecoder = torchcodec.decoders.AudioDecoder
-        AudioEncoder = torchcodec.encoders.AudioEncoder
-
-    return _Codec
+    return SimpleNamespace(AudioDecoder=AudioDecoder, AudioEncoder=AudioEncoder)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +339,11 @@ def audio_from_array(array, sample_rate: int = SAMPLE_RATE, source: str = "array
 
 
 def _sample_rate(sample_rate) -> int:
-    if isinstance(sample_rate, bool) or not float(sample_rate).is_integer() or sample_rate <= 0:
+    try:
+        whole = not isinstance(sample_rate, bool) and float(sample_rate).is_integer()
+    except (TypeError, ValueError):
+        whole = False
+    if not whole or int(sample_rate) <= 0:
         raise OptionError(f"sample rate {sample_rate!r} is not a positive whole number of Hz")
     return int(sample_rate)
 
@@ -413,10 +414,11 @@ def iter_dataset(
     audio_column: str | None = None,
     limit: int | None = None,
 ) -> Iterator[AudioClip]:
-    """Yield one clip per row of a dataset: a local ``audiofolder`` directory, a parquet file or
-    directory, a ``save_to_disk`` directory, or a Hugging Face Hub name (streamed).  The audio
-    column is the first ``datasets.Audio`` column unless ``audio_column`` names one (a column of
-    file paths works too).  Each clip's ``row`` holds the row's other scalar columns."""
+    """Clips, one per row (up to ``limit``), of a local ``audiofolder`` directory, a parquet file
+    or directory, a ``save_to_disk`` directory, or a Hugging Face Hub dataset (streamed).  The
+    audio column is the first ``datasets.Audio`` column unless ``audio_column`` names one (a
+    column of file paths works too).  The dataset is opened and checked when this is called, and
+    rows are decoded as they are iterated.  Each clip's ``row`` holds the other scalar columns."""
     _check_limit(limit)
     label = _dataset_label(name_or_dir, config)
     ds = _open_split(name_or_dir, config, split)  # opened now, so a bad dataset fails here

@@ -329,9 +329,9 @@ def cmd_rm(args) -> int:
 
     store = Store(args.store, create=False)
     for ref in args.traces:
-        trace = store.resolve(ref)
-        store.delete(trace.id)
-        print(f"deleted {trace.id}")
+        trace_id = store.resolve_id(ref)  # not opened: a broken trace can be removed too
+        store.delete(trace_id)
+        print(f"deleted {trace_id}")
     return 0
 
 

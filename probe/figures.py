@@ -4,8 +4,8 @@ Each figure function takes a :class:`probe.store.Trace` (plus a few choices such
 head) and returns a matplotlib :class:`~matplotlib.figure.Figure` with a title, axis labels with
 units and a colour bar wherever colour carries a value.  Figures are built on the Agg canvas
 without pyplot, so drawing needs no GUI and keeps no global state.  This module uses numpy and
-matplotlib only; figures drawn from records never import torch (the spectrogram uses
-transformers' ``WhisperFeatureExtractor``, and decoding the stored audio is the store's business).
+matplotlib (and transformers' numpy audio functions for the log-Mel spectrogram); it never
+imports torch, though decoding the stored audio is the store's business.
 Big arrays are cut down before drawing so a figure stays fast on a large-v3 trace: tensors are
 read a layer or a slice at a time, long audio is drawn as an envelope and one 30 s window at a
 time, wide maps are pooled, long transcripts paged.  A figure whose record is missing raises :class:`~probe.errors.StoreError` naming
@@ -38,7 +38,9 @@ from matplotlib.patches import Rectangle
 from probe.errors import StoreError
 
 SAMPLE_RATE = 16000
-MEL_FRAMES_PER_SECOND = 100  # hop of 160 samples
+N_FFT = 400  # 25 ms analysis windows
+HOP_LENGTH = 160  # 10 ms between log-Mel frames
+MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
 ENCODER_FRAMES_PER_SECOND = 50  # after the stride-2 conv
 WINDOW_SECONDS = 30
 N_TIMESTAMP_TOKENS = 1501  # <|0.00|> ... <|30.00|>, the last ids of every Whisper vocabulary
@@ -136,16 +138,33 @@ def window_span(trace, window: int = 0) -> tuple[float, float]:
     return float(entry["start"]), float(entry["end"])
 
 
+@functools.cache
+def _mel_filters(n_mels: int) -> np.ndarray:
+    from transformers.audio_utils import mel_filter_bank  # numpy; transformers' package import is slow
+
+    # The bank WhisperFeatureExtractor builds: 201 FFT bins → n_mels, 0–8 kHz, Slaney scale and norm.
+    return mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
+                           max_frequency=8000.0, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
+
+
 def log_mel_array(trace, window: int = 0) -> np.ndarray:
     """The log-Mel spectrogram the encoder saw for ``window``: [n_mels, 3000] (100 frames/s, the
-    window's audio padded to 30 s), on Whisper's scale."""
-    from transformers import WhisperFeatureExtractor  # heavy; only spectrogram figures need it
+    window's audio padded to 30 s), on Whisper's scale.
+
+    The numpy path of transformers' ``WhisperFeatureExtractor``, called through its numpy
+    building blocks because importing the extractor class imports torch when it is installed.
+    """
+    from transformers.audio_utils import spectrogram, window_function
 
     start, end = window_span(trace, window)
     samples = audio_samples(trace)[round(start * SAMPLE_RATE): round(end * SAMPLE_RATE)]
-    extractor = WhisperFeatureExtractor(feature_size=_config(trace, "num_mel_bins", 80))
-    features = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="np")  # pads to 30 s
-    return features["input_features"][0]  # [n_mels, frame]
+    padded = np.zeros(WINDOW_SECONDS * SAMPLE_RATE, dtype=np.float32)  # [sample]
+    padded[: len(samples)] = samples[: len(padded)]
+    power = spectrogram(padded, window_function(N_FFT, "hann"), frame_length=N_FFT, hop_length=HOP_LENGTH,
+                        power=2.0, mel_filters=_mel_filters(_config(trace, "num_mel_bins", 80)),
+                        log_mel="log10")[:, :-1]  # [n_mels, 3000]: the STFT's extra last frame dropped
+    power = np.maximum(power, power.max() - 8.0)  # an 80 dB range
+    return ((power + 4.0) / 4.0).astype(np.float32)
 
 
 def pool_columns(array: np.ndarray, max_columns: int = MAX_COLUMNS) -> tuple[np.ndarray, int]:

@@ -123,16 +123,21 @@ class Store:
     def resolve(self, ref: str) -> Trace:
         """The trace ``ref`` names: an id, a unique id prefix, a name (the newest trace of that
         name wins), or a path to a trace folder inside this store."""
+        return self.open(self.resolve_id(ref))
+
+    def resolve_id(self, ref: str) -> str:
+        """The id of the trace ``ref`` names (as :meth:`resolve`) without opening it, so that
+        broken traces can be named too (by id, prefix or path; a name lives in the manifest)."""
         if ref in self:
-            return self.open(ref)
+            return ref
         if _looks_like_path(ref):
-            return self._open_path(ref)
+            return self._path_id(ref)
         by_prefix = [trace_id for trace_id in self if ref and trace_id.startswith(ref)]
         if len(by_prefix) == 1:
-            return self.open(by_prefix[0])
+            return by_prefix[0]
         by_name = [info.id for info in self.list() if ref and info.name == ref]
         if by_name:
-            return self.open(by_name[0])
+            return by_name[0]
         if by_prefix:
             shown = ", ".join(by_prefix[:5]) + (", ..." if len(by_prefix) > 5 else "")
             raise StoreError(f"{ref!r} matches {len(by_prefix)} traces ({shown}); "
@@ -205,10 +210,10 @@ class Store:
     def _missing(self, ref: object) -> StoreError:
         return StoreError(f"no trace {ref!r} in store {self.path}; `probe ls` lists them")
 
-    def _open_path(self, ref: str) -> Trace:
+    def _path_id(self, ref: str) -> str:
         path = Path(ref).expanduser().resolve()
         if path.parent == self.path and path.name in self:
-            return self.open(path.name)
+            return path.name
         raise StoreError(f"{ref} is not a trace folder in store {self.path}; "
                          f"pass --store {path.parent} to read it where it is")
 

