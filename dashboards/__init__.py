@@ -31,8 +31,8 @@ def serve(store: str | os.PathLike | None = None, host: str = "127.0.0.1", port:
     store_path = Store(store).path  # fails here, in one line, if the folder cannot be used
     command = [sys.executable, "-m", "streamlit", "run", str(APP),
                "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-               "--", "--store", str(store_path)]
+               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "minimal", "--", "--store", str(store_path)]
     print(f"probe: dashboard for {store_path} at http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
     process = subprocess.Popen(command)
     try:

@@ -19,7 +19,6 @@ import io
 import sys
 import tempfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -30,6 +29,7 @@ from probe.store import Store, Trace
 
 TRACE_KEY = "trace"  # session-state key of the sidebar picker and the URL query parameter
 _PENDING_KEY = "trace_to_select"  # set by select_trace(), applied before the picker is drawn
+_CURRENT_KEY = "current_trace"  # (trace or None, why it could not be opened or None), set each run
 EXPORT_FORMATS = ("html", "zip", "png", "svg", "pdf", "json", "csv")
 
 
@@ -107,29 +107,33 @@ def trace_labels(store_path: str) -> dict[str, str]:
 
 
 @st.cache_data(show_spinner=False, ttl=5)
-def traces_of_audio(store_path: str, sha256: str | None) -> list[str]:
-    """Ids of the traces recorded from the same audio (by its hash), newest first."""
+def traces_of_audio(store_path: str, audio: dict) -> list[str]:
+    """Ids of the traces recorded from the same audio (file hash and channel), newest first."""
+    same = (audio.get("sha256"), audio.get("channel", "mix"))
     found = []
     for trace_id in trace_labels(store_path):
         try:
-            audio = open_trace(store_path, trace_id).manifest.get("audio") or {}
+            other = open_trace(store_path, trace_id).manifest.get("audio") or {}
         except StoreError:
             continue
-        if sha256 and audio.get("sha256") == sha256:
+        if same[0] and (other.get("sha256"), other.get("channel", "mix")) == same:
             found.append(trace_id)
     return found
 
 
 def pick_trace(label: str, key: str, follow_url: bool = False, default: str | None = None) \
         -> CachedTrace | None:
-    """A trace picker; returns the chosen trace, or None if the store is empty.  ``default``: the
-    reference to start from (id, prefix or name).  ``follow_url``: start from ``?trace=`` (an id, id prefix or name, resolved by
-    the store) and write the choice back to the URL, so a view can be shared as a link."""
+    """A trace picker; returns the chosen trace, or None if the store is empty.
+
+    ``default``: the trace to start from.  ``follow_url``: start from ``?trace=`` instead and write
+    the choice back to the URL, so a view can be shared as a link.  References (an id, a unique id
+    prefix or a name) are resolved by the store, which refuses anything outside it.
+    """
     store = current_store()
     labels = trace_labels(str(store.path))
     if not labels:
         st.info(f"No traces in {store.path} yet: record one on the **New trace** page or with "
-                   "`probe run AUDIO`.")
+                "`probe run AUDIO`.")
         return None
     wanted = st.session_state.pop(_PENDING_KEY, None) if follow_url else None
     if wanted is None and follow_url and key not in st.session_state:
@@ -162,23 +166,23 @@ def select_trace(trace_id: str) -> None:
 def sidebar() -> None:
     """The sidebar every page shares: the store, the trace picker and the export download.
     A trace that cannot be opened is reported by the view that needs it (:func:`current_trace`)."""
+    trace, problem = None, None
     with st.sidebar:
         st.caption(f"Store: `{current_store().path}`")
         try:
             trace = pick_trace("Trace", TRACE_KEY, follow_url=True)
         except StoreError as err:
-            st.session_state["_current_trace"] = str(err)
-            return
-        st.session_state["_current_trace"] = trace
+            problem = str(err)
         if trace is not None:
             export_controls(trace)
+    st.session_state[_CURRENT_KEY] = (trace, problem)
 
 
 def current_trace() -> CachedTrace:
     """The trace picked in the sidebar; stops the view with the reason if there is none."""
-    trace = st.session_state.get("_current_trace")
-    if isinstance(trace, str):
-        st.error(trace)
+    trace, problem = st.session_state.get(_CURRENT_KEY, (None, None))
+    if problem is not None:
+        st.error(problem)
         st.stop()
     if trace is None:
         st.info("Pick a trace in the sidebar, or record one on the **New trace** page.")

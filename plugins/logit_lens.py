@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
+from probe.plugins.token_probs import top_k
 
 __version__ = "1.0"
 
@@ -37,13 +38,13 @@ class Plugin:
     @hookimpl
     def probe_estimate(self, run):
         cells = run.config.decoder_layers * run.expected_tokens * len(run.window_spans)
-        k = int(run.option("top_k", 5))
+        k = top_k(run)
         return {"logit_lens.top_ids": 4 * k * cells, "logit_lens.top_probs": 4 * k * cells,
                 "logit_lens.chosen_rank": 4 * cells, "logit_lens.chosen_prob": 4 * cells}
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
-        k = int(run.option("top_k", 5))
+        k = top_k(run)
         model = run.model
         norm = model.model.decoder.layer_norm
         resid = tensor[0, ctx.prompt_length - 1:-1]  # [token, d_model]: the positions that emitted tokens

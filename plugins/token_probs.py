@@ -19,6 +19,11 @@ from probe.hookspecs import hookimpl
 __version__ = "1.0"
 
 
+def top_k(run) -> int:
+    """Alternatives to keep per token: ``plugin_options["top_k"]`` (default 5), within 1 … vocab."""
+    return max(1, min(int(run.option("top_k", 5)), run.config.vocab_size))
+
+
 def token_kind(token_id: int, eot: int, first_timestamp: int) -> str:
     if token_id >= first_timestamp:
         return "timestamp"
@@ -42,13 +47,13 @@ class Plugin:
     @hookimpl
     def probe_estimate(self, run):
         tokens = run.expected_tokens * len(run.window_spans)
-        k = int(run.option("top_k", 5))
+        k = top_k(run)
         return {"token_probs.top_k_ids": 4 * k * tokens, "token_probs.top_k_probs": 4 * k * tokens,
                 "token_probs.tokens": (200 + 40 * k) * tokens}
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
-        k = int(run.option("top_k", 5))
+        k = top_k(run)
         logits = tensor[0, ctx.prompt_length - 1:-1].float()  # [token, vocab]: the positions that emitted tokens
         log_probs = logits.log_softmax(-1)
         emitted = torch.tensor(ctx.tokens[ctx.prompt_length:], device=logits.device)  # [token]

@@ -55,6 +55,7 @@ class AudioClip:
     original_sample_rate: int
     original_channels: int
     row: dict[str, Any] | None = None  # a dataset row's other scalar columns (text, language, ...)
+    channel: str | int = "mix"  # what became the mono signal: "mix", "left", "right" or a channel number
 
     @property
     def duration(self) -> float:
@@ -87,7 +88,7 @@ def load_audio(path: str | os.PathLike, channel: str | int = "mix") -> AudioClip
     with open(file, "rb") as handle:
         head = handle.read(_HEAD_BYTES)
     samples, rate, channels = _decode(_file_opener(label), label, channel, head)
-    return AudioClip(samples, label, _file_sha256(file), rate, channels)
+    return AudioClip(samples, label, _file_sha256(file), rate, channels, channel=channel)
 
 
 def decode_bytes(data: bytes | bytearray | memoryview) -> np.ndarray:

@@ -3,15 +3,16 @@
 Each figure function takes a :class:`probe.store.Trace` (plus a few choices such as a layer or a
 head) and returns a matplotlib :class:`~matplotlib.figure.Figure` with a title, axis labels with
 units and a colour bar wherever colour carries a value.  Figures are built on the Agg canvas
-without pyplot, so drawing needs no GUI and keeps no global state.  This module uses numpy and
-matplotlib (and transformers' numpy audio functions for the log-Mel spectrogram); it never
-imports torch, though decoding the stored audio is the store's business.
-Big arrays are cut down before drawing so a figure stays fast on a large-v3 trace: tensors are
-read a layer or a slice at a time, long audio is drawn as an envelope and one 30 s window at a
-time, wide maps are pooled, long transcripts paged.  A figure whose record is missing raises :class:`~probe.errors.StoreError` naming
-the record and the plugin that makes it.  :data:`FIGURES` maps a name to a one-argument figure
-with sensible defaults; :func:`transcript_html` renders the transcript coloured by token
-probability; :func:`save` writes a figure at print resolution.
+without pyplot, so drawing needs no GUI and keeps no global state.  This module uses numpy,
+matplotlib and transformers' numpy audio functions (for the log-Mel spectrogram) and never
+imports torch; decoding the stored audio is the store's business.  Big arrays are cut down
+before drawing so a figure stays fast on a large-v3 trace: tensors are read a layer or a slice
+at a time, long audio is drawn as an envelope and one 30 s window at a time, wide maps are
+pooled, long transcripts paged.  A figure whose record is missing raises
+:class:`~probe.errors.StoreError` naming the record and the plugin that makes it.
+:data:`FIGURES` maps a name to a one-argument figure with sensible defaults;
+:func:`transcript_html` renders the transcript coloured by token probability; :func:`save` writes
+a figure at print resolution.
 
 Units used throughout: audio samples at 16 kHz, log-Mel frames of 10 ms (100 per second), encoder
 frames of 20 ms (50 per second), probabilities in [0, 1], entropies in nats.

@@ -14,6 +14,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -150,14 +151,16 @@ def implementations(pm: pluggy.PluginManager, hook_name: str):
     return [(impl.plugin_name, impl.function, impl.argnames) for impl in reversed(caller.get_hookimpls())]
 
 
-def call_each(pm: pluggy.PluginManager, hook_name: str, expect=None, **kwargs) -> dict:
+def call_each(pm: pluggy.PluginManager, hook_name: str, expect=None, seconds: dict | None = None, **kwargs) -> dict:
     """Call every implementation of ``hook_name``; map plugin name → result (None results dropped).
 
     A plugin that raises, or returns something that fails ``expect(result)``, becomes a one-line
     :class:`PluginError` naming it.  User errors raised by plugins (ProbeError) pass through.
+    ``seconds`` (plugin name → float), when given, accumulates the time each plugin took.
     """
     results = {}
     for name, function, argnames in implementations(pm, hook_name):
+        started = time.perf_counter()
         try:
             result = function(*[kwargs[a] for a in argnames])
         except ProbeError:
@@ -168,6 +171,9 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, expect=None, **kwargs) -
             raise PluginError(f"plugin {name!r} raised in {hook_name}: {type(exc).__name__}: {exc}"
                               " (run with --debug for the traceback, or disable it with -p no:"
                               f"{name})") from exc
+        finally:
+            if seconds is not None:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
         if result is None:
             continue
         if expect is not None and not expect(result):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import sys
+
 import numpy as np
 import torch
 
@@ -60,7 +62,7 @@ def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
         "model": model_summary(run.loaded),
         "audio": {"source": clip.source, "sha256": clip.sha256, "duration": round(clip.duration, 3),
                   "sample_rate": 16000, "original_sample_rate": clip.original_sample_rate,
-                  "original_channels": clip.original_channels, "file": "audio.flac"},
+                  "original_channels": clip.original_channels, "channel": clip.channel, "file": "audio.flac"},
         "decode": run.options.to_dict(),
         "prompt": [{"id": t, "token": s} for t, s in zip(first.prompt, tokenizer.convert_ids_to_tokens(first.prompt))],
         "transcript": " ".join(w.text for w in run.windows if w.text).strip(),
@@ -75,6 +77,14 @@ def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
     }
 
 
+def warn_slow_plugins(plugin_seconds: dict[str, float], total: float) -> None:
+    """Name a plugin that took over a second and over a quarter of the run (one line on stderr)."""
+    for name, seconds in sorted(plugin_seconds.items(), key=lambda item: -item[1]):
+        if seconds > 1.0 and seconds > 0.25 * total:
+            print(f"probe: plugin {name!r} took {seconds:.1f} s of this {total:.1f} s trace"
+                  f" (-p no:{name} runs without it)", file=sys.stderr)
+
+
 def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None):
     """Let the plugins write ``run``'s records into a new trace of ``store``; returns the trace.
 
@@ -86,6 +96,8 @@ def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None)
         timings = {key: round(sum(w.timings.get(key, 0.0) for w in run.windows), 4)
                    for key in ("encode", "detect", "generate", "replay")}
         timings["total"] = round(sum(timings.values()), 4)
+        timings["plugins"] = {name: round(sec, 4) for name, sec in run.plugin_seconds.items()}
+        warn_slow_plugins(run.plugin_seconds, timings["total"])
         writer.add_audio(encode_flac(run.clip.samples), 16000)
         writer.update_manifest(**manifest_fields(run, tracer.pm, name, timings))
     return store.open(writer.id)

@@ -52,6 +52,10 @@ class DecodeOptions:
             raise OptionError(f"unknown task {self.task!r}; use --task transcribe or --task translate")
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
             raise OptionError(f"--num-beams must be a whole number ≥ 1 (got {self.num_beams!r})")
+        longest = loaded.model.config.max_target_positions - 4  # the longest prompt is 4 tokens
+        for name, value in (("--max-new-tokens", self.max_new_tokens), ("--min-new-tokens", self.min_new_tokens)):
+            if value is not None and not 1 <= value <= longest:
+                raise OptionError(f"{name} must be between 1 and {longest} for this model (got {value})")
         if not loaded.is_multilingual:
             if self.task == "translate":
                 raise OptionError(f"{loaded.model_id} is English-only and cannot translate; use a multilingual "
@@ -141,6 +145,7 @@ class Run:
     state: dict = field(default_factory=dict)
     windows: list[WindowResult] = field(default_factory=list)
     window_spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) seconds, all windows
+    plugin_seconds: dict[str, float] = field(default_factory=dict)  # time spent in each plugin's hooks
 
     @property
     def model(self):
@@ -198,6 +203,7 @@ class _Router:
                 part = tensor if len(self.items) == 1 else tensor[i * rows:(i + 1) * rows]
                 for name, function, argnames in routes.get(point.name, ()):
                     values = {"run": run, "point": point, "tensor": part, "ctx": ctx}
+                    started = time.perf_counter()
                     try:
                         function(*[values[a] for a in argnames])
                     except ProbeError:
@@ -205,6 +211,8 @@ class _Router:
                     except Exception as exc:
                         raise PluginError(f"plugin {name!r} raised in probe_capture at {point.name}:"
                                           f" {type(exc).__name__}: {exc} (disable it with -p no:{name})") from exc
+                    finally:
+                        run.plugin_seconds[name] = run.plugin_seconds.get(name, 0.0) + time.perf_counter() - started
         finally:
             self.busy = False
 
@@ -438,7 +446,7 @@ class Tracer:
                   plugin_options=self.plugin_options)
         windows = split_windows(clip)
         run.window_spans = [(w.start, w.end) for w in windows]
-        call_each(self.pm, "probe_run_start", run=run)
+        call_each(self.pm, "probe_run_start", seconds=run.plugin_seconds, run=run)
         run.state["_decode"] = _routes(self.pm, _requested(self.pm, run, "probe_decode_points"))
         replay_requested = _requested(self.pm, run, "probe_replay_points")
         for plugin, wanted in replay_requested.items():
@@ -478,7 +486,7 @@ class Tracer:
                                         " --dtype float16") from exc
             for (run, _), result in zip(batch, results):
                 run.windows.append(result)
-                call_each(self.pm, "probe_window_end", run=run, window=result)
+                call_each(self.pm, "probe_window_end", seconds=run.plugin_seconds, run=run, window=result)
                 bars[id(run)].update(1)
                 remaining[id(run)] -= 1
                 if remaining[id(run)] == 0:
@@ -502,7 +510,7 @@ class Tracer:
         """Let every plugin write its records for ``run`` into ``writer``."""
         for key in ("_decode", "_replay", "_ctx"):
             run.state.pop(key, None)
-        call_each(self.pm, "probe_run_end", run=run, writer=writer)
+        call_each(self.pm, "probe_run_end", seconds=run.plugin_seconds, run=run, writer=writer)
 
     def trace(self, clip: AudioClip, writer=None) -> Run:
         """Decode one clip with every plugin watching; records go to ``writer`` (a TraceWriter)."""

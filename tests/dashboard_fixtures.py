@@ -1,12 +1,13 @@
 """A real trace store for the figure, dashboard and browser tests, built once per session.
 
 Real decoding with the embedded Whisper base weights on the example clips: an English trace that
-also carries a third-party plugin's records, a transcribe + translate pair of the Mandarin clip
-(recorded with fewer plugins to keep the session short; the transcribe one lacks the attention,
-logit-lens and activations records, so views that need them must show an error), and a copy of the English trace with one record file deleted
-(a damaged trace).  The third-party plugin is a small module that stores a 1-D series and a
-table and registers a dashboard view; it is installed as an entry point in ``plugin_dir`` (put
-that folder on ``sys.path`` / ``PYTHONPATH`` for the dashboard to find it).
+also carries a third-party plugin's records; a transcribe + translate pair of the Mandarin clip,
+recorded with fewer plugins to keep the session short (the transcribe one lacks the attention,
+logit-lens and activations records, so views that need them must show an error); and a copy of
+the English trace with one record file deleted (a damaged trace).  The third-party plugin is a
+small module that stores a 1-D series and a table and registers a dashboard view; it is
+installed as an entry point in ``plugin_dir`` (put that folder on ``sys.path`` / ``PYTHONPATH``
+for the dashboard to find it).
 """
 
 from __future__ import annotations

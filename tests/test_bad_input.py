@@ -310,7 +310,8 @@ def test_stereo_channels_give_different_traces(capsys, tiny_dir, store, audio):
     # manifest["audio"]["sha256"], and the left channel is not the same audio as the right one.
     left_audio, right_audio = left.manifest["audio"], right.manifest["audio"]
     assert (left_audio.get("channel"), right_audio.get("channel")) == ("left", "right") \
-        or left_audio["sha256"] != right_audio["sha256"]
+        or left_audio["sha256"] != right_audio["sha256"], \
+        "manifest['audio'] does not say which channel was traced (both hold the file's sha256)"
 
 
 def test_a_channel_the_file_lacks(capsys, tiny_dir, seeded, audio):
@@ -669,7 +670,7 @@ def test_broken_trace_show_in_a_subprocess(traces):
 
 @pytest.mark.parametrize("content", [b"this is not a safetensors file",
                                      struct.pack("<Q", 2**62) + b"{}",  # a header length far past the file
-                                     pickle.dumps(_Exploit(Path(tempfile.gettempdir()) / "never-created"))])
+                                     pickle.dumps(_Exploit(Path(tempfile.gettempdir()) / "whisper-probe-never-unpickled"))])
 def test_tensor_file_that_is_not_safetensors(capsys, traces, tmp_path, content):
     store, first, _ = traces
     (first.path / first.records["activations.encoder.hook_conv2"]["file"]).write_bytes(content)
@@ -680,7 +681,7 @@ def test_tensor_file_that_is_not_safetensors(capsys, traces, tmp_path, content):
                        "--views", "conv_stem", "--out", out_dir)
     assert_user_error(code, err, "record activations.encoder.hook_conv2 of trace")
     assert not out_dir.exists() or list(out_dir.iterdir()) == []
-    assert not (Path(tempfile.gettempdir()) / "never-created").exists()
+    assert not (Path(tempfile.gettempdir()) / "whisper-probe-never-unpickled").exists()
 
 
 def _disk_full(*args, **kwargs):

@@ -9,6 +9,7 @@ error inside the view while the sidebar and the rest keep working, never an exce
 from __future__ import annotations
 
 import html
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,19 @@ def test_sidebar_picker_changes_what_every_view_shows(open_view, dashboard_store
     app.sidebar.selectbox(key="trace").select(dashboard_store.translate.id).run()
     assert dashboard_store.translate.transcript in texts(app)
     assert app.query_params["trace"] == dashboard_store.translate.id
+
+
+def test_a_trace_with_a_corrupt_manifest_is_reported_in_the_view(open_view, dashboard_store):
+    broken = dashboard_store.path / "20000101-000000-broken-000000"
+    broken.mkdir()
+    try:
+        (broken / "manifest.json").write_text("{not json")
+        app = open_view("audio", broken.name)
+        no_exception(app)
+        assert app.error and "corrupt" in app.error[0].value
+        assert "(broken)" in app.sidebar.selectbox(key="trace").options[-1]
+    finally:
+        shutil.rmtree(broken)
 
 
 # --------------------------------------------------------------------------- views

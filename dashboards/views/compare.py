@@ -10,7 +10,7 @@ from probe.dashboards import context
 
 trace = context.current_trace()
 # Start from the same audio recorded another way, if the store has it.
-twins = [twin for twin in context.traces_of_audio(trace.store_path, (trace.manifest.get("audio") or {}).get("sha256"))
+twins = [twin for twin in context.traces_of_audio(trace.store_path, trace.manifest.get("audio") or {})
          if twin != trace.id]
 
 st.title("Compare traces")

@@ -14,6 +14,7 @@ TOKEN_ROLES = {
     "<|notimestamps|>": "text only; without it the model also emits <|0.00|>-style time tokens",
     "<|startofprev|>": "the previous window's text follows, as context",
 }
+LANGUAGE_ROLE = "language: which language the audio is in (detected, or given with --language)"
 
 trace = context.current_trace()
 manifest = trace.manifest
@@ -29,7 +30,7 @@ columns[2].metric("No-speech probability", f"{manifest.get('no_speech_probabilit
 
 st.subheader("The prompt")
 st.html(context.prompt_chips(prompt))
-st.markdown("\n".join(f"- `{entry['token']}` — {TOKEN_ROLES.get(entry['token'], 'language: which language the audio is in')}"
+st.markdown("\n".join(f"- `{entry['token']}` — {TOKEN_ROLES.get(entry['token'], LANGUAGE_ROLE)}"
                       for entry in prompt))
 
 st.subheader("Language detection")
@@ -40,7 +41,7 @@ st.subheader("Transcribe vs translate")
 store_path = trace.store_path
 task = (manifest.get("decode") or {}).get("task")
 twins = [context.open_trace(store_path, twin_id)
-         for twin_id in context.traces_of_audio(store_path, (manifest.get("audio") or {}).get("sha256"))]
+         for twin_id in context.traces_of_audio(store_path, manifest.get("audio") or {})]
 twins = [twin for twin in twins if (twin.manifest.get("decode") or {}).get("task") != task]
 if not twins:
     st.info("Only the task token changes: a translate run replaces `<|transcribe|>` with `<|translate|>` "

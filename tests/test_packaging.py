@@ -1,0 +1,43 @@
+"""The wheel: built from the repo, it installs `probe` with its plugins and dashboards, and no
+generic top-level `plugins`/`dashboards` packages."""
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(ROOT)], check=True, capture_output=True)
+    return next(out.glob("whisper_probe-*.whl"))
+
+
+def test_wheel_contents_live_under_probe(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"probe"}
+    for module in ("probe/plugins/token_probs.py", "probe/plugins/cross_attention.py", "probe/dashboards/app.py",
+                   "probe/cli.py"):
+        assert module in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "probe = probe.cli:main" in entry_points
+
+
+def test_installed_wheel_imports_and_runs(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = ("import probe, probe.plugins.token_probs, probe.dashboards.registry, probe.cli; "
+            "print(probe.__file__); probe.cli.main(['plugins', '--json'])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                 "WHISPER_PROBE_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(target / "probe"))
+    assert '"name": "cross_attention"' in result.stdout
