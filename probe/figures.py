@@ -191,6 +191,10 @@ def vocabulary(trace) -> dict[int, str]:
             vocab[row["token_id"]] = row["token"]
     if "cross_attention.tokens" in trace.records:
         vocab.update((row["token_id"], row["token"]) for row in trace.table("cross_attention.tokens"))
+    if {"logit_lens.top_ids", "logit_lens.top_tokens"} <= set(trace.records):
+        ids = np.asarray(trace.record("logit_lens.top_ids")).reshape(-1)
+        texts = [text for layer in trace.record("logit_lens.top_tokens") for row in layer for text in row]
+        vocab.update(zip(ids.tolist(), texts))
     return vocab
 
 

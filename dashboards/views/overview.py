@@ -39,8 +39,11 @@ with left:
                  hide_index=True)
 with right:
     st.subheader("Timings (s)")
-    timings = manifest.get("timings") or {}
-    st.dataframe([{"stage": stage, "seconds": seconds} for stage, seconds in timings.items()], hide_index=True)
+    timings = dict(manifest.get("timings") or {})
+    per_plugin = timings.pop("plugins", {}) or {}
+    rows = [{"stage": stage, "seconds": seconds} for stage, seconds in timings.items()]
+    rows += [{"stage": f"plugin {name}", "seconds": seconds} for name, seconds in per_plugin.items()]
+    st.dataframe(rows, hide_index=True)
     st.subheader("Model configuration")
     st.dataframe([{"setting": key, "value": value} for key, value in (model.get("config") or {}).items()],
                  hide_index=True)
