@@ -52,7 +52,7 @@ CONV_ZOOM_SECONDS = 1.0  # the conv stem's close-up, where single frames are vis
 
 PROBABILITY_CMAP = "RdYlGn"
 ATTENTION_CMAP = "magma"
-_CJK_FALLBACKS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "Noto Sans Thai",
+_CJK_FALLBACKS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Noto Sans Thai",
                   "Noto Sans")
 
 

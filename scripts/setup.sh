@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for whisper-probe on a Debian-like machine with Python 3.10+:
-#   system packages (ffmpeg; chromium + poppler for the test suite), a virtualenv at .venv,
+#   system packages (ffmpeg and a CJK font; chromium + poppler for the test suite), a virtualenv at .venv,
 #   the package with its dependencies, and the embedded offline Whisper model (converted once).
 # A second run only checks and returns in seconds.
 # Environment: PROBE_SETUP_TESTS=1 also installs test tools; WHISPER_PROBE_KEEP_TORCH=1 never pins torch
@@ -15,6 +15,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # --- system packages -------------------------------------------------------------------------
 apt_needed=()
 command -v ffmpeg >/dev/null 2>&1 || apt_needed+=(ffmpeg)
+# a small CJK font so Mandarin (and Japanese) token texts in figures are not boxes
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || apt_needed+=(fonts-wqy-microhei)
 if [ "$with_tests" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || apt_needed+=(chromium)
   command -v pdftoppm >/dev/null 2>&1 || apt_needed+=(poppler-utils)
