@@ -79,7 +79,8 @@ class Plugin:
         keep = ctx.window < int(run.option("attention_windows", 1))
         if point.side == "decoder":
             if keep:
-                state["decoder"].setdefault(ctx.window, {})[point.layer] = tensor[0].to(torch.float16)
+                length = len(ctx.tokens)
+                state["decoder"].setdefault(ctx.window, {})[point.layer] = tensor[0, :, :length, :length].to(torch.float16)
             return
         frames = state["n_frames"][ctx.window]
         probs = tensor[0, :, :frames, :frames]  # [head, frame, frame]

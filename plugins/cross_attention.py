@@ -47,7 +47,7 @@ class Plugin:
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
-        run.state[self.name]["layers"][point.layer] = tensor[0]  # [head, query, frame]: every replay position
+        run.state[self.name]["layers"][point.layer] = tensor[0, :, :len(ctx.tokens)]  # [head, query, frame]
 
     @hookimpl
     def probe_window_end(self, run, window):

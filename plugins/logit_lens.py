@@ -47,7 +47,7 @@ class Plugin:
         k = top_k(run)
         model = run.model
         norm = model.model.decoder.layer_norm
-        resid = tensor[0, ctx.prompt_length - 1:-1]  # [token, d_model]: the positions that emitted tokens
+        resid = tensor[0, ctx.prompt_length - 1:len(ctx.tokens) - 1]  # [token, d_model]: emitting positions
         normed = F.layer_norm(resid, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         logits = F.linear(normed, model.proj_out.weight).float()  # [token, vocab]
         probs = logits.softmax(-1)

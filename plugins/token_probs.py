@@ -54,7 +54,7 @@ class Plugin:
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
         k = top_k(run)
-        logits = tensor[0, ctx.prompt_length - 1:-1].float()  # [token, vocab]: the positions that emitted tokens
+        logits = tensor[0, ctx.prompt_length - 1:len(ctx.tokens) - 1].float()  # [token, vocab]: emitting positions
         log_probs = logits.log_softmax(-1)
         emitted = torch.tensor(ctx.tokens[ctx.prompt_length:], device=logits.device)  # [token]
         chosen = log_probs.gather(1, emitted[:, None])[:, 0]  # [token]

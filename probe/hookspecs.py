@@ -62,7 +62,8 @@ def probe_replay_points(run):
     hypothesis that won — also under beam search.  Captures come with ``ctx.phase == "replay"``;
     the query axis covers all of ``ctx.tokens``: position ``q`` emitted token ``q + 1``, so the
     generated tokens were emitted by positions ``ctx.prompt_length - 1`` to ``len(ctx.tokens) - 2``
-    (the last position emits nothing).
+    (the last position emits nothing).  Windows decoded together are replayed together: read only
+    the first ``len(ctx.tokens)`` positions (shorter sequences are padded at the end).
 
     :param run: the current run.
     :return: a list of hook-point names or glob patterns, or ``None``.

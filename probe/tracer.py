@@ -289,7 +289,11 @@ class Tracer:
         sot = torch.full((encoder_hidden.shape[0], 1), self.sot, device=encoder_hidden.device)  # [batch, 1]
         hidden = model.model.decoder(input_ids=sot, encoder_hidden_states=encoder_hidden,
                                      use_cache=False).last_hidden_state
-        logits = model.proj_out(hidden)[:, -1].float()  # [batch, vocab]
+        return self.language_probs(torch.nn.functional.linear(hidden[:, -1], model.proj_out.weight))
+
+    def language_probs(self, logits: torch.Tensor) -> list[tuple[dict[str, float], float]]:
+        """From the logits at <|startoftranscript|> [batch, vocab]: language distribution and no-speech."""
+        logits = logits.float()
         no_speech = (logits.softmax(-1)[:, self.no_speech].tolist() if self.no_speech is not None
                      else [0.0] * len(logits))
         if not self.languages:
@@ -309,7 +313,12 @@ class Tracer:
         return kwargs
 
     def decode_batch(self, items: list[tuple[Run, Window]]) -> list[WindowResult]:
-        """Decode windows together (one ``generate()`` call), then replay each chosen sequence."""
+        """Decode windows together (one ``generate()`` call), then replay the chosen sequences together.
+
+        The language distribution and no-speech probability come from the decoder's first step on
+        ``<|startoftranscript|>``: before ``generate()`` when the language must be detected, else
+        from the replay's first position (the same computation, done once).
+        """
         from transformers.modeling_outputs import BaseModelOutput
 
         model = self.loaded.model
@@ -324,39 +333,62 @@ class Tracer:
         clock = time.perf_counter()
         features = torch.cat([self.features(window) for _, window in items])  # [batch, n_mels, 3000]
         counting = any(p.side == "decoder" for p in decode_points)
+        detect_first = self.options.language is None and bool(self.languages)
         with hooks_mod.attach(model, decode_points, router), self._step_counter(router, contexts, counting):
             self._set_phase(router, contexts, "encode")
             encoder_hidden = model.model.encoder(features).last_hidden_state  # [batch, frame, d_model]
             timings["encode"] = time.perf_counter() - clock
             self._set_phase(router, contexts, "detect")
-            detected = self.detect(encoder_hidden)
-            languages = [self.options.language or next(iter(probs)) for probs, _ in detected]
+            detected = self.detect(encoder_hidden) if detect_first else None
+            languages = ([next(iter(probs)) for probs, _ in detected] if detect_first
+                         else [self.options.language or "en"] * len(items))
             timings["detect"] = time.perf_counter() - clock - timings["encode"]
             self._set_phase(router, contexts, "decode")
             with quiet_transformers():
                 out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
                                      **self.generate_kwargs(languages))
         timings["generate"] = time.perf_counter() - clock - timings["encode"] - timings["detect"]
+        prompts = [self.prompt(language) for language in languages]
+        sequences = [prompt + self.completed(_sequence_of(out, i), prompt) for i, prompt in enumerate(prompts)]
+        replay_clock = time.perf_counter()
+        first_logits = self.replay_batch(runs, contexts, encoder_hidden, sequences, [len(p) for p in prompts])
+        timings["replay"] = time.perf_counter() - replay_clock
+        if detected is None:
+            detected = (self.language_probs(first_logits) if first_logits is not None
+                        else self.detect(encoder_hidden))
         share = {key: value / len(items) for key, value in timings.items()}
-        results = []
-        for i, ((run, window), ctx, language, (language_probs, no_speech)) in enumerate(
-                zip(items, contexts, languages, detected)):
-            prompt = self.prompt(language)
-            tokens = self.completed(_sequence_of(out, i), prompt)
-            result = self.result(window, prompt, tokens, language, language_probs, no_speech, dict(share))
-            replay_points, replay_routes = run.state["_replay"]
-            if replay_points:
-                replay_clock = time.perf_counter()
-                replay = _Router({"replay"})
-                replay.items = [(run, ctx, replay_routes)]
-                self._set_phase(replay, [ctx], "replay")
-                ctx.tokens, ctx.prompt_length = result.sequence, len(prompt)
-                with hooks_mod.attach(model, replay_points, replay):
-                    self.replay(encoder_hidden[i:i + 1], result.sequence,
-                                need_logits=any(p.name == "hook_logits" for p in replay_points))
-                result.timings["replay"] = time.perf_counter() - replay_clock
-            results.append(result)
-        return results
+        return [self.result(window, prompt, sequence[len(prompt):], language, language_probs, no_speech, dict(share))
+                for (_, window), prompt, sequence, language, (language_probs, no_speech)
+                in zip(items, prompts, sequences, languages, detected)]
+
+    def replay_batch(self, runs: list[Run], contexts: list[CaptureContext], encoder_hidden: torch.Tensor,
+                     sequences: list[list[int]], prompt_lengths: list[int]) -> torch.Tensor | None:
+        """Teacher-forced pass of every window's whole sequence, in one decoder call.
+
+        Position q emitted token q + 1; the last position emits nothing (openai-whisper's alignment
+        normalises over it too).  Shorter sequences are padded at the end, which the causal mask
+        keeps from touching real positions; plugins read ``len(ctx.tokens)`` positions.  Returns the
+        logits at position 0 (<|startoftranscript|>) [batch, vocab], or None when no plugin replays.
+        """
+        replay_points = _union(run.state["_replay"][0] for run in runs)
+        if not replay_points:
+            return None
+        model = self.loaded.model
+        router = _Router({"replay"})
+        router.items = [(run, ctx, run.state["_replay"][1]) for run, ctx in zip(runs, contexts)]
+        for ctx, sequence, prompt_length in zip(contexts, sequences, prompt_lengths):
+            ctx.tokens, ctx.prompt_length = sequence, prompt_length
+        self._set_phase(router, contexts, "replay")
+        longest = max(len(sequence) for sequence in sequences)
+        ids = torch.tensor([sequence + [self.eot] * (longest - len(sequence)) for sequence in sequences],
+                           device=encoder_hidden.device)  # [batch, query]
+        with hooks_mod.attach(model, replay_points, router):
+            hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
+                                         use_cache=False).last_hidden_state  # [batch, query, d_model]
+            if any(p.name == "hook_logits" for p in replay_points):
+                model.proj_out(hidden)
+        # not through proj_out's module call, so no hook sees this extra slice
+        return torch.nn.functional.linear(hidden[:, 0], model.proj_out.weight)  # [batch, vocab]
 
     @staticmethod
     def _set_phase(router: "_Router", contexts: list[CaptureContext], phase: str) -> None:
@@ -390,19 +422,6 @@ class Tracer:
         if (not generated or generated[-1] != self.eot) and len(generated) < limit:
             generated = generated + [self.eot]
         return generated
-
-    def replay(self, encoder_hidden: torch.Tensor, sequence: list[int], need_logits: bool) -> None:
-        """Teacher-forced pass of the whole ``sequence``: position q emitted token q + 1.
-
-        The final position (after the last token) emits nothing; it is kept because openai-whisper's
-        alignment normalises over it too.
-        """
-        model = self.loaded.model
-        ids = torch.tensor([sequence], device=encoder_hidden.device)  # [1, query]
-        hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
-                                     use_cache=False).last_hidden_state
-        if need_logits:
-            model.proj_out(hidden)
 
     def segments(self, tokens: list[int], offset: float) -> list[dict]:
         """Timestamped segments from ``<|t0|> text <|t1|>`` pairs (seconds within the clip)."""
