@@ -345,13 +345,16 @@ class Tracer:
             timings["detect"] = time.perf_counter() - clock - timings["encode"]
             self._set_phase(router, contexts, "decode")
             with quiet_transformers():
+                # return_dict_in_generate only changes what comes back (it brings the cache along)
                 out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-                                     **self.generate_kwargs(languages))
+                                     return_dict_in_generate=True, **self.generate_kwargs(languages))
         timings["generate"] = time.perf_counter() - clock - timings["encode"] - timings["detect"]
         prompts = [self.prompt(language) for language in languages]
         sequences = [prompt + self.completed(_sequence_of(out, i), prompt) for i, prompt in enumerate(prompts)]
         replay_clock = time.perf_counter()
-        first_logits = self.replay_batch(runs, contexts, encoder_hidden, sequences, [len(p) for p in prompts])
+        cross_cache = _cross_attention_cache(out, len(items), self.options.num_beams)
+        first_logits = self.replay_batch(runs, contexts, encoder_hidden, sequences, [len(p) for p in prompts],
+                                         cross_cache)
         timings["replay"] = time.perf_counter() - replay_clock
         if detected is None:
             detected = (self.language_probs(first_logits) if first_logits is not None
@@ -362,13 +365,15 @@ class Tracer:
                 in zip(items, prompts, sequences, languages, detected)]
 
     def replay_batch(self, runs: list[Run], contexts: list[CaptureContext], encoder_hidden: torch.Tensor,
-                     sequences: list[list[int]], prompt_lengths: list[int]) -> torch.Tensor | None:
+                     sequences: list[list[int]], prompt_lengths: list[int], cross_cache=None) -> torch.Tensor | None:
         """Teacher-forced pass of every window's whole sequence, in one decoder call.
 
         Position q emitted token q + 1; the last position emits nothing (openai-whisper's alignment
         normalises over it too).  Shorter sequences are padded at the end, which the causal mask
-        keeps from touching real positions; plugins read ``len(ctx.tokens)`` positions.  Returns the
-        logits at position 0 (<|startoftranscript|>) [batch, vocab], or None when no plugin replays.
+        keeps from touching real positions; plugins read ``len(ctx.tokens)`` positions.  The
+        cross-attention keys and values ``generate()`` computed are reused when given (``cross_cache``).
+        Returns the logits at position 0 (<|startoftranscript|>) [batch, vocab], or None when no
+        plugin replays.
         """
         replay_points = _union(run.state["_replay"][0] for run in runs)
         if not replay_points:
@@ -384,7 +389,8 @@ class Tracer:
                            device=encoder_hidden.device)  # [batch, query]
         with hooks_mod.attach(model, replay_points, router):
             hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
-                                         use_cache=False).last_hidden_state  # [batch, query, d_model]
+                                         **_cache_kwargs(model.model.decoder, cross_cache)
+                                         ).last_hidden_state  # [batch, query, d_model]
             if any(p.name == "hook_logits" for p in replay_points):
                 model.proj_out(hidden)
         # not through proj_out's module call, so no hook sees this extra slice
@@ -562,6 +568,35 @@ def check_budget(total_bytes: int, n_windows: int, device: torch.device) -> None
             raise MemoryBudgetError(f"one window's capture needs about {per_window / 2**30:.1f} GiB on {device}"
                                     f" but {free / 2**30:.1f} GiB is free; hook fewer --points or use"
                                     " --activations summary")
+
+
+def _cross_attention_cache(out, batch: int, beams: int):
+    """A cache holding only the cross-attention keys/values generate() computed, one row per window.
+
+    Beams of one window share them, so row ``i * beams`` stands for window ``i``.  None where this
+    transformers version does not hand the cache back (the replay then recomputes them).
+    """
+    try:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        cache = out.get("cache")  # `past_key_values` before transformers 5 (now a deprecated alias)
+        cross = (cache if cache is not None else out.past_key_values).cross_attention_cache
+        rows = torch.arange(batch, device=cross.layers[0].keys.device) * beams
+        kept = DynamicCache()
+        for index, layer in enumerate(cross.layers):
+            kept.update(layer.keys[rows], layer.values[rows], index)
+        return EncoderDecoderCache(DynamicCache(), kept)
+    except (AttributeError, ImportError, IndexError, TypeError):
+        return None
+
+
+def _cache_kwargs(decoder, cache) -> dict:
+    if cache is None:
+        return {"use_cache": False}
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": True}
 
 
 def _union(point_lists) -> list[HookPoint]:
