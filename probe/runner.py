@@ -43,6 +43,10 @@ def model_summary(loaded) -> dict:
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "attn_implementation": loaded.attn_implementation,
+        # how hook_pattern points were seen: eager hands its probabilities over; other kernels never
+        # form them, so the requested modules recompute softmax(q·kᵀ) from the same queries and keys
+        "attention_patterns": ("eager attention weights" if loaded.attn_implementation == "eager"
+                               else f"recomputed from queries and keys beside {loaded.attn_implementation}"),
         "multilingual": loaded.is_multilingual,
         "alignment_heads": [list(h) for h in loaded.alignment_heads],
         "config": {key: getattr(config, key) for key in (

@@ -108,6 +108,7 @@ def test_show_json_has_the_lecture_records(capsys, tmp_path):
     assert records["logit_lens.chosen_rank"]["shape"] == [config["decoder_layers"], n_tokens]
     assert shown["language"] == "en" and 0 <= shown["no_speech_probability"] < 0.5
     assert "token_probs.multitask" in records
+    assert shown["model"]["attention_patterns"] == "recomputed from queries and keys beside sdpa"
     words = shown["words"]
     assert "".join(w["word"] for w in words).strip() == shown["transcript"]
     assert all(a["start"] <= a["end"] <= b["start"] + 1e-6 for a, b in zip(words, words[1:]))
