@@ -20,6 +20,7 @@ import datetime
 import difflib
 import hashlib
 import html
+import io
 import json
 import os
 import re
@@ -485,10 +486,13 @@ class Trace:
         data = self.audio_bytes()
         if data is None:
             return None
-        from probe.audio import decode_bytes  # only views that play audio need the decoder
+        import soundfile  # libsndfile reads the FLAC without torch, so drawing a waveform stays quick
 
-        sample_rate = int(self.manifest["audio"].get("sample_rate", 16000))
-        return decode_bytes(data), sample_rate
+        try:
+            samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32")  # [n] or [n, channel]
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise StoreError(f"the audio of trace {self.id} is corrupt ({err}); re-run the trace") from err
+        return (samples.mean(axis=1) if samples.ndim > 1 else samples), int(sample_rate)
 
     def __repr__(self) -> str:
         text = self.transcript

@@ -581,3 +581,33 @@ def test_arrays_and_json_round_trip_exactly(arrays, obj):
             np.testing.assert_array_equal(got, array)
         assert trace.json("obj") == obj
         assert trace.manifest["extra"] == obj
+
+
+def test_audio_decodes_without_torch(tmp_path):
+    import io
+    import subprocess
+    import sys
+
+    import soundfile
+
+    samples = (0.5 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 220)).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, 16000, format="FLAC")
+    store = Store(tmp_path / "s")
+    with store.writer(name="tone") as writer:
+        writer.add_audio(buffer.getvalue(), 16000)
+    trace = store.open(writer.id)
+    decoded, rate = trace.audio()
+    assert rate == 16000 and np.allclose(decoded, samples, atol=1e-4)
+    code = ("import sys; from probe.store import Store; s = Store(sys.argv[1]); "
+            "s.open(s.list()[0].id).audio(); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(store.path)], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_corrupt_audio_is_a_store_error(tmp_path):
+    store = Store(tmp_path / "s")
+    with store.writer(name="tone") as writer:
+        writer.add_audio(b"fLaC" + b"\x00" * 64, 16000)
+    with pytest.raises(StoreError, match="audio .* corrupt"):
+        store.open(writer.id).audio()
