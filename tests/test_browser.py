@@ -22,8 +22,8 @@ import pytest
 
 from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fixture)
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-sync_playwright, PlaywrightTimeout = playwright_api.sync_playwright, playwright_api.TimeoutError
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -62,8 +62,7 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 90) 
 
 @pytest.fixture(scope="module")
 def dashboard_url(dashboard_store):
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    assert CHROMIUM.exists(), "needs Debian's chromium at /usr/bin/chromium (scripts/setup.sh installs it)"
     port = free_port()
     script = Path(sys.executable).with_name("probe")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "probe"]

@@ -70,7 +70,7 @@ class _Espeak:
     _Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
     def __init__(self):
-        loader = pytest.importorskip("espeakng_loader")
+        import espeakng_loader as loader
         self._lib = ctypes.CDLL(loader.get_library_path())
         self._lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]

@@ -45,8 +45,7 @@ def speech(tmp_path_factory) -> Path:
     if clip.exists():
         return clip
     espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        pytest.skip("needs examples/en_fox.flac or espeak-ng to make speech")
+    assert espeak, "needs examples/en_fox.flac or espeak-ng to make speech"
     path = tmp_path_factory.mktemp("speech") / "fox.wav"
     subprocess.run([espeak, "-v", "en-us", "-w", str(path),
                     "The quick brown fox jumps over the lazy dog."], check=True)
@@ -181,7 +180,6 @@ def test_svg_figures_parse_as_xml(fox, tmp_path):
         assert ET.parse(path).getroot().tag.endswith("svg")
 
 
-@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="needs pdftoppm (poppler-utils)")
 def test_pdf_handout_has_a_title_page_and_one_page_per_figure(fox, tmp_path):
     path, = export_trace(fox, "pdf", out=tmp_path / "deep" / "handout.pdf", views=PRINT_VIEWS)
     assert path == tmp_path / "deep" / "handout.pdf"
@@ -474,9 +472,10 @@ def test_cli_export_and_import(fox, tmp_path, capsys):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 def test_page_plays_in_a_browser_offline(page, fox):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api as sync_api
+
+    assert CHROMIUM.exists(), "needs Debian's chromium at /usr/bin/chromium (scripts/setup.sh installs it)"
     path, _ = page
     first = fox.words()[1]
     with sync_api.sync_playwright() as pw:
