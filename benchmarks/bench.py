@@ -576,9 +576,10 @@ print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "draw_s": t3 - t2, "pn
 """
 
 
-def dashboard_first_view(bench: Bench, repeats: int, log) -> dict:
-    """Make the largest trace we can (every built-in plugin + full capture), then, in a fresh process
-    each time, open it and draw one figure to PNG as the dashboard does (imports timed apart)."""
+def dashboard_first_view(bench: Bench, repeats: int, log, points=FULL_POINTS) -> dict:
+    """Make the largest trace we can (every built-in plugin + ``points`` captured whole), then, in a
+    fresh process each time, open it and draw one figure to PNG as the dashboard does (imports timed
+    apart).  ``points=[]`` gives the trace a default ``probe run`` writes."""
     if not (ROOT / "probe" / "figures.py").is_file():
         return {"skipped": "probe/figures.py does not exist yet"}
     import re
@@ -589,7 +590,7 @@ def dashboard_first_view(bench: Bench, repeats: int, log) -> dict:
     failures: list[str] = []
     while True:  # every built-in plugin; one that fails is left out (and said so) rather than no trace at all
         tracer = Tracer(bench.loaded, get_plugin_manager(disabled=disabled, autoload=False), bench.options(),
-                        points=FULL_POINTS)
+                        points=points)
         try:
             with torch.inference_mode():
                 run = tracer.trace(bench.clip)
@@ -606,7 +607,7 @@ def dashboard_first_view(bench: Bench, repeats: int, log) -> dict:
     log(f"  largest trace: {sizes['trace_disk_bytes'] / 2**20:.1f} MiB on disk, {sizes['records']} records")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = {"trace": {"plugins": "all built-ins" + (f" but {disabled}" if disabled else ""),
-                     "plugin_failures": failures, "points": FULL_POINTS, **sizes},
+                     "plugin_failures": failures, "points": points, **sizes},
            "page_cache": "warm (the trace was just written)", "figures": {}}
     for name in ("waveform", "cross_attention"):
         runs = []
@@ -800,6 +801,8 @@ def main(argv=None) -> int:
                         help="comma-separated subset of plain,lecture,full,hf_outputs,naive_hooks")
     parser.add_argument("--no-batched", action="store_true", help="skip the batched throughput arms")
     parser.add_argument("--no-dashboard", action="store_true", help="skip the dashboard first-view timing")
+    parser.add_argument("--dashboard-trace", choices=["full", "default"], default="full",
+                        help="trace for the first-view timing: built-ins + full capture, or what `probe run` writes")
     parser.add_argument("--profile", choices=["auto", "yes", "no"], default="auto",
                         help="cProfile one lecture trace (auto: when the lecture ratio misses its target)")
     parser.add_argument("--out", default=None, help="JSON report path (default benchmarks/results/<device>-<model>.json)")
@@ -903,7 +906,8 @@ def main(argv=None) -> int:
         if not args.no_dashboard:
             log("dashboard first view")
             try:
-                report["dashboard"] = dashboard_first_view(bench, max(1, min(args.repeats, 3)), log)
+                points = FULL_POINTS if args.dashboard_trace == "full" else []
+                report["dashboard"] = dashboard_first_view(bench, max(1, min(args.repeats, 3)), log, points)
             except Exception as exc:
                 report["dashboard"] = {"error": f"{type(exc).__name__}: {exc}"}
 
