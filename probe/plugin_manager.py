@@ -163,9 +163,7 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, expect=None, seconds: di
         started = time.perf_counter()
         try:
             result = function(*[kwargs[a] for a in argnames])
-        except ProbeError:
-            raise
-        except KeyboardInterrupt:
+        except (ProbeError, KeyboardInterrupt):
             raise
         except Exception as exc:
             raise PluginError(f"plugin {name!r} raised in {hook_name}: {type(exc).__name__}: {exc}"

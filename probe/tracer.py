@@ -206,7 +206,7 @@ class _Router:
                     started = time.perf_counter()
                     try:
                         function(*[values[a] for a in argnames])
-                    except ProbeError:
+                    except (ProbeError, torch.OutOfMemoryError):  # OOM: the memory-budget message, below
                         raise
                     except Exception as exc:
                         raise PluginError(f"plugin {name!r} raised in probe_capture at {point.name}:"

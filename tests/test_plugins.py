@@ -241,3 +241,16 @@ def test_dry_run_prints_estimates_without_decoding(tiny, capsys, monkeypatch, en
     assert report["records"]["activations.encoder.blocks.0.hook_resid_post"] == layer_bytes
     assert report["total_bytes"] == sum(report["records"].values())
     assert "cross_attention.weights" in report["records"]
+
+
+def test_device_out_of_memory_during_capture_gives_the_budget_message(tiny, tone, store, tmp_path):
+    from probe.errors import MemoryBudgetError
+
+    path = tmp_path / "hungry.py"
+    path.write_text("import torch\nfrom probe import hookimpl\n\n@hookimpl\ndef probe_decode_points(run):\n"
+                    "    return ['encoder.hook_conv2']\n\n@hookimpl\ndef probe_capture(run, point, tensor, ctx):\n"
+                    "    raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')\n")
+    before = store_snapshot(store.path)
+    with pytest.raises(MemoryBudgetError, match="ran out of memory while capturing; hook fewer --points"):
+        probe.run(tone, model=tiny, plugins=[str(path)], store=store, max_new_tokens=3)
+    assert hooks_left(tiny.model) == 0 and store_snapshot(store.path) == before
