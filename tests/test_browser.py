@@ -108,6 +108,15 @@ def settle(page, after_input: bool = False, timeout: float = 90_000) -> None:
     page.wait_for_function("() => Array.from(document.images).every(image => image.complete)", timeout=timeout)
 
 
+def shows_text(page, text: str, view: str, timeout: float = 60_000) -> None:
+    """The page comes to show ``text`` (a script run may still be starting when settle() looks)."""
+    try:
+        page.wait_for_function("text => document.body.innerText.includes(text)", arg=text, timeout=timeout)
+    except PlaywrightTimeout:
+        raise AssertionError(f"{view} does not show {text!r}: {page.inner_text('body')[:500]!r}") from None
+    settle(page)
+
+
 def check(page, view: str, screenshots: Path, name: str | None = None) -> None:
     """No exception on the page; then a screenshot of all of it (Streamlit scrolls inside its main
     block, so the viewport is stretched to the content first)."""
@@ -125,14 +134,14 @@ def test_every_view_renders_without_exceptions(dashboard_url, dashboard_store, p
     started = time.perf_counter()
     page.goto(f"{dashboard_url}/?trace={trace.id}")
     settle(page)
+    shows_text(page, trace.transcript, "overview")
     print(f"\nfirst view (overview, cold) drawn in {time.perf_counter() - started:.2f} s")
-    assert trace.transcript in page.inner_text("body")
     for view, text in VIEWS.items():
         started = time.perf_counter()
         page.goto(f"{dashboard_url}/{view}?trace={trace.id}")
         settle(page)
+        shows_text(page, text, view)
         print(f"{view or 'overview'}: {time.perf_counter() - started:.2f} s")
-        assert text in page.inner_text("body"), f"{view} does not show {text!r}"
         check(page, view or "overview", screenshots)
 
 
@@ -144,8 +153,12 @@ def test_attention_explorer_picks_another_layer_and_head(dashboard_url, dashboar
         page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
         page.get_by_role("option", name=option, exact=True).click()
         settle(page, after_input=True)
-    after = page.locator('[data-testid="stImage"] img').first.get_attribute("src")
-    assert after != before
+    try:  # the figure is redrawn for the new layer and head
+        page.wait_for_function("before => document.querySelector('[data-testid=\"stImage\"] img').getAttribute('src') !== before",
+                               arg=before, timeout=60_000)
+    except PlaywrightTimeout:
+        raise AssertionError("the attention figure did not change after picking layer 4, head 2") from None
+    settle(page)
     check(page, "attention", screenshots, "attention-layer4-head2")
 
 
