@@ -334,14 +334,18 @@ class Bench:
         sync(self.device)
         return {"s": time.perf_counter() - t0}, {}
 
-    def arm_plain(self):
+    def _timed_generate(self, features) -> tuple[float, list[list[int]]]:
+        """Plain generate() on ``features`` [batch, n_mels, 3000]: (seconds, generated tokens per row)."""
         sync(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode(), quiet_transformers():
-            out = self.model.generate(self.features, **self.generate_kwargs)
+            out = self.model.generate(features, **self.generate_kwargs)
         sync(self.device)
         s = time.perf_counter() - t0
-        tokens = generated_tokens(sequences_of(out)[0].tolist(), self.prompt, self.eot)
+        return s, [generated_tokens(row, self.prompt, self.eot) for row in sequences_of(out).tolist()]
+
+    def arm_plain(self):
+        s, (tokens,) = self._timed_generate(self.features)
         self.plain_tokens = self.plain_tokens or tokens
         return {"s": s}, {"tokens": len(tokens), "bytes_captured": 0}
 
@@ -421,13 +425,7 @@ class Bench:
         return {"s": s}, info
 
     def arm_plain_batched(self):
-        sync(self.device)
-        t0 = time.perf_counter()
-        with torch.inference_mode(), quiet_transformers():
-            out = self.model.generate(self.batch_features, **self.generate_kwargs)
-        sync(self.device)
-        s = time.perf_counter() - t0
-        rows = [generated_tokens(r, self.prompt, self.eot) for r in sequences_of(out).tolist()]
+        s, rows = self._timed_generate(self.batch_features)
         self.plain_batch_tokens = self.plain_batch_tokens or rows
         return {"s": s, "clips_per_s": len(rows) / s}, {"clips": len(rows), "bytes_captured": 0}
 

@@ -17,6 +17,7 @@ modules pay for it; the output still comes from the original kernel.
 from __future__ import annotations
 
 import copy
+import functools
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
@@ -106,9 +107,12 @@ def _route_pattern(module, captures: list[Callable[[torch.Tensor], None]]) -> Ca
     _register_pattern_attention()
     original_config = module.config
     module._probe_original_attention = original_attention_function(module)
-    module._probe_pattern_capture = (
-        captures[0] if len(captures) == 1 else (lambda probs: [c(probs) for c in captures] and None)
-    )
+
+    def capture_all(probs):
+        for capture in captures:
+            capture(probs)
+
+    module._probe_pattern_capture = captures[0] if len(captures) == 1 else capture_all
     # A private config copy for this module only: the model-wide setting (and the masks the
     # decoder builds from it) stay exactly as they were.
     routed = copy.copy(original_config)
@@ -140,8 +144,7 @@ def attach(model: torch.nn.Module, points: Iterable[HookPoint], capture: Capture
             elif point.kind == INPUT:
                 undo.append(module.register_forward_pre_hook(_input_hook(point, capture), with_kwargs=True).remove)
             elif point.kind == PATTERN:
-                patterns.setdefault(point.module, []).append(
-                    (lambda p: (lambda probs: capture(p, probs)))(point))
+                patterns.setdefault(point.module, []).append(functools.partial(capture, point))
             else:  # pragma: no cover - HookPoint kinds are fixed
                 raise ValueError(point.kind)
         for module_path, captures in patterns.items():

@@ -64,3 +64,16 @@ def store_snapshot(path: Path) -> list[str]:
     if not Path(path).exists():
         return []
     return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))
+
+
+# One plugin per run hook that raises there (a file body after `from probe import hookimpl` and `@hookimpl`).
+HOOK_BODIES = {
+    "probe_run_start": "def probe_run_start(run):\n    raise ValueError('bad start')",
+    "probe_decode_points": "def probe_decode_points(run):\n    raise ValueError('bad points')",
+    "probe_replay_points": "def probe_replay_points(run):\n    raise ValueError('bad replay')",
+    "probe_capture": "def probe_decode_points(run):\n    return ['encoder.hook_conv1']\n\n@hookimpl\n"
+                     "def probe_capture(run, point, tensor, ctx):\n    raise ValueError('bad capture')",
+    "probe_window_end": "def probe_window_end(run, window):\n    raise ValueError('bad window')",
+    "probe_run_end": "def probe_run_end(run, writer):\n    writer.add_json('faulty.x', {}, plugin='faulty')\n"
+                     "    raise ValueError('bad end')",
+}

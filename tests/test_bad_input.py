@@ -45,7 +45,7 @@ from probe.audio import AudioClip, load_audio
 from probe.cli import main
 from probe.errors import AudioError, StoreError
 from probe.hooks import hooks_left
-from tests.conftest import EXAMPLES, ROOT, store_snapshot
+from tests.conftest import EXAMPLES, HOOK_BODIES, ROOT, store_snapshot
 
 RATE = 16000
 _LOADED: dict[tuple, object] = {}  # load_model(spec, ...) results, reused across this module
@@ -532,27 +532,15 @@ def test_bad_option_in_a_subprocess(tmp_path, audio):
 # --------------------------------------------------------------------------- plugins
 
 
-RAISING = {
-    "probe_run_start": "def probe_run_start(run):\n    raise ValueError('bad start')",
-    "probe_decode_points": "def probe_decode_points(run):\n    raise ValueError('bad points')",
-    "probe_replay_points": "def probe_replay_points(run):\n    raise ValueError('bad replay')",
-    "probe_capture": "def probe_decode_points(run):\n    return ['encoder.hook_conv1']\n\n@hookimpl\n"
-                     "def probe_capture(run, point, tensor, ctx):\n    raise ValueError('bad capture')",
-    "probe_window_end": "def probe_window_end(run, window):\n    raise ValueError('bad window')",
-    "probe_run_end": "def probe_run_end(run, writer):\n    writer.add_json('faulty.x', {}, plugin='faulty')\n"
-                     "    raise ValueError('bad end')",
-}
-
-
 def _plugin(folder: Path, name: str, body: str) -> Path:
     path = folder / f"{name}.py"
     path.write_text("import time\n\nfrom probe import hookimpl\n\n@hookimpl\n" + body + "\n")
     return path
 
 
-@pytest.mark.parametrize("hook", sorted(RAISING))
+@pytest.mark.parametrize("hook", sorted(HOOK_BODIES))
 def test_plugin_that_raises(capsys, tmp_path, tiny_dir, seeded, audio, hook):
-    plugin = _plugin(tmp_path, "faulty", RAISING[hook])
+    plugin = _plugin(tmp_path, "faulty", HOOK_BODIES[hook])
     before = store_snapshot(seeded.path)
     code, _, err = run_tiny(capsys, tiny_dir, seeded, audio["tone"], "-p", plugin)
     assert_user_error(code, err, f"plugin 'faulty' raised in {hook}")
@@ -590,7 +578,7 @@ def test_slow_plugin_still_finishes(capsys, tmp_path, tiny_dir, store, audio):
 
 
 def test_plugin_that_raises_in_a_subprocess(tmp_path, audio):
-    plugin = _plugin(tmp_path, "faulty", RAISING["probe_window_end"])
+    plugin = _plugin(tmp_path, "faulty", HOOK_BODIES["probe_window_end"])
     store = tmp_path / "store"
     code, _, err = probe_subprocess("run", audio["tone"], "--model", "tiny.en", "-p", plugin, "--store", store,
                                     "--max-new-tokens", "2")

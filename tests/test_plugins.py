@@ -16,7 +16,7 @@ from probe import hookspecs
 from probe.errors import PluginError
 from probe.hooks import hooks_left
 from probe.plugin_manager import DEFAULT_PLUGINS, describe, get_plugin_manager
-from tests.conftest import ROOT, store_snapshot
+from tests.conftest import HOOK_BODIES, ROOT, store_snapshot
 
 HOOKSPECS = sorted(name for name in dir(hookspecs) if name.startswith("probe_"))
 
@@ -142,18 +142,6 @@ def test_long_audio_is_traced_window_by_window(tiny, store):
     assert trace.record("cross_attention.weights").shape[-1] == 1500  # frames padded to the longest window
     tokens = trace.record("cross_attention.tokens")
     assert sorted({row["window"] for row in tokens}) == [0, 1, 2]
-
-
-HOOK_BODIES = {
-    "probe_run_start": "def probe_run_start(run):\n    raise ValueError('bad start')",
-    "probe_decode_points": "def probe_decode_points(run):\n    raise ValueError('bad points')",
-    "probe_replay_points": "def probe_replay_points(run):\n    raise ValueError('bad replay')",
-    "probe_capture": "def probe_decode_points(run):\n    return ['encoder.hook_conv1']\n\n@hookimpl\n"
-                     "def probe_capture(run, point, tensor, ctx):\n    raise ValueError('bad capture')",
-    "probe_window_end": "def probe_window_end(run, window):\n    raise ValueError('bad window')",
-    "probe_run_end": "def probe_run_end(run, writer):\n    writer.add_json('faulty.x', {}, plugin='faulty')\n"
-                     "    raise ValueError('bad end')",
-}
 
 
 @pytest.mark.parametrize("hook", sorted(HOOK_BODIES))
