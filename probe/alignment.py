@@ -26,12 +26,22 @@ SENTENCE_END = ".。!！?？"
 
 
 def median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Median over a sliding window along the last axis, reflect-padded (width odd)."""
+    """Median over a sliding window along the last axis, reflect-padded (width odd).
+
+    The ``width`` shifted copies are sorted elementwise by an odd-even transposition network
+    (``width`` rounds of min/max), which is exact and a few times faster than ``Tensor.median``
+    over an unfolded view.
+    """
     pad = width // 2
     if x.shape[-1] <= pad:
         return x
-    padded = F.pad(x.reshape(1, -1, x.shape[-1]), (pad, pad), mode="reflect").reshape(*x.shape[:-1], -1)
-    return padded.unfold(-1, width, 1).median(-1).values
+    frames = x.shape[-1]
+    padded = F.pad(x.reshape(1, -1, frames), (pad, pad), mode="reflect").reshape(*x.shape[:-1], -1)
+    lanes = [padded[..., k:k + frames] for k in range(width)]  # lanes[k][..., t] = x[..., t + k - pad]
+    for round_ in range(width):
+        for k in range(round_ % 2, width - 1, 2):
+            lanes[k], lanes[k + 1] = torch.minimum(lanes[k], lanes[k + 1]), torch.maximum(lanes[k], lanes[k + 1])
+    return lanes[pad]
 
 
 def alignment_matrix(weights: torch.Tensor, width: int = MEDIAN_FILTER_WIDTH) -> torch.Tensor:
@@ -45,31 +55,32 @@ def alignment_matrix(weights: torch.Tensor, width: int = MEDIAN_FILTER_WIDTH) ->
 def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Monotonic alignment path through ``cost`` [token, frame] → (token indices, frame indices).
 
-    Steps are diagonal, down (next token) or right (next frame); ties prefer right, as in
-    openai-whisper.  Anti-diagonals are filled as vectors, so it stays fast in numpy.
+    Steps are diagonal, down (next token) or right (next frame), chosen exactly as openai-whisper's
+    ``dtw_cpu`` does (a tie between diagonal and down goes right).  The accumulated cost is kept
+    skewed, ``diag[i + j, i] = acc[i, j]``, so each anti-diagonal depends on the two before it
+    through plain slices and is filled as one vector; the path is then walked back from the corner.
     """
     n, m = cost.shape
-    acc = np.full((n + 1, m + 1), np.inf, dtype=np.float64)
-    trace = np.full((n + 1, m + 1), -1, dtype=np.int8)
-    acc[0, 0] = 0.0
+    diag = np.full((n + m + 1, n + 1), np.inf)  # [token + frame, token], acc over the (n+1)×(m+1) grid
+    diag[0, 0] = 0.0
+    skewed = np.empty((n + m + 1, n + 1))
+    rows, cols = np.meshgrid(np.arange(1, n + 1), np.arange(1, m + 1), indexing="ij")
+    skewed[rows + cols, rows] = cost
     for d in range(2, n + m + 1):
-        i = np.arange(max(1, d - m), min(n, d - 1) + 1)
-        j = d - i
-        c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
-        take0 = (c0 < c1) & (c0 < c2)
-        take1 = ~take0 & (c1 < c0) & (c1 < c2)
-        best = np.where(take0, c0, np.where(take1, c1, c2))
-        acc[i, j] = cost[i - 1, j - 1] + best
-        trace[i, j] = np.where(take0, 0, np.where(take1, 1, 2))
-    trace[0, :] = 2
-    trace[:, 0] = 1
+        lo, hi = max(1, d - m), min(n, d - 1)  # token indices i on this anti-diagonal, j = d - i
+        c0, c1, c2 = diag[d - 2, lo - 1:hi], diag[d - 1, lo - 1:hi], diag[d - 1, lo:hi + 1]  # acc[i-1,j-1], acc[i-1,j], acc[i,j-1]
+        best = np.where((c0 < c1) & (c0 < c2), c0, np.where((c1 < c0) & (c1 < c2), c1, c2))
+        diag[d, lo:hi + 1] = skewed[d, lo:hi + 1] + best
     i, j, path = n, m, []
     while i > 0 or j > 0:
         path.append((i - 1, j - 1))
-        step = trace[i, j]
-        if step == 0:
+        if i == 0 or j == 0:
+            i, j = (i, j - 1) if i == 0 else (i - 1, j)
+            continue
+        c0, c1, c2 = diag[i + j - 2, i - 1], diag[i + j - 1, i - 1], diag[i + j - 1, i]
+        if c0 < c1 and c0 < c2:
             i, j = i - 1, j - 1
-        elif step == 1:
+        elif c1 < c0 and c1 < c2:
             i -= 1
         else:
             j -= 1
