@@ -14,8 +14,10 @@ window, step) and a :class:`WindowResult` per window; they write records into th
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -180,39 +182,68 @@ class Run:
         return [audio_frames(end - start, self.config.max_source_positions) for start, end in self.window_spans]
 
 
+@dataclass
+class _Item:
+    """One window of a batch: its run, its own capture context, and its captures held back."""
+
+    run: Run
+    window: Window
+    ctx: CaptureContext
+    live: bool  # False for a run's second and later windows in one batch: their captures wait
+    deferred: list = field(default_factory=list)  # (point, tensor, ctx snapshot, routes), in order
+
+
 class _Router:
     """Routes each fired hook point to the plugins that asked for it, in the phases they asked.
 
     A batch holds several windows (of one clip or of many); the batch axis is split back so each
-    run's plugins see only their own rows (``rows`` = beams per window while decoding).
+    run's plugins see only their own rows (``rows`` = beams per window while decoding).  Plugins
+    see a run's windows one after another: when a batch holds several windows of one run, the
+    captures of all but its first are kept (with a snapshot of their context) and handed over by
+    :meth:`flush`, just before that window's ``probe_window_end``.
     """
 
-    def __init__(self, phases: set[str]):
-        self.phases = phases
-        self.phase = "encode"
-        self.items: list[tuple[Run, CaptureContext, dict[str, list]]] = []
+    def __init__(self, items: list[_Item]):
+        self.items = items
+        self.phase = "encode"  # captures in "detect" go nowhere
         self.busy = False  # a plugin calling a hooked module inside probe_capture is not the model's forward
 
     def __call__(self, point: HookPoint, tensor: torch.Tensor) -> None:
-        if self.busy or self.phase not in self.phases:
+        if self.busy or self.phase == "detect":
             return
+        rows = tensor.shape[0] // len(self.items)
+        table = "_replay" if self.phase == "replay" else "_decode"
+        for i, item in enumerate(self.items):
+            routes = item.run.state[table][1].get(point.name)
+            if not routes:
+                continue
+            part = tensor if len(self.items) == 1 else tensor[i * rows:(i + 1) * rows]
+            if item.live:
+                self._dispatch(item.run, point, part, item.ctx, routes)
+            else:
+                item.deferred.append((point, part, dataclasses.replace(item.ctx), routes))
+
+    def flush(self, item: _Item) -> None:
+        """Hand a held-back window's captures to its plugins, in the order they happened."""
+        deferred, item.deferred = item.deferred, []
+        for point, tensor, ctx, routes in deferred:
+            self._dispatch(item.run, point, tensor, ctx, routes)
+
+    def _dispatch(self, run: Run, point: HookPoint, tensor: torch.Tensor, ctx: CaptureContext, routes) -> None:
         self.busy = True
         try:
-            rows = tensor.shape[0] // len(self.items)
-            for i, (run, ctx, routes) in enumerate(self.items):
-                part = tensor if len(self.items) == 1 else tensor[i * rows:(i + 1) * rows]
-                for name, function, argnames in routes.get(point.name, ()):
-                    values = {"run": run, "point": point, "tensor": part, "ctx": ctx}
-                    started = time.perf_counter()
-                    try:
-                        function(*[values[a] for a in argnames])
-                    except (ProbeError, torch.OutOfMemoryError):  # OOM: the memory-budget message, below
-                        raise
-                    except Exception as exc:
-                        raise PluginError(f"plugin {name!r} raised in probe_capture at {point.name}:"
-                                          f" {type(exc).__name__}: {exc} (disable it with -p no:{name})") from exc
-                    finally:
-                        run.plugin_seconds[name] = run.plugin_seconds.get(name, 0.0) + time.perf_counter() - started
+            for name, function, argnames in routes:
+                values = {"run": run, "point": point, "tensor": tensor, "ctx": ctx}
+                started = time.perf_counter()
+                try:
+                    function(*[values[a] for a in argnames])
+                except (ProbeError, torch.OutOfMemoryError):  # OOM: the memory-budget message, below
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"plugin {name!r} raised in probe_capture at {point.name}:"
+                                      f" {type(exc).__name__}: {exc} (disable it with -p no:{name})") from exc
+                finally:
+                    run.plugin_seconds[name] = run.plugin_seconds.get(name, 0.0) + time.perf_counter() - started
         finally:
             self.busy = False
 
@@ -312,23 +343,28 @@ class Tracer:
             kwargs["min_new_tokens"] = self.options.min_new_tokens
         return kwargs
 
-    def decode_batch(self, items: list[tuple[Run, Window]]) -> list[WindowResult]:
+    def decode_batch(self, items: list[tuple[Run, Window]]) -> tuple[list[WindowResult], _Router]:
         """Decode windows together (one ``generate()`` call), then replay the chosen sequences together.
 
         The language distribution and no-speech probability come from the decoder's first step on
         ``<|startoftranscript|>``: before ``generate()`` when the language must be detected, else
-        from the replay's first position (the same computation, done once).
+        from the replay's first position (the same computation, done once).  Returns the results
+        and the router, whose held-back captures (:meth:`_Router.flush`) go out before each
+        window's ``probe_window_end``.
         """
         from transformers.modeling_outputs import BaseModelOutput
 
         model = self.loaded.model
         runs = [run for run, _ in items]
-        contexts = [run.state["_ctx"] for run in runs]
-        for ctx, (_, window) in zip(contexts, items):
-            ctx.window, ctx.step, ctx.tokens, ctx.prompt_length = window.index, -1, None, 0
+        seen: set[int] = set()
+        batch = []
+        for run, window in items:
+            batch.append(_Item(run, window, CaptureContext(window=window.index, num_beams=self.options.num_beams),
+                               live=id(run) not in seen))
+            seen.add(id(run))
+        contexts = [item.ctx for item in batch]
+        router = _Router(batch)
         decode_points = _union(run.state["_decode"][0] for run in runs)
-        router = _Router({"encode", "decode"})
-        router.items = [(run, ctx, run.state["_decode"][1]) for run, ctx in zip(runs, contexts)]
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         features = torch.cat([self.features(window) for _, window in items])  # [batch, n_mels, 3000]
@@ -344,28 +380,28 @@ class Tracer:
                          else [self.options.language or "en"] * len(items))
             timings["detect"] = time.perf_counter() - clock - timings["encode"]
             self._set_phase(router, contexts, "decode")
-            with quiet_transformers():
-                # return_dict_in_generate only changes what comes back (it brings the cache along)
+            replaying = any(run.state["_replay"][0] for run in runs)
+            with quiet_transformers(), _CrossKeyValues(model.model.decoder, replaying) as cross_kv:
                 out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-                                     return_dict_in_generate=True, **self.generate_kwargs(languages))
+                                     **self.generate_kwargs(languages))
         timings["generate"] = time.perf_counter() - clock - timings["encode"] - timings["detect"]
         prompts = [self.prompt(language) for language in languages]
         sequences = [prompt + self.completed(_sequence_of(out, i), prompt) for i, prompt in enumerate(prompts)]
         replay_clock = time.perf_counter()
-        cross_cache = _cross_attention_cache(out, len(items), self.options.num_beams)
-        first_logits = self.replay_batch(runs, contexts, encoder_hidden, sequences, [len(p) for p in prompts],
-                                         cross_cache)
+        cross_cache = cross_kv.cache(len(items), self.options.num_beams)
+        first_logits = self.replay_batch(router, encoder_hidden, sequences, [len(p) for p in prompts], cross_cache)
         timings["replay"] = time.perf_counter() - replay_clock
         if detected is None:
             detected = (self.language_probs(first_logits) if first_logits is not None
                         else self.detect(encoder_hidden))
         share = {key: value / len(items) for key, value in timings.items()}
-        return [self.result(window, prompt, sequence[len(prompt):], language, language_probs, no_speech, dict(share))
-                for (_, window), prompt, sequence, language, (language_probs, no_speech)
-                in zip(items, prompts, sequences, languages, detected)]
+        results = [self.result(window, prompt, sequence[len(prompt):], language, language_probs, no_speech, dict(share))
+                   for (_, window), prompt, sequence, language, (language_probs, no_speech)
+                   in zip(items, prompts, sequences, languages, detected)]
+        return results, router
 
-    def replay_batch(self, runs: list[Run], contexts: list[CaptureContext], encoder_hidden: torch.Tensor,
-                     sequences: list[list[int]], prompt_lengths: list[int], cross_cache=None) -> torch.Tensor | None:
+    def replay_batch(self, router: _Router, encoder_hidden: torch.Tensor, sequences: list[list[int]],
+                     prompt_lengths: list[int], cross_cache=None) -> torch.Tensor | None:
         """Teacher-forced pass of every window's whole sequence, in one decoder call.
 
         Position q emitted token q + 1; the last position emits nothing (openai-whisper's alignment
@@ -375,12 +411,11 @@ class Tracer:
         Returns the logits at position 0 (<|startoftranscript|>) [batch, vocab], or None when no
         plugin replays.
         """
-        replay_points = _union(run.state["_replay"][0] for run in runs)
+        replay_points = _union(item.run.state["_replay"][0] for item in router.items)
         if not replay_points:
             return None
         model = self.loaded.model
-        router = _Router({"replay"})
-        router.items = [(run, ctx, run.state["_replay"][1]) for run, ctx in zip(runs, contexts)]
+        contexts = [item.ctx for item in router.items]
         for ctx, sequence, prompt_length in zip(contexts, sequences, prompt_lengths):
             ctx.tokens, ctx.prompt_length = sequence, prompt_length
         self._set_phase(router, contexts, "replay")
@@ -479,7 +514,6 @@ class Tracer:
                 raise PluginError(f"plugin {plugin!r} asks for encoder points in probe_replay_points;"
                                   " encoder points belong in probe_decode_points")
         run.state["_replay"] = _routes(self.pm, replay_requested)
-        run.state["_ctx"] = CaptureContext(num_beams=self.options.num_beams)
         run.state["hooked"] = {"decode": [p.name for p in run.state["_decode"][0]],
                                "replay": [p.name for p in run.state["_replay"][0]]}
         run.state["estimate"] = estimate = {}
@@ -502,16 +536,15 @@ class Tracer:
 
         def flush(count: int):
             batch, pending[:] = pending[:count], pending[count:]
-            try:
+            with _memory_budget_message(self.loaded.device):
                 with torch.inference_mode():
-                    results = self.decode_batch(batch)
-            except torch.OutOfMemoryError as exc:
-                raise MemoryBudgetError(f"the {self.loaded.device} ran out of memory while capturing; hook fewer"
-                                        " --points, use --activations summary, a smaller --batch-size, or"
-                                        " --dtype float16") from exc
+                    results, router = self.decode_batch(batch)
+                for (run, _), result, item in zip(batch, results, router.items):
+                    with torch.inference_mode():  # as during the forward pass
+                        router.flush(item)  # a run's later windows: their captures, now that the earlier ended
+                    run.windows.append(result)
+                    call_each(self.pm, "probe_window_end", seconds=run.plugin_seconds, run=run, window=result)
             for (run, _), result in zip(batch, results):
-                run.windows.append(result)
-                call_each(self.pm, "probe_window_end", seconds=run.plugin_seconds, run=run, window=result)
                 bars[id(run)].update(1)
                 remaining[id(run)] -= 1
                 if remaining[id(run)] == 0:
@@ -533,7 +566,7 @@ class Tracer:
 
     def finish(self, run: Run, writer) -> None:
         """Let every plugin write its records for ``run`` into ``writer``."""
-        for key in ("_decode", "_replay", "_ctx"):
+        for key in ("_decode", "_replay"):
             run.state.pop(key, None)
         call_each(self.pm, "probe_run_end", seconds=run.plugin_seconds, run=run, writer=writer)
 
@@ -543,6 +576,16 @@ class Tracer:
         if writer is not None:
             self.finish(run, writer)
         return run
+
+
+@contextmanager
+def _memory_budget_message(device: torch.device):
+    """A device out-of-memory error becomes the one-line memory-budget message."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise MemoryBudgetError(f"the {device} ran out of memory while capturing; hook fewer --points, use"
+                                " --activations summary, a smaller --batch-size, or --dtype float16") from exc
 
 
 def available_memory(device: torch.device) -> int:
@@ -570,24 +613,61 @@ def check_budget(total_bytes: int, n_windows: int, device: torch.device) -> None
                                     " --activations summary")
 
 
-def _cross_attention_cache(out, batch: int, beams: int):
-    """A cache holding only the cross-attention keys/values generate() computed, one row per window.
+class _CrossKeyValues:
+    """Keeps the cross-attention keys and values ``generate()`` computes, for the replay to reuse.
 
-    Beams of one window share them, so row ``i * beams`` stands for window ``i``.  None where this
-    transformers version does not hand the cache back (the replay then recomputes them).
+    Forward hooks on each decoder layer's ``encoder_attn.k_proj`` / ``v_proj`` keep their first
+    output ([batch·beams, frame, d_model]); with the cache on, generate() computes them once per
+    call.  (Asking generate() for its cache with ``return_dict_in_generate`` costs more: Whisper's
+    batched generate splits and re-stacks every cache tensor.)
     """
-    try:
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-        cache = out.get("cache")  # `past_key_values` before transformers 5 (now a deprecated alias)
-        cross = (cache if cache is not None else out.past_key_values).cross_attention_cache
-        rows = torch.arange(batch, device=cross.layers[0].keys.device) * beams
-        kept = DynamicCache()
-        for index, layer in enumerate(cross.layers):
-            kept.update(layer.keys[rows], layer.values[rows], index)
-        return EncoderDecoderCache(DynamicCache(), kept)
-    except (AttributeError, ImportError, IndexError, TypeError):
-        return None
+    def __init__(self, decoder, active: bool = True):
+        self.decoder, self.active = decoder, active
+        self.kept: dict[tuple[int, str], torch.Tensor] = {}
+        self.handles: list = []
+
+    def __enter__(self) -> "_CrossKeyValues":
+        if self.active:
+            for index, layer in enumerate(self.decoder.layers):
+                for which in ("k_proj", "v_proj"):
+                    module = getattr(layer.encoder_attn, which)
+                    self.handles.append(module.register_forward_hook(self._keeper((index, which))))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _keeper(self, key):
+        def keep(module, args, output):
+            self.kept.setdefault(key, output)  # [batch·beams, frame, d_model]
+        return keep
+
+    def cache(self, batch: int, beams: int):
+        """An EncoderDecoderCache holding only these cross-attention keys/values, one row per window.
+
+        Beams of one window share them, so row ``i * beams`` stands for window ``i``.  None when
+        they were not all seen (the replay then recomputes them).
+        """
+        layers = len(self.decoder.layers)
+        if not self.active or len(self.kept) != 2 * layers:
+            return None
+        try:
+            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+            attn = self.decoder.layers[0].encoder_attn
+            heads, head_dim = attn.num_heads, attn.head_dim
+            kept = DynamicCache()
+            for index in range(layers):
+                keys, values = (self.kept[index, which][::beams][:batch] for which in ("k_proj", "v_proj"))
+                shape = (batch, -1, heads, head_dim)  # → [batch, head, frame, head_dim]
+                kept.update(keys.reshape(shape).transpose(1, 2).contiguous(),
+                            values.reshape(shape).transpose(1, 2).contiguous(), index)
+            return EncoderDecoderCache(DynamicCache(), kept)
+        except (AttributeError, ImportError, TypeError, RuntimeError):
+            return None
 
 
 def _cache_kwargs(decoder, cache) -> dict:

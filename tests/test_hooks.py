@@ -2,11 +2,17 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
+from probe import hookimpl
+from probe import tracer as tracer_mod
+from probe.audio import audio_from_array
 from probe.hooks import attach, hooks_left
+from probe.plugin_manager import DEFAULT_PLUGINS, get_plugin_manager
 from probe.points import select_points
+from probe.tracer import DecodeOptions, Tracer
 
 
 def _features(loaded, tone):
@@ -100,3 +106,52 @@ def test_patterns_during_cached_generation_equal_eager_rows(tiny, tone):
         torch.testing.assert_close(self_row[0, :, -1], eager.decoder_attentions[1][0, :, position, : position + 1],
                                    atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(cross_row[0, :, -1], eager.cross_attentions[1][0, :, position], atol=1e-5, rtol=1e-4)
+
+
+class _ReplayPatterns:
+    """Keeps each window's replay cross-attention patterns (layer → [head, query, frame])."""
+
+    name = "replay_patterns"
+
+    def __init__(self):
+        self.patterns = {}
+
+    @hookimpl
+    def probe_replay_points(self, run):
+        return ["decoder.blocks.*.cross_attn.hook_pattern"]
+
+    @hookimpl
+    def probe_capture(self, run, point, tensor, ctx):
+        self.patterns[(run.clip.source, ctx.window, point.layer)] = tensor[0, :, :len(ctx.tokens)].clone()
+
+
+def _replay_patterns(tiny, clips, beams, monkeypatch=None):
+    recorder = _ReplayPatterns()
+    pm = get_plugin_manager(plugins=[recorder], disabled=list(DEFAULT_PLUGINS), autoload=False)
+    tracer = Tracer(tiny, pm, DecodeOptions(language="en", num_beams=beams, max_new_tokens=6))
+    runs = list(tracer.trace_many(clips, batch_size=len(clips)))
+    return recorder.patterns, runs
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_replay_reuses_the_cross_attention_keys_generate_computed(tiny, tone, beams, monkeypatch):
+    """Two different clips in one batch, with beams: the replay's cross-attention patterns from
+    generate()'s keys/values (row i·beams per window) equal those the replay computes itself."""
+    clips = [audio_from_array(tone, 16000, source="tone"),
+             audio_from_array(0.3 * np.random.default_rng(1).standard_normal(48000, dtype=np.float32), 16000,
+                              source="noise")]
+    made = []
+    original = tracer_mod._CrossKeyValues.cache
+    monkeypatch.setattr(tracer_mod._CrossKeyValues, "cache",
+                        lambda self, *a: made.append(original(self, *a)) or made[-1])
+    reused, runs = _replay_patterns(tiny, clips, beams)
+    assert made and made[-1] is not None  # the keys/values were caught and handed to the replay
+    monkeypatch.setattr(tracer_mod._CrossKeyValues, "cache", lambda self, *a: None)
+    recomputed, again = _replay_patterns(tiny, clips, beams)
+    assert [w.tokens for r in runs for w in r.windows] == [w.tokens for r in again for w in r.windows]
+    assert reused.keys() == recomputed.keys() and len(reused) == 2 * tiny.model.config.decoder_layers
+    # the tiny random model attends almost uniformly (≈1/1500 per frame; the two clips differ by
+    # ~2e-6), so the tolerance is far below what a window handed the other's keys would show
+    for key in reused:
+        torch.testing.assert_close(reused[key], recomputed[key], atol=1e-8, rtol=1e-5)
+    assert hooks_left(tiny.model) == 0
