@@ -17,8 +17,9 @@ decoding length FIXED (``min_new_tokens == max_new_tokens``), so arms do the sam
 - ``hf_outputs`` ``generate(..., output_attentions=True, output_scores=True, output_hidden_states=True,
                  return_dict_in_generate=True)`` on the same weights switched to eager attention.
 - ``naive_hooks`` forward hooks on every leaf module doing ``.detach().cpu()`` of each output.
-- batched throughput: ``Tracer.trace_many(clips, batch_size=B)`` (lecture profile) vs plain batched
-  ``generate()`` at the same B, on B different 30 s inputs.
+- batched throughput: a dataset of ``--batches`` × B different 30 s inputs through
+  ``probe.runner.trace_clips(..., batch_size=B)`` (lecture profile; what ``probe run --batch-size B``
+  runs: store writes on the background writer thread) vs one plain ``generate()`` per batch of B.
 - dashboard first view: in a fresh process, open the largest trace made here and draw
   ``probe.figures.FIGURES["waveform"]`` / ``["cross_attention"]`` to PNG as the dashboard does.
 
@@ -63,7 +64,7 @@ import probe  # noqa: E402
 from probe.audio import audio_from_array, load_audio  # noqa: E402
 from probe.models import LoadedModel, load_model, quiet_transformers, tiny_random_model  # noqa: E402
 from probe.plugin_manager import get_plugin_manager  # noqa: E402
-from probe.runner import write_trace  # noqa: E402
+from probe.runner import trace_clips, write_trace  # noqa: E402
 from probe.store import Store  # noqa: E402
 from probe.tracer import DecodeOptions, Tracer  # noqa: E402
 
@@ -309,10 +310,12 @@ class Bench:
         self.samples = thirty_seconds(args.seconds)
         self.clip = audio_from_array(self.samples, SAMPLE_RATE, source="bench-30s")
         self.features = features_of(loaded, [self.samples])
-        self.batch_samples = [thirty_seconds(args.seconds, shift=b) for b in range(args.batch)]
+        # the dataset for the throughput arms: --batches batches of --batch different 30 s inputs
+        self.batch_samples = [thirty_seconds(args.seconds, shift=b) for b in range(args.batch * args.batches)]
         self.batch_clips = [audio_from_array(s, SAMPLE_RATE, source=f"bench-30s-{b}")
                             for b, s in enumerate(self.batch_samples)]
-        self.batch_features = features_of(loaded, self.batch_samples)
+        self.batch_features = [features_of(loaded, self.batch_samples[i:i + args.batch])
+                               for i in range(0, len(self.batch_samples), args.batch)]
         self.store_dir = Path(tempfile.mkdtemp(prefix="whisper-probe-bench-"))
         self.store = Store(self.store_dir)
         self.lecture_tracer = Tracer(loaded, get_plugin_manager(disabled=LECTURE_DISABLED, autoload=False),
@@ -425,30 +428,37 @@ class Bench:
         return {"s": s}, info
 
     def arm_plain_batched(self):
-        s, rows = self._timed_generate(self.batch_features)
+        s, rows = 0.0, []
+        for features in self.batch_features:  # one generate() per batch, features precomputed
+            seconds, batch_rows = self._timed_generate(features)
+            s, rows = s + seconds, rows + batch_rows
         self.plain_batch_tokens = self.plain_batch_tokens or rows
         return {"s": s, "clips_per_s": len(rows) / s}, {"clips": len(rows), "bytes_captured": 0}
 
     def arm_lecture_batched(self):
+        """The dataset through ``probe.runner.trace_clips``, as ``probe run --batch-size B`` runs it:
+        decoding, plugins, and the store writes on the background writer thread."""
         sync(self.device)
         t0 = time.perf_counter()
-        runs = list(self.lecture_tracer.trace_many(self.batch_clips, batch_size=self.args.batch))
+        with torch.inference_mode():
+            pairs = list(trace_clips(self.lecture_tracer, self.batch_clips, self.store, name="bench-batch",
+                                     batch_size=self.args.batch))
         sync(self.device)
-        t1 = time.perf_counter()
-        traces = [write_trace(self.lecture_tracer, run, self.store, name="bench-batch") for run in runs]
-        sync(self.device)
-        t2 = time.perf_counter()
+        s = time.perf_counter() - t0
+        runs, traces = [run for run, _ in pairs], [trace for _, trace in pairs]
         rows = [list(run.windows[0].tokens) for run in runs]
         phases: dict[str, float] = {}
         for run in runs:
             for key, value in run.windows[0].timings.items():
                 phases[key] = phases.get(key, 0.0) + value
-        info = {"clips": len(runs), "phases_s": {k: round(v, 4) for k, v in phases.items()}, "bytes_captured": sum(trace_sizes(t)["tensor_record_bytes"] for t in traces),
+        decode_s = sum(phases.values())
+        info = {"clips": len(runs), "phases_s": {k: round(v, 4) for k, v in phases.items()},
+                "bytes_captured": sum(trace_sizes(t)["tensor_record_bytes"] for t in traces),
                 "tokens_equal_plain": None if self.plain_batch_tokens is None else rows == self.plain_batch_tokens}
         for trace in traces:
             self.store.delete(trace.id)
-        return {"s": t2 - t0, "decode_s": t1 - t0, "store_write_s": t2 - t1,
-                "clips_per_s": len(runs) / (t2 - t0), "decode_clips_per_s": len(runs) / (t1 - t0),
+        return {"s": s, "decode_s": decode_s, "clips_per_s": len(runs) / s,
+                "decode_clips_per_s": len(runs) / decode_s,
                 **{f"phase_{k}_s": v for k, v in phases.items()}}, info
 
     def close(self):
@@ -639,16 +649,17 @@ def dashboard_first_view(bench: Bench, repeats: int, log, points=FULL_POINTS) ->
 
 
 def profile_lecture(bench: Bench, path: Path, log, batched: bool = False) -> dict:
-    """cProfile one lecture trace (or one batch) + store write; write the listing to ``path``;
+    """cProfile one lecture trace (or the batched dataset) + store write; write the listing to ``path``;
     summarise the time spent in probe's own functions."""
     profiler = cProfile.Profile()
     clips = bench.batch_clips if batched else [bench.clip]
     with torch.inference_mode():
         t0 = time.perf_counter()
         profiler.enable()
-        runs = list(bench.lecture_tracer.trace_many(clips, batch_size=len(clips)))
-        traces = [write_trace(bench.lecture_tracer, run, bench.store, name="bench-profile") for run in runs]
+        pairs = list(trace_clips(bench.lecture_tracer, clips, bench.store, name="bench-profile",
+                                 batch_size=bench.args.batch if batched else 1))
         profiler.disable()
+        runs, traces = [run for run, _ in pairs], [trace for _, trace in pairs]
         wall = time.perf_counter() - t0
     for trace in traces:
         bench.store.delete(trace.id)
@@ -794,6 +805,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=64, help="decoded tokens, fixed: min_new_tokens == max_new_tokens")
     parser.add_argument("--seconds", type=float, default=30.0, help="input length (default one 30 s window)")
     parser.add_argument("--batch", type=int, default=4, help="clips per batch for the throughput arms")
+    parser.add_argument("--batches", type=int, default=2,
+                        help="batches in the throughput arms' dataset (--batch × --batches different inputs)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--arms", default="plain,lecture,full,hf_outputs,naive_hooks",
                         help="comma-separated subset of plain,lecture,full,hf_outputs,naive_hooks")
@@ -888,8 +901,10 @@ def main(argv=None) -> int:
             log(f"batched throughput, B={args.batch}")
             batched = summarise(run_arms(bench, ["plain_batched", "lecture_batched"], args.repeats, log),
                                 "plain_batched")
-            report["batched"] = {"batch_size": args.batch, "arms": batched,
-                                 "input": f"{args.batch} different {args.seconds:g} s inputs (example order rotated)"}
+            report["batched"] = {"batch_size": args.batch, "batches": args.batches, "arms": batched,
+                                 "input": f"{args.batch * args.batches} different {args.seconds:g} s inputs"
+                                          f" (example order rotated and shifted), {args.batches} batches"
+                                          f" of {args.batch}"}
             pb, lb = batched.get("plain_batched", {}), batched.get("lecture_batched", {})
             if pb.get("median_clips_per_s") and lb.get("median_clips_per_s"):
                 report["batched"]["throughput_ratio"] = round(lb["median_clips_per_s"] / pb["median_clips_per_s"], 4)

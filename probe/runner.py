@@ -9,6 +9,7 @@ records; any error leaves the store as it was and no hook on the model.
 from __future__ import annotations
 
 from pathlib import Path
+from collections import deque
 from typing import Iterable, Iterator
 
 import sys
@@ -20,7 +21,7 @@ import probe
 from probe.audio import AudioClip, audio_from_array, encode_flac, load_audio
 from probe.errors import StoreError
 from probe.plugin_manager import get_plugin_manager
-from probe.store import Store
+from probe.store import Store, TraceWriter, WriteQueue
 from probe.tracer import DecodeOptions, Run, Tracer, plugin_versions
 
 
@@ -89,13 +90,16 @@ def warn_slow_plugins(plugin_seconds: dict[str, float], total: float) -> None:
                   f" (-p no:{name} runs without it)", file=sys.stderr)
 
 
-def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None):
-    """Let the plugins write ``run``'s records into a new trace of ``store``; returns the trace.
+def begin_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None,
+                queue: WriteQueue | None = None) -> TraceWriter:
+    """Let the plugins hand ``run``'s records to a new trace of ``store``; returns its writer.
 
-    The trace appears in the store only when everything is written; any error leaves no trace.
+    The plugins run here, on this thread.  With a ``queue`` the files are written and the trace
+    published on the queue's thread (``writer.wait()`` gives the trace); without one, before this
+    returns.  The trace appears in the store only when everything is written; an error leaves none.
     """
     name = name or Path(run.clip.source).stem
-    with store.writer(name=name) as writer:
+    with store.writer(name=name, queue=queue) as writer:
         tracer.finish(run, writer)
         timings = {key: round(sum(w.timings.get(key, 0.0) for w in run.windows), 4)
                    for key in ("encode", "detect", "generate", "replay")}
@@ -104,14 +108,33 @@ def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None)
         warn_slow_plugins(run.plugin_seconds, timings["total"])
         writer.add_audio(encode_flac(run.clip.samples), 16000)
         writer.update_manifest(**manifest_fields(run, tracer.pm, name, timings))
-    return store.open(writer.id)
+    return writer
+
+
+def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None):
+    """Let the plugins write ``run``'s records into a new trace of ``store``; returns the trace."""
+    return begin_trace(tracer, run, store, name).wait()
 
 
 def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store, name: str | None = None,
                 batch_size: int = 1) -> Iterator[tuple[Run, "Trace"]]:
-    """Trace clips (``batch_size`` windows decoded together) and store each: yields (run, trace)."""
-    for run in tracer.trace_many(clips, batch_size=batch_size):
-        yield run, write_trace(tracer, run, store, name)
+    """Trace clips (``batch_size`` windows decoded together) and store each: yields (run, trace).
+
+    Each trace's files are written on a background thread (:class:`~probe.store.WriteQueue`) while
+    the next clips decode; pairs come out in input order once their trace is published.  When
+    anything fails or is interrupted, traces already handed over are still published, the
+    unfinished one is removed, and the error goes on.
+    """
+    pending: deque[tuple[Run, TraceWriter]] = deque()
+    with WriteQueue() as queue:
+        for run in tracer.trace_many(clips, batch_size=batch_size):
+            pending.append((run, begin_trace(tracer, run, store, name, queue)))
+            while pending and pending[0][1].written():
+                done, writer = pending.popleft()
+                yield done, writer.wait()
+        while pending:
+            done, writer = pending.popleft()
+            yield done, writer.wait()
 
 
 def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), store=None, name: str | None = None,

@@ -28,6 +28,8 @@ import secrets
 import shutil
 import struct
 import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
@@ -145,9 +147,13 @@ class Store:
                              "give more of the id")
         raise self._missing(ref)
 
-    def writer(self, name: str | None = None) -> TraceWriter:
-        """A :class:`TraceWriter` for a new trace; use it as a context manager."""
-        return TraceWriter(self, name)
+    def writer(self, name: str | None = None, queue: WriteQueue | None = None) -> TraceWriter:
+        """A :class:`TraceWriter` for a new trace; use it as a context manager.
+
+        With a :class:`WriteQueue` the files are written (and the trace published) by the queue's
+        background thread; :meth:`TraceWriter.wait` returns the trace once it is there.
+        """
+        return TraceWriter(self, name, queue)
 
     def import_dir(self, src: str | os.PathLike) -> Trace:
         """Copy the trace folder ``src`` into this store under its manifest id.
@@ -237,6 +243,32 @@ class Store:
         return tmp
 
 
+class WriteQueue:
+    """One background thread that writes traces' files, in the order they were handed over.
+
+    Trace writers given the queue (``store.writer(name, queue=q)``) return from ``add_*`` as soon
+    as the record is registered, and their commit is queued too, so decoding goes on while the
+    files are written, fsynced and published.  Only file I/O runs on the thread, never plugin
+    code, so Ctrl-C still lands in the code that was running.  :meth:`close` (or leaving the
+    ``with`` block) waits for every queued job: finished traces are published, aborted ones removed.
+    """
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe-store-writer")
+
+    def submit(self, job: Callable[[], Any]) -> Future:
+        return self._executor.submit(job)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> WriteQueue:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 class TraceWriter:
     """Builds one trace in ``<store>/.tmp/<id>/`` and publishes it atomically on :meth:`commit`.
 
@@ -244,9 +276,14 @@ class TraceWriter:
     exception.  Any OS error while writing (a full disk) removes the partial trace and raises
     :class:`StoreError`.  Misuse (duplicate record names, unsupported dtypes, values that are not
     JSON) raises ``ValueError``/``TypeError`` as the bug it is.
+
+    Given a :class:`WriteQueue`, the files are written on the queue's thread: ``add_*`` keep a
+    reference to what they are handed (do not change an array in place afterwards), a CUDA
+    tensor's copy to pinned host memory starts without blocking, a write error surfaces at the
+    next call or in :meth:`wait`, and leaving the ``with`` block queues the commit.
     """
 
-    def __init__(self, store: Store, name: str | None = None):
+    def __init__(self, store: Store, name: str | None = None, queue: WriteQueue | None = None):
         self.store = store
         self._created = datetime.datetime.now(datetime.timezone.utc)
         self._fields: dict[str, Any] = {"name": name}
@@ -254,6 +291,10 @@ class TraceWriter:
         self._files: set[str] = set()  # casefolded, so case-insensitive disks cannot collide
         self._audio: dict[str, Any] | None = None
         self._closed = False
+        self._queue = queue
+        self._last: Future | None = None  # this writer's newest queued job
+        self._failure: BaseException | None = None  # set by a queued job that failed
+        self._aborted = threading.Event()
         self.id, self._dir = self._reserve(name)
 
     def update_manifest(self, **fields: Any) -> None:
@@ -265,10 +306,10 @@ class TraceWriter:
         self._fields.update(fields)
 
     def add_tensor(self, name: str, array: Any, plugin: str, meta: dict | None = None) -> None:
-        """Store a numpy array or torch tensor (moved to CPU) as ``tensors/<name>.safetensors``."""
-        array = _as_storable_array(array)
-        self._add(name, "tensor", plugin, meta, list(array.shape), array.dtype.name,
-                  lambda path: save_file({_TENSOR_KEY: array}, str(path)))
+        """Store a numpy array or torch tensor (copied to host) as ``tensors/<name>.safetensors``."""
+        shape, dtype, host = _host_array(array)
+        self._add(name, "tensor", plugin, meta, shape, dtype,
+                  lambda path: save_file({_TENSOR_KEY: host()}, str(path)))
 
     def add_table(self, name: str, rows: Any, plugin: str, meta: dict | None = None) -> None:
         """Store a list of row dicts or a dict of columns as ``tables/<name>.parquet``."""
@@ -291,37 +332,39 @@ class TraceWriter:
         if bytes(flac_bytes[:4]) != b"fLaC":
             raise ValueError("add_audio takes FLAC bytes (probe.audio.encode_flac makes them)")
         json.dumps(audio_fields)
-        with self._writing():
-            (self._dir / AUDIO_FILE).write_bytes(flac_bytes)
+        self._io(lambda: (self._dir / AUDIO_FILE).write_bytes(flac_bytes))
         self._audio = {**audio_fields, "sample_rate": sample_rate, "file": AUDIO_FILE}
 
     def has(self, name: str) -> bool:
         return name in self._records
 
     def commit(self) -> Trace:
-        """Write the manifest and publish the trace with one atomic rename."""
-        self._check_open()
-        manifest = {"schema_version": SCHEMA_VERSION, "id": self.id,
-                    "created": self._created.isoformat(), **self._fields,
-                    "records": self._records}
-        if self._audio is not None:
-            manifest["audio"] = {**(manifest.get("audio") or {}), **self._audio}
-        text = json.dumps(manifest, indent=1)
-        with self._writing():
-            (self._dir / MANIFEST).write_text(text, encoding="utf-8")
-            _fsync_tree(self._dir)  # the rename must never publish data still in a cache
-            os.rename(self._dir, self.store.path / self.id)
-            _remove_if_empty(self._dir.parent)
-            _fsync_dir(self.store.path)
-        self._closed = True
+        """Write the manifest and publish the trace with one atomic rename (waits for a queue)."""
+        self._finish()
+        return self.wait()
+
+    def wait(self) -> Trace:
+        """The published trace, once every file and the commit are done; raises what failed."""
+        if self._last is not None:
+            self._last.result()
+        self._raise_failure()
+        if not self._closed or self._aborted.is_set():
+            raise ValueError(f"trace writer {self.id} was not committed")
         return self.store.open(self.id)
+
+    def written(self) -> bool:
+        """True once nothing this writer handed over is still being written."""
+        return self._last is None or self._last.done()
 
     def abort(self) -> None:
         """Drop everything written so far; nothing becomes visible in the store."""
         if not self._closed:
             self._closed = True
-            shutil.rmtree(self._dir, ignore_errors=True)
-            _remove_if_empty(self._dir.parent)
+            self._aborted.set()  # queued jobs of this writer do nothing from now on
+            if self._queue is None:
+                self._remove_staging()
+            else:
+                self._last = self._queue.submit(self._remove_staging)
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -329,9 +372,56 @@ class TraceWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None and not self._closed:
-                self.commit()
+                self._finish()
         finally:
             self.abort()  # after a commit this does nothing
+
+    def _finish(self) -> None:
+        """Build the manifest now; write it and publish the trace now or on the queue."""
+        self._check_open()
+        manifest = {"schema_version": SCHEMA_VERSION, "id": self.id,
+                    "created": self._created.isoformat(), **self._fields,
+                    "records": self._records}
+        if self._audio is not None:
+            manifest["audio"] = {**(manifest.get("audio") or {}), **self._audio}
+        text = json.dumps(manifest, indent=1)
+
+        def publish():
+            (self._dir / MANIFEST).write_text(text, encoding="utf-8")
+            _fsync_tree(self._dir)  # the rename must never publish data still in a cache
+            os.rename(self._dir, self.store.path / self.id)
+            _remove_if_empty(self._dir.parent)
+            _fsync_dir(self.store.path)
+
+        self._io(publish)
+        self._closed = True
+
+    def _io(self, job: Callable[[], Any]) -> None:
+        """Run a file job now, or queue it behind this writer's earlier ones."""
+        if self._queue is None:
+            with self._writing():
+                job()
+            return
+        self._raise_failure()
+        self._last = self._queue.submit(lambda: self._background(job))
+
+    def _background(self, job: Callable[[], Any]) -> None:
+        if self._aborted.is_set() or self._failure is not None:
+            return
+        try:
+            job()
+        except BaseException as err:  # noqa: BLE001 - handed to the thread that waits
+            self._remove_staging()  # first, so whoever sees the failure finds nothing left
+            self._failure = _write_error(self.store.path, err) if isinstance(err, OSError) else err
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            self._closed = True
+            raise self._failure
+
+    def _remove_staging(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+        _remove_if_empty(self._dir.parent)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -365,10 +455,13 @@ class TraceWriter:
             raise ValueError(f"record {name!r} needs the name of the plugin that made it")
         json.dumps(meta)
         rel = self._file_for(name, kind)
-        with self._writing():
-            path = self._dir / rel
+        path = self._dir / rel
+
+        def job():
             path.parent.mkdir(exist_ok=True)
             write(path)
+
+        self._io(job)
         self._files.add(rel.casefold())
         self._records[name] = {"plugin": plugin, "kind": kind, "file": rel, "shape": shape,
                                "dtype": dtype, "meta": meta or {}}
@@ -392,6 +485,7 @@ class TraceWriter:
             raise _write_error(self.store.path, err) from err
 
     def _check_open(self) -> None:
+        self._raise_failure()
         if self._closed:
             raise ValueError(f"trace writer {self.id} is already committed or aborted")
 
@@ -627,18 +721,46 @@ def _read_every_record(trace: Trace) -> None:
     trace.audio_bytes()
 
 
-def _as_storable_array(array: Any) -> np.ndarray:
-    """A little-endian, C-ordered numpy copy of a numpy array or torch tensor."""
+def _host_array(array: Any) -> tuple[list[int], str, Callable[[], np.ndarray]]:
+    """(shape, dtype name, a function giving the little-endian C-ordered numpy array) for a numpy
+    array or torch tensor; unsupported dtypes raise ``ValueError`` here, not when written.
+
+    A CUDA tensor's copy to pinned host memory is started now without blocking (after whatever the
+    current stream has queued) and the function waits for it, so a writer on a :class:`WriteQueue`
+    never stalls the decoding thread on a device→host copy.
+    """
     torch = sys.modules.get("torch")  # a torch tensor implies torch is already imported
     if torch is not None and isinstance(array, torch.Tensor):
-        array = array.detach().cpu()
-        if array.dtype == torch.bfloat16:
-            array = array.float()  # numpy has no bfloat16; float32 holds it exactly
-        array = array.numpy()
+        tensor = array.detach()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()  # numpy has no bfloat16; float32 holds it exactly
+        if tensor.device.type == "cuda":
+            dtype = _checked_dtype(torch.empty(0, dtype=tensor.dtype).numpy().dtype)
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+
+            def ready() -> np.ndarray:
+                copied.synchronize()
+                return _little_endian(host.numpy())
+
+            return list(tensor.shape), dtype.name, ready
+        array = tensor.cpu().numpy()
     array = np.asarray(array)
-    if array.dtype.name not in _SAFETENSORS_DTYPES.values():
-        raise ValueError(f"cannot store a {array.dtype} tensor; use one of "
+    _checked_dtype(array.dtype)
+    array = _little_endian(array)
+    return list(array.shape), array.dtype.name, lambda: array
+
+
+def _checked_dtype(dtype: np.dtype) -> np.dtype:
+    if dtype.name not in _SAFETENSORS_DTYPES.values():
+        raise ValueError(f"cannot store a {dtype} tensor; use one of "
                          f"{sorted(set(_SAFETENSORS_DTYPES.values()))}")
+    return dtype
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
 
 

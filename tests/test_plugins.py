@@ -6,12 +6,15 @@ In datasette's manner, every hookspec must be documented and exercised by a test
 import inspect
 import re
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import probe
+import probe.audio
+import probe.store
 from probe import hookspecs
 from probe.errors import PluginError
 from probe.hooks import hooks_left
@@ -142,6 +145,76 @@ def test_long_audio_is_traced_window_by_window(tiny, store):
     assert trace.record("cross_attention.weights").shape[-1] == 1500  # frames padded to the longest window
     tokens = trace.record("cross_attention.tokens")
     assert sorted({row["window"] for row in tokens}) == [0, 1, 2]
+
+
+def test_windows_of_one_clip_batched_together_trace_as_one_by_one(tiny, tmp_path):
+    """A 65 s clip with --batch-size 3 decodes its three windows together; every plugin still sees
+    them one after another, so every record equals the window-by-window run's."""
+    samples = (0.1 * np.random.default_rng(0).standard_normal(16000 * 65)).astype(np.float32)
+    one, three = (probe.run(samples, model=tiny, store=tmp_path / f"b{b}", max_new_tokens=3, batch_size=b)
+                  for b in (1, 3))
+    assert [w["tokens"] for w in one.manifest["windows"]] == [w["tokens"] for w in three.manifest["windows"]]
+    assert one.records.keys() == three.records.keys()
+    for name, meta in one.records.items():
+        if meta["kind"] == "tensor":
+            a, b = one.record(name), three.record(name)
+            assert a.shape == b.shape, name
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3, rtol=1e-2,
+                                       err_msg=name)
+        elif meta["kind"] == "table":
+            assert [{k: v for k, v in row.items() if not isinstance(v, float)} for row in one.table(name)] == \
+                [{k: v for k, v in row.items() if not isinstance(v, float)} for row in three.table(name)], name
+    assert hooks_left(tiny.model) == 0
+
+
+class RunEndThreads:
+    """Writes one record per clip and notes the thread its probe_run_end ran on; fails on ``fail_on``."""
+
+    name = "run_end_threads"
+
+    def __init__(self, fail_on: str | None = None):
+        self.fail_on, self.threads = fail_on, []
+
+    @probe.hookimpl
+    def probe_run_end(self, run, writer):
+        self.threads.append(threading.get_ident())
+        writer.add_tensor("run_end_threads.samples", run.clip.samples[:100], plugin=self.name)
+        if run.clip.source == self.fail_on:
+            raise RuntimeError("broken on purpose")
+
+
+def _clips(count: int):
+    rng = np.random.default_rng(3)
+    return [probe.audio.audio_from_array(0.1 * rng.standard_normal(16000, dtype=np.float32), 16000,
+                                         source=f"clip{i}") for i in range(count)]
+
+
+def test_several_clips_plugins_on_this_thread_files_on_the_writer_thread(tiny, store, monkeypatch):
+    writing_threads = set()
+    original = probe.store.save_file
+
+    def noting_save_file(*args, **kwargs):
+        writing_threads.add(threading.get_ident())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(probe.store, "save_file", noting_save_file)
+    plugin, clips = RunEndThreads(), _clips(3)
+    traces = probe.run(clips, model=tiny, plugins=[plugin], store=store, max_new_tokens=2, batch_size=2,
+                       disable=list(DEFAULT_PLUGINS))
+    assert [t.audio_source for t in traces] == ["clip0", "clip1", "clip2"]  # input order
+    for trace, clip in zip(traces, clips):
+        np.testing.assert_array_equal(trace.record("run_end_threads.samples"), clip.samples[:100])
+    assert set(plugin.threads) == {threading.get_ident()}
+    assert writing_threads and threading.get_ident() not in writing_threads
+    assert len(store.list()) == 3 and not (store.path / ".tmp").exists()
+
+
+def test_a_failing_clip_keeps_the_traces_handed_over_before_it(tiny, store):
+    with pytest.raises(PluginError, match="'run_end_threads' raised in probe_run_end"):
+        probe.run(_clips(3), model=tiny, plugins=[RunEndThreads(fail_on="clip1")], store=store,
+                  max_new_tokens=2, batch_size=3, disable=list(DEFAULT_PLUGINS))
+    assert [info.audio_source for info in store.list()] == ["clip0"]
+    assert not (store.path / ".tmp").exists() and hooks_left(tiny.model) == 0
 
 
 @pytest.mark.parametrize("hook", sorted(HOOK_BODIES))

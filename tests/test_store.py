@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 
 import probe.store
 from probe.errors import StoreError
-from probe.store import SCHEMA_VERSION, Store, Trace, TraceInfo, default_store_dir
+from probe.store import SCHEMA_VERSION, Store, Trace, TraceInfo, WriteQueue, default_store_dir
 
 FLAC = b"fLaC" + bytes(range(60))  # the store keeps bytes as given; decoding is probe.audio's
 
@@ -28,6 +28,16 @@ FLAC = b"fLaC" + bytes(range(60))  # the store keeps bytes as given; decoding is
 @pytest.fixture
 def store(tmp_path) -> Store:
     return Store(tmp_path / "store")
+
+
+@pytest.fixture(params=["now", "queued"])
+def queue(request):
+    """No queue (files written by the calling thread) or a background WriteQueue."""
+    if request.param == "now":
+        yield None
+    else:
+        with WriteQueue() as background:
+            yield background
 
 
 def write_trace(store: Store, name: str = "lecture", transcript: str = "hello world") -> Trace:
@@ -225,12 +235,15 @@ def test_exception_inside_writer_leaves_nothing(store):
     assert writer.id not in store
 
 
-def test_abort_and_explicit_commit(store):
-    writer = store.writer()
+def test_abort_and_explicit_commit(store, queue):
+    writer = store.writer(queue=queue)
     writer.add_json("x", 1, "p")
+    writer.add_tensor("t", np.zeros(1000), "p")
     writer.abort()
+    if queue is not None:
+        queue.submit(lambda: None).result()  # the removal is queued behind the writes
     assert len(store) == 0 and leftovers(store) == []
-    writer = store.writer()
+    writer = store.writer(queue=queue)
     writer.add_json("x", 1, "p")
     trace = writer.commit()
     assert trace.json("x") == 1 and leftovers(store) == []
@@ -241,18 +254,51 @@ def _disk_full(*args, **kwargs):
 
 
 @pytest.mark.parametrize("target", ["save_file", "write_table", "write_text", "rename"])
-def test_disk_full_gives_store_error_and_no_leftovers(store, monkeypatch, target):
+def test_disk_full_gives_store_error_and_no_leftovers(store, monkeypatch, target, queue):
     where = {"save_file": (probe.store, "save_file"),
              "write_table": (probe.store.pq, "write_table"),
              "write_text": (Path, "write_text"),
              "rename": (probe.store.os, "rename")}[target]
     with pytest.raises(StoreError, match="No space left on device; free space or use --store"):
-        with store.writer() as writer:
+        with store.writer(queue=queue) as writer:
             monkeypatch.setattr(*where, _disk_full)
             writer.add_tensor("t", np.zeros(4), "p")
             writer.add_table("rows", [{"a": 1}], "p")
             writer.add_json("j", {"a": 1}, "p")
+        writer.wait()  # a queued writer reports the failure here (or at its next call)
     monkeypatch.undo()
+    assert len(store) == 0 and leftovers(store) == []
+
+
+def test_queued_writer_returns_before_the_files_are_written(store, monkeypatch):
+    """add_* only register the record; the queue's thread writes, and the trace appears at the end."""
+    release, writing_threads = threading.Event(), set()
+    original = probe.store.save_file
+
+    def held_save_file(*args, **kwargs):
+        writing_threads.add(threading.get_ident())
+        assert release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(probe.store, "save_file", held_save_file)
+    with WriteQueue() as queue:
+        with store.writer(name="queued", queue=queue) as writer:
+            writer.add_tensor("t", torch.arange(6, dtype=torch.float16).reshape(2, 3), "p")
+            writer.add_json("j", {"a": 1}, "p")
+            writer.update_manifest(transcript="queued")
+        assert not writer.written() and len(store) == 0  # the commit waits behind the held write
+        release.set()
+        trace = writer.wait()
+    assert writing_threads and threading.get_ident() not in writing_threads
+    assert trace.name == "queued" and trace.transcript == "queued" and trace.json("j") == {"a": 1}
+    assert trace.tensor("t").dtype == np.float16 and trace.tensor("t").tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert leftovers(store) == []
+
+
+def test_queued_writer_checks_dtypes_when_handed_over(store):
+    with WriteQueue() as queue, pytest.raises(ValueError, match="cannot store a complex128"):
+        with store.writer(queue=queue) as writer:
+            writer.add_tensor("z", np.zeros(3, dtype=np.complex128), "p")
     assert len(store) == 0 and leftovers(store) == []
 
 
