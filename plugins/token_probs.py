@@ -1,9 +1,12 @@
 """Built-in plugin ``token_probs``: how sure the decoder was of each token, and the multitask head.
 
-Per generated token (from the replay of the chosen sequence, so beam search is covered): the
-token, its probability and log-probability under the model's softmax, the entropy of the
-distribution and the top-k alternatives (``plugin_options["top_k"]``, default 5).  Per window: the
-language-detection distribution, the no-speech probability and the forced prompt tokens.
+Per generated token: the token, its probability and log-probability under the model's softmax
+(before generate()'s logits processors), the entropy of the distribution and the top-k alternatives
+(``plugin_options["top_k"]``, default 5).  With greedy decoding these come from the very logits
+``generate()`` chose each token from (``hook_logits`` at every step: nothing is recomputed); with
+beam search a step's rows belong to beams, so they come from the replay of the chosen sequence.
+Per window: the language-detection distribution, the no-speech probability and the forced prompt
+tokens.
 
 Records: ``token_probs.tokens`` (table), ``token_probs.top_k_ids`` [token, k] int32,
 ``token_probs.top_k_probs`` [token, k] float32, ``token_probs.multitask`` (json).
@@ -32,17 +35,33 @@ def token_kind(token_id: int, eot: int, first_timestamp: int) -> str:
     return "text"
 
 
+def token_stats(logits: torch.Tensor, tokens: list[int], k: int) -> tuple[torch.Tensor, ...]:
+    """logits [token, vocab] and the tokens they emitted → (chosen log-prob [token], entropy [token]
+    nats, top-k ids [token, k], top-k probs [token, k]), all still on the logits' device."""
+    log_probs = logits.float().log_softmax(-1)
+    emitted = torch.tensor(tokens, device=logits.device)  # [token]
+    chosen = log_probs.gather(1, emitted[:, None])[:, 0]  # [token]
+    entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)  # [token]
+    top_log_probs, top_ids = log_probs.topk(k, dim=-1)  # [token, k]
+    return chosen, entropy, top_ids, top_log_probs.exp()
+
+
 class Plugin:
     name = "token_probs"
     __version__ = __version__
 
     @hookimpl
     def probe_run_start(self, run):
-        run.state[self.name] = {"windows": []}  # per window: (chosen_prob, entropy, top_ids, top_probs) on device
+        # per window: (chosen log-prob, entropy, top ids, top probs); "steps": greedy logits rows [vocab]
+        run.state[self.name] = {"windows": [], "steps": []}
+
+    @hookimpl
+    def probe_decode_points(self, run):
+        return ["hook_logits"] if run.options.num_beams == 1 else []
 
     @hookimpl
     def probe_replay_points(self, run):
-        return ["hook_logits"]
+        return ["hook_logits"] if run.options.num_beams > 1 else []
 
     @hookimpl
     def probe_estimate(self, run):
@@ -53,14 +72,21 @@ class Plugin:
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
-        k = top_k(run)
-        logits = tensor[0, ctx.prompt_length - 1:len(ctx.tokens) - 1].float()  # [token, vocab]: emitting positions
-        log_probs = logits.log_softmax(-1)
-        emitted = torch.tensor(ctx.tokens[ctx.prompt_length:], device=logits.device)  # [token]
-        chosen = log_probs.gather(1, emitted[:, None])[:, 0]  # [token]
-        entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)  # [token] nats
-        top_log_probs, top_ids = log_probs.topk(k, dim=-1)  # [token, k]
-        run.state[self.name]["windows"].append((chosen, entropy, top_ids, top_log_probs.exp()))
+        state = run.state[self.name]
+        if ctx.phase == "decode":  # greedy: [1, query, vocab]; the last position emitted this step's token
+            state["steps"].append(tensor[0, -1].clone())  # [vocab]; a copy, not a view of the whole batch
+            return
+        logits = tensor[0, ctx.prompt_length - 1:len(ctx.tokens) - 1]  # [token, vocab]: emitting positions
+        state["windows"].append(token_stats(logits, ctx.tokens[ctx.prompt_length:], top_k(run)))
+
+    @hookimpl
+    def probe_window_end(self, run, window):
+        state = run.state[self.name]
+        steps, state["steps"] = state["steps"], []
+        if steps:  # a batched row goes on after its <|endoftext|>: those steps are padding
+            if len(steps) < len(window.tokens):
+                raise RuntimeError(f"saw {len(steps)} decoding steps for {len(window.tokens)} tokens")
+            state["windows"].append(token_stats(torch.stack(steps[:len(window.tokens)]), window.tokens, top_k(run)))
 
     @hookimpl
     def probe_run_end(self, run, writer):

@@ -215,6 +215,26 @@ def test_word_timings_agree_with_faster_whisper(base, store, faster_whisper_mode
     assert diffs.max() <= 0.1 + 1e-9, diffs
 
 
+def test_greedy_token_probs_are_the_logits_generate_chose_from(base, tmp_path):
+    """token_probs reads generate()'s own logits at each greedy step: equal to HF's output_logits."""
+    from probe.audio import load_audio
+    from probe.models import quiet_transformers
+
+    clip = load_audio(EXAMPLES / "en_fox.flac")
+    rows = probe.run(clip, model=base, store=tmp_path / "s", language="en").table("token_probs.tokens")
+    features = base.processor.feature_extractor(clip.samples, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode(), quiet_transformers():
+        out = base.model.generate(features, language="en", task="transcribe", output_logits=True,
+                                  return_dict_in_generate=True)
+    log_probs = torch.stack([step[0] for step in out.logits]).float().log_softmax(-1)  # [step, vocab]
+    assert len(rows) == len(out.logits)  # one row per generated token, <|endoftext|> included
+    ids = torch.tensor([row["token_id"] for row in rows])
+    expected = log_probs[torch.arange(len(ids)), ids].numpy()
+    np.testing.assert_allclose([row["logprob"] for row in rows], expected, atol=1e-5, rtol=0)
+    top = log_probs.topk(5, dim=-1)
+    assert [row["top_k_ids"] for row in rows] == top.indices.tolist()
+
+
 def test_batched_traces_equal_unbatched(base, tmp_path):
     from probe.store import Store
 
