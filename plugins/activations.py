@@ -3,7 +3,9 @@
 Points named with ``--points`` (``run.points``) are kept whole, in float16 by default
 (``plugin_options["activations_dtype"]``), or as summaries when ``activations_mode`` is
 ``"summary"``.  With no points named it records the lecture set: the conv stem (``encoder.hook_conv1``,
-``encoder.hook_conv2``, first window) and per-position residual norms of every block.
+``encoder.hook_conv2``, first window) and per-position residual norms of every block — the decoder's
+from the replay of the chosen sequence (one capture per layer and window, not one per generation
+step: per-step hooks on every layer would cost a GPU decoding loop several percent).
 
 Layout of the records (``activations.<point name>``):
 - encoder points: ``[window, *shape without batch]``;
@@ -11,7 +13,9 @@ Layout of the records (``activations.<point name>``):
   ``query`` axis, windows one after another, ``[batch(beam), *rest]``; attention keys are padded
   with zeros to the longest step.  ``activations.steps`` (table) says which window and step each
   query position came from.
-- summaries: ``activations.<point>.norm`` — the L2 norm over ``d_model`` per position.
+- summaries: ``activations.<point>.norm`` — the L2 norm over ``d_model`` per position; the lecture
+  set's decoder norms are ``[1, position]`` over each window's whole sequence (prompt, generated
+  tokens, and the last token's own position), windows one after another (``meta["positions"]``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
 from probe.points import select_points
+from probe.transfer import HostCopy, to_host
 
 __version__ = "1.0"
 LECTURE_FULL = ["encoder.hook_conv1", "encoder.hook_conv2"]
@@ -54,11 +59,17 @@ class Plugin:
             "full": {p.name for p in select_points(run.config, full)},
             "summary": {p.name for p in select_points(run.config, summary)},
             "default_set": not run.points,
+            # the lecture set's decoder summaries come from the replay, one capture per layer and window
+            "replayed": ({p.name for p in select_points(run.config, LECTURE_SUMMARY) if p.side == "decoder"}
+                         if not run.points else set()),
             "captured": {},
+            "positions": {},  # replayed point → positions per window
+            "decoder_summary": {},  # point → [(window, step, tensor)] this window, reduced at window end
             "steps": [],
             "dtype": DTYPES[run.option("activations_dtype", "float16")],
         }
-        decoder_names = sorted(n for n in state_names(run.state[self.name]) if not n.startswith("encoder"))
+        state = run.state[self.name]
+        decoder_names = sorted(n for n in state_names(state) - state["replayed"] if not n.startswith("encoder"))
         run.state[self.name]["step_point"] = decoder_names[0] if decoder_names else None
 
     @hookimpl
@@ -77,34 +88,57 @@ class Plugin:
     @hookimpl
     def probe_decode_points(self, run):
         state = run.state[self.name]
-        return sorted(state_names(state))
+        return sorted(state_names(state) - state["replayed"])
+
+    @hookimpl
+    def probe_replay_points(self, run):
+        return sorted(run.state[self.name]["replayed"])
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
         state = run.state[self.name]
+        if ctx.phase == "replay":  # [1, query, d_model]: the window's whole sequence, padding cut off
+            norms = tensor[:, :len(ctx.tokens)].float().norm(dim=-1)  # [1, position]
+            state["captured"].setdefault(point.name, []).append((ctx.window, -1, norms))
+            state["positions"].setdefault(point.name, []).append(len(ctx.tokens))
+            return
         if point.name in state["full"]:
             if state["default_set"] and ctx.window > 0:
                 return
             kept = tensor.to(state["dtype"])
+        elif point.side == "decoder":  # a step's few positions: one norm over the window's steps, at its end
+            state["decoder_summary"].setdefault(point.name, []).append((ctx.window, ctx.step, tensor))
+            kept = None
         else:
             kept = tensor.float().norm(dim=-1)  # [batch, position]
-        state["captured"].setdefault(point.name, []).append((ctx.window, ctx.step, kept))
+        if kept is not None:
+            state["captured"].setdefault(point.name, []).append((ctx.window, ctx.step, kept))
         if point.name == state["step_point"]:
             state["steps"].append({"window": ctx.window, "step": ctx.step, "positions": int(tensor.shape[1])})
 
     @hookimpl
     def probe_window_end(self, run, window):
-        """Drop steps decoded after this window's text ended (padding rows of a batched greedy run)."""
-        if run.options.num_beams != 1:
-            return
+        """Drop steps decoded after this window's text ended (padding rows of a batched greedy run),
+        then reduce the window's decoder summaries: one L2 norm over all its steps' positions."""
         state = run.state[self.name]
+        greedy = run.options.num_beams == 1
 
         def kept(window_index, step, point_name):
-            return window_index != window.index or step < len(window.tokens) or point_name.startswith("encoder")
+            return (not greedy or window_index != window.index or step < len(window.tokens)
+                    or point_name.startswith("encoder"))
 
         for name, items in state["captured"].items():
             items[:] = [item for item in items if kept(item[0], item[1], name)]
         state["steps"] = [row for row in state["steps"] if kept(row["window"], row["step"], "decoder")]
+        for name, items in state.pop("decoder_summary").items():
+            tensors = [t for w, step, t in items if kept(w, step, name)]  # [batch(beam), position, d_model]
+            if tensors:
+                norms = torch.cat(tensors, dim=1).float().norm(dim=-1)  # [batch(beam), position]
+                state["captured"].setdefault(name, []).append((window.index, items[0][1], norms))
+        state["decoder_summary"] = {}
+        for items in state["captured"].values():  # this window's captures leave the device, without waiting
+            items[:] = [(w, step, to_host(t) if w == window.index and isinstance(t, torch.Tensor) else t)
+                        for w, step, t in items]
 
     @hookimpl
     def probe_run_end(self, run, writer):
@@ -114,18 +148,25 @@ class Plugin:
             point = points[name]
             summary = name not in state["full"]
             record = f"activations.{name}" + (".norm" if summary else "")
+            tensors = [_on_host(t) for _, _, t in items]
             if point.side == "encoder":
-                data = torch.stack([t[0] for _, _, t in items])  # [window, ...]
+                data = torch.stack([t[0] for t in tensors])  # [window, ...]
                 axes = ["window"] + list(point.shape[1:-1] if summary else point.shape[1:])
             else:
                 axis = 1 if summary else point.shape.index("query")
-                data = _concat_padded([t for _, _, t in items], axis)
+                data = _concat_padded(tensors, axis)
                 axes = (["batch", "query"] if summary else list(point.shape))
-            writer.add_tensor(record, data.cpu(), plugin=self.name,
-                              meta={"axes": axes, "point": name, "summary": "l2_norm" if summary else None,
-                                    "windows": sorted({w for w, _, _ in items})})
+            meta = {"axes": axes, "point": name, "summary": "l2_norm" if summary else None,
+                    "windows": sorted({w for w, _, _ in items})}
+            if name in state["replayed"]:
+                meta.update(phase="replay", positions=state["positions"][name])
+            writer.add_tensor(record, data.cpu(), plugin=self.name, meta=meta)
         if state["steps"]:
             writer.add_table("activations.steps", state["steps"], plugin=self.name)
+
+
+def _on_host(t) -> torch.Tensor:
+    return t.wait() if isinstance(t, HostCopy) else t
 
 
 def state_names(state) -> set[str]:

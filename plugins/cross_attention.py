@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from probe.alignment import alignment_matrix, words_from_alignment
 from probe.hookspecs import hookimpl
+from probe.transfer import to_host
 
 __version__ = "1.0"
 
@@ -74,7 +75,7 @@ class Plugin:
         words = (words_from_alignment(matrix, text_tokens, run.tokenizer, window.language, run.eot,
                                       offset=window.start) if text_tokens else [])
         state["windows"].append({
-            "weights": weights.to(torch.float16).cpu(),
+            "weights": to_host(weights.to(torch.float16)),  # off the device now, waited for at run end
             "alignment": torch.from_numpy(matrix),
             "text_rows": text_rows,
             "aligned_rows": rows,
@@ -87,7 +88,8 @@ class Plugin:
         if not windows:
             return
         frames = max(w["weights"].shape[-1] for w in windows)
-        weights = torch.cat([F.pad(w["weights"], (0, frames - w["weights"].shape[-1])) for w in windows], dim=2)
+        weights = torch.cat([F.pad(w["weights"].wait(), (0, frames - w["weights"].shape[-1])) for w in windows],
+                            dim=2)
         alignment = torch.cat([F.pad(w["alignment"], (0, frames - w["alignment"].shape[-1])) for w in windows])
         tokenizer = run.tokenizer
         token_rows = []

@@ -9,6 +9,7 @@ records; any error leaves the store as it was and no hook on the model.
 from __future__ import annotations
 
 from pathlib import Path
+import functools
 from collections import deque
 from typing import Iterable, Iterator
 
@@ -106,7 +107,7 @@ def begin_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None,
         timings["total"] = round(sum(timings.values()), 4)
         timings["plugins"] = {name: round(sec, 4) for name, sec in run.plugin_seconds.items()}
         warn_slow_plugins(run.plugin_seconds, timings["total"])
-        writer.add_audio(encode_flac(run.clip.samples), 16000)
+        writer.add_audio(functools.partial(encode_flac, run.clip.samples), 16000)  # encoded where it is written
         writer.update_manifest(**manifest_fields(run, tracer.pm, name, timings))
     return writer
 

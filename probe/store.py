@@ -323,16 +323,21 @@ class TraceWriter:
         self._add(name, "json", plugin, meta, None, None,
                   lambda path: path.write_text(text, encoding="utf-8"))
 
-    def add_audio(self, flac_bytes: bytes, sample_rate: int = 16000, **audio_fields: Any) -> None:
+    def add_audio(self, flac: bytes | Callable[[], bytes], sample_rate: int = 16000, **audio_fields: Any) -> None:
         """Keep the compressed audio as ``audio.flac``; ``audio_fields`` (source, sha256,
-        duration) join ``manifest["audio"]``."""
+        duration) join ``manifest["audio"]``.  ``flac`` is FLAC bytes, or a function making them
+        (called where the files are written, so a queued writer encodes off the calling thread)."""
         self._check_open()
         if self._audio is not None:
             raise ValueError("this trace already has audio")
-        if bytes(flac_bytes[:4]) != b"fLaC":
-            raise ValueError("add_audio takes FLAC bytes (probe.audio.encode_flac makes them)")
         json.dumps(audio_fields)
-        self._io(lambda: (self._dir / AUDIO_FILE).write_bytes(flac_bytes))
+
+        def write():
+            (self._dir / AUDIO_FILE).write_bytes(_checked_flac(flac() if callable(flac) else flac))
+
+        if not callable(flac):
+            _checked_flac(flac)
+        self._io(write)
         self._audio = {**audio_fields, "sample_rate": sample_rate, "file": AUDIO_FILE}
 
     def has(self, name: str) -> bool:
@@ -731,26 +736,24 @@ def _host_array(array: Any) -> tuple[list[int], str, Callable[[], np.ndarray]]:
     """
     torch = sys.modules.get("torch")  # a torch tensor implies torch is already imported
     if torch is not None and isinstance(array, torch.Tensor):
+        from probe.transfer import to_host
+
         tensor = array.detach()
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()  # numpy has no bfloat16; float32 holds it exactly
-        if tensor.device.type == "cuda":
-            dtype = _checked_dtype(torch.empty(0, dtype=tensor.dtype).numpy().dtype)
-            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            host.copy_(tensor, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record()
-
-            def ready() -> np.ndarray:
-                copied.synchronize()
-                return _little_endian(host.numpy())
-
-            return list(tensor.shape), dtype.name, ready
-        array = tensor.cpu().numpy()
+        dtype = _checked_dtype(torch.empty(0, dtype=tensor.dtype).numpy().dtype)
+        copy = to_host(tensor)
+        return list(tensor.shape), dtype.name, lambda: _little_endian(copy.wait().numpy())
     array = np.asarray(array)
     _checked_dtype(array.dtype)
     array = _little_endian(array)
     return list(array.shape), array.dtype.name, lambda: array
+
+
+def _checked_flac(data: bytes) -> bytes:
+    if bytes(data[:4]) != b"fLaC":
+        raise ValueError("add_audio takes FLAC bytes (probe.audio.encode_flac makes them)")
+    return data
 
 
 def _checked_dtype(dtype: np.dtype) -> np.dtype:

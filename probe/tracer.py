@@ -662,9 +662,8 @@ class _CrossKeyValues:
             kept = DynamicCache()
             for index in range(layers):
                 keys, values = (self.kept[index, which][::beams][:batch] for which in ("k_proj", "v_proj"))
-                shape = (batch, -1, heads, head_dim)  # → [batch, head, frame, head_dim]
-                kept.update(keys.reshape(shape).transpose(1, 2).contiguous(),
-                            values.reshape(shape).transpose(1, 2).contiguous(), index)
+                shape = (batch, -1, heads, head_dim)  # → [batch, head, frame, head_dim], a view: no copy
+                kept.update(keys.reshape(shape).transpose(1, 2), values.reshape(shape).transpose(1, 2), index)
             return EncoderDecoderCache(DynamicCache(), kept)
         except (AttributeError, ImportError, TypeError, RuntimeError):
             return None

@@ -3,6 +3,7 @@
 In datasette's manner, every hookspec must be documented and exercised by a test in this folder.
 """
 
+import copy
 import inspect
 import re
 import textwrap
@@ -165,6 +166,29 @@ def test_windows_of_one_clip_batched_together_trace_as_one_by_one(tiny, tmp_path
             assert [{k: v for k, v in row.items() if not isinstance(v, float)} for row in one.table(name)] == \
                 [{k: v for k, v in row.items() if not isinstance(v, float)} for row in three.table(name)], name
     assert hooks_left(tiny.model) == 0
+
+
+def test_lecture_set_decoder_norms_come_from_the_replayed_sequence(tiny, tone, store):
+    """Without --points, decoder residual norms are one replay capture per layer: every position of
+    the chosen sequence, equal to a teacher-forced forward pass's hidden states."""
+    import torch
+
+    trace = probe.run(tone, model=tiny, store=store, max_new_tokens=5, language="en")
+    window = trace.manifest["windows"][0]
+    sequence = window["prompt"] + window["tokens"]
+    features = tiny.processor.feature_extractor(tone, sampling_rate=16000, return_tensors="pt").input_features
+    reference = copy.deepcopy(tiny.model)  # output_hidden_states leaves transformers' capture hooks behind
+    with torch.inference_mode():
+        hidden = reference(input_features=features, decoder_input_ids=torch.tensor([sequence]),
+                           output_hidden_states=True).decoder_hidden_states  # embeddings, then each block
+    for layer in range(tiny.model.config.decoder_layers):
+        name = f"activations.decoder.blocks.{layer}.hook_resid_post.norm"
+        assert trace.records[name]["meta"]["positions"] == [len(sequence)]
+        expected = hidden[layer + 1][0].norm(dim=-1).numpy()
+        if layer == tiny.model.config.decoder_layers - 1:
+            continue  # transformers hands over the last block's output after the final layer norm
+        np.testing.assert_allclose(trace.record(name)[0], expected, rtol=1e-4, atol=1e-5)
+    assert "activations.steps" not in trace.records  # nothing per generation step in the lecture set
 
 
 class RunEndThreads:
