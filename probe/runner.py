@@ -127,15 +127,18 @@ def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store, name: 
     unfinished one is removed, and the error goes on.
     """
     pending: deque[tuple[Run, TraceWriter]] = deque()
+
+    def oldest():
+        done, writer = pending.popleft()
+        return done, writer.wait()
+
     with WriteQueue() as queue:
         for run in tracer.trace_many(clips, batch_size=batch_size):
             pending.append((run, begin_trace(tracer, run, store, name, queue)))
             while pending and pending[0][1].written():
-                done, writer = pending.popleft()
-                yield done, writer.wait()
+                yield oldest()
         while pending:
-            done, writer = pending.popleft()
-            yield done, writer.wait()
+            yield oldest()
 
 
 def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), store=None, name: str | None = None,
