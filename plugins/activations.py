@@ -130,12 +130,12 @@ class Plugin:
         for name, items in state["captured"].items():
             items[:] = [item for item in items if kept(item[0], item[1], name)]
         state["steps"] = [row for row in state["steps"] if kept(row["window"], row["step"], "decoder")]
-        for name, items in state.pop("decoder_summary").items():
+        summaries, state["decoder_summary"] = state["decoder_summary"], {}
+        for name, items in summaries.items():
             tensors = [t for w, step, t in items if kept(w, step, name)]  # [batch(beam), position, d_model]
             if tensors:
                 norms = torch.cat(tensors, dim=1).float().norm(dim=-1)  # [batch(beam), position]
                 state["captured"].setdefault(name, []).append((window.index, items[0][1], norms))
-        state["decoder_summary"] = {}
         for items in state["captured"].values():  # this window's captures leave the device, without waiting
             items[:] = [(w, step, to_host(t) if w == window.index and isinstance(t, torch.Tensor) else t)
                         for w, step, t in items]

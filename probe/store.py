@@ -332,8 +332,8 @@ class TraceWriter:
             raise ValueError("this trace already has audio")
         json.dumps(audio_fields)
 
-        def write():
-            (self._dir / AUDIO_FILE).write_bytes(_checked_flac(flac() if callable(flac) else flac))
+        def write():  # bytes are checked now; what a function makes, when it is made
+            (self._dir / AUDIO_FILE).write_bytes(_checked_flac(flac()) if callable(flac) else flac)
 
         if not callable(flac):
             _checked_flac(flac)
