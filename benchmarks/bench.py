@@ -23,6 +23,8 @@ decoding length FIXED (``min_new_tokens == max_new_tokens``), so arms do the sam
 - dashboard first view: in a fresh process, open the largest trace made here and draw
   ``probe.figures.FIGURES["waveform"]`` / ``["cross_attention"]`` to PNG as the dashboard does.
 
+The process starts with :func:`probe.malloc.keep_freed_memory` (as ``probe run`` does), so every
+arm, plain included, runs with glibc keeping freed memory for reuse.
 Arms are warmed up once, then run round-robin (the order rotates each repeat) so slow drift on a
 shared machine hits every arm alike.  Run ``python benchmarks/bench.py --help``; see benchmarks/README.md.
 """
@@ -62,6 +64,7 @@ import torch  # noqa: E402
 
 import probe  # noqa: E402
 from probe.audio import audio_from_array, load_audio  # noqa: E402
+from probe.malloc import keep_freed_memory  # noqa: E402
 from probe.models import LoadedModel, load_model, quiet_transformers, tiny_random_model  # noqa: E402
 from probe.plugin_manager import get_plugin_manager  # noqa: E402
 from probe.runner import trace_clips, write_trace  # noqa: E402
@@ -825,8 +828,10 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = keep_freed_memory()  # as `probe run` does; before any arm, so plain decoding gets it too
     started = time.perf_counter()
     machine = machine_info()
+    machine["malloc"] = malloc
     log(f"loading {args.model} on {args.device} ...")
     t0 = time.perf_counter()
     loaded = build_model(args.model, args.device, args.dtype)

@@ -3,7 +3,9 @@
 From the replay of each window's chosen tokens it keeps the cross-attention probabilities of every
 decoder layer and head for every emitted token, cropped to the encoder frames that hold audio, and
 derives word timestamps from the model's alignment heads with :mod:`probe.alignment` (median filter
-+ DTW, as openai-whisper and faster-whisper do).
++ DTW, as openai-whisper and faster-whisper do).  The filter and the DTW are handed to the trace
+writer as functions (``writer.add_json(name, function)``), so with ``probe run`` they run on the
+writer's thread while the next clips decode.
 
 Records:
 - ``cross_attention.weights`` [layer, head, token, frame] float16 — tokens of all windows in order;
@@ -16,6 +18,8 @@ Records:
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -70,16 +74,16 @@ class Plugin:
         heads = run.loaded.alignment_heads
         aligned = torch.stack([every[layer, head] for layer, head in heads])[:, kept].float()  # [head, row, frame]
         aligned = aligned / aligned.sum(-1, keepdim=True)
-        text_tokens = [window.tokens[i] for i in text_rows]
-        matrix = alignment_matrix(aligned)[first:first + len(rows)].cpu().numpy()  # [text_token + 1, frame]
-        words = (words_from_alignment(matrix, text_tokens, run.tokenizer, window.language, run.eot,
-                                      offset=window.start) if text_tokens else [])
+        # Both leave the device now without waiting; the median filter and DTW run where the
+        # trace is written (probe_run_end hands them over as functions), off the decoding thread.
         state["windows"].append({
-            "weights": to_host(weights.to(torch.float16)),  # off the device now, waited for at run end
-            "alignment": torch.from_numpy(matrix),
+            "weights": to_host(weights.to(torch.float16)),
+            "aligned": to_host(aligned),
+            "rows": slice(first, first + len(rows)),  # of ``aligned``: the rows the DTW walks
             "text_rows": text_rows,
             "aligned_rows": rows,
-            "words": [{**w, "window": window.index} for w in words],
+            "text_tokens": [window.tokens[i] for i in text_rows],
+            "index": window.index, "language": window.language, "start": window.start,
         })
 
     @hookimpl
@@ -87,11 +91,8 @@ class Plugin:
         windows = run.state[self.name]["windows"]
         if not windows:
             return
+        tokenizer, eot = run.tokenizer, run.eot
         frames = max(w["weights"].shape[-1] for w in windows)
-        weights = torch.cat([F.pad(w["weights"].wait(), (0, frames - w["weights"].shape[-1])) for w in windows],
-                            dim=2)
-        alignment = torch.cat([F.pad(w["alignment"], (0, frames - w["alignment"].shape[-1])) for w in windows])
-        tokenizer = run.tokenizer
         token_rows = []
         for result, captured in zip(run.windows, windows):
             text_rows, aligned_rows = set(captured["text_rows"]), set(captured["aligned_rows"])
@@ -99,10 +100,32 @@ class Plugin:
                 token_rows.append({"window": result.index, "step": step, "token_id": int(token_id),
                                    "token": tokenizer.decode([token_id]), "is_text": step in text_rows,
                                    "aligned": step in aligned_rows})
+
+        def weights():  # [layer, head, token, frame], every window's tokens in order
+            return torch.cat([F.pad(w["weights"].wait(), (0, frames - w["weights"].shape[-1])) for w in windows],
+                             dim=2)
+
+        @functools.cache
+        def alignments() -> list[tuple[np.ndarray, list[dict]]]:  # per window: (matrix, words), made once
+            return [_alignment_and_words(w, tokenizer, eot) for w in windows]
+
+        def alignment():  # [aligned_token, frame]
+            return np.concatenate([np.pad(m, ((0, 0), (0, frames - m.shape[-1]))) for m, _ in alignments()])
+
         axes = {"axes": ["layer", "head", "token", "frame"], "frames_per_second": 50}
+        # functions: made where the trace is written (a background thread while the next clips decode)
         writer.add_tensor("cross_attention.weights", weights, plugin=self.name, meta=axes)
-        writer.add_tensor("cross_attention.alignment", alignment.numpy().astype(np.float32), plugin=self.name,
+        writer.add_tensor("cross_attention.alignment", alignment, plugin=self.name,
                           meta={"axes": ["aligned_token", "frame"], "alignment_heads": run.loaded.alignment_heads})
         writer.add_table("cross_attention.tokens", token_rows, plugin=self.name)
-        words = [w for captured in windows for w in captured["words"]]
-        writer.add_json("cross_attention.words", words, plugin=self.name)
+        writer.add_json("cross_attention.words", lambda: [w for _, words in alignments() for w in words],
+                        plugin=self.name)
+
+
+def _alignment_and_words(captured: dict, tokenizer, eot: int) -> tuple[np.ndarray, list[dict]]:
+    """One window's alignment matrix [text_token + 1, frame] (float32) and its timed words."""
+    aligned = captured["aligned"].wait().float()  # [head, row, frame] on the host
+    matrix = alignment_matrix(aligned, rows=captured["rows"]).numpy().astype(np.float32)
+    words = (words_from_alignment(matrix, captured["text_tokens"], tokenizer, captured["language"], eot,
+                                  offset=captured["start"]) if captured["text_tokens"] else [])
+    return matrix, [{**w, "window": captured["index"]} for w in words]

@@ -25,12 +25,29 @@ APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 SENTENCE_END = ".。!！?？"
 
 
+def _median_network(width: int) -> list[tuple[int, bool, bool]]:
+    """The odd-even transposition sort of ``width`` lanes, pruned to what decides the middle lane.
+
+    Returns comparators ``(k, keep_min, keep_max)`` on lanes ``k, k + 1`` in order: one whose
+    outputs never reach the median is dropped, and of the rest only the needed half (the min into
+    lane ``k``, the max into lane ``k + 1``) is computed.  The median is unchanged, exactly.
+    """
+    comparators = [k for round_ in range(width) for k in range(round_ % 2, width - 1, 2)]
+    needed, network = {width // 2}, []
+    for k in reversed(comparators):
+        keep_min, keep_max = k in needed, k + 1 in needed
+        if keep_min or keep_max:
+            network.append((k, keep_min, keep_max))
+            needed |= {k, k + 1}
+    return network[::-1]
+
+
 def median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
     """Median over a sliding window along the last axis, reflect-padded (width odd).
 
-    The ``width`` shifted copies are sorted elementwise by an odd-even transposition network
-    (``width`` rounds of min/max), which is exact and a few times faster than ``Tensor.median``
-    over an unfolded view.
+    The ``width`` shifted copies are sorted elementwise by an odd-even transposition network,
+    pruned to the comparisons the middle lane depends on (:func:`_median_network`): exact, and a
+    few times faster than ``Tensor.median`` over an unfolded view.
     """
     pad = width // 2
     if x.shape[-1] <= pad:
@@ -38,17 +55,24 @@ def median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
     frames = x.shape[-1]
     padded = F.pad(x.reshape(1, -1, frames), (pad, pad), mode="reflect").reshape(*x.shape[:-1], -1)
     lanes = [padded[..., k:k + frames] for k in range(width)]  # lanes[k][..., t] = x[..., t + k - pad]
-    for round_ in range(width):
-        for k in range(round_ % 2, width - 1, 2):
-            lanes[k], lanes[k + 1] = torch.minimum(lanes[k], lanes[k + 1]), torch.maximum(lanes[k], lanes[k + 1])
+    for k, keep_min, keep_max in _median_network(width):
+        low, high = lanes[k], lanes[k + 1]
+        if keep_min:
+            lanes[k] = torch.minimum(low, high)
+        if keep_max:
+            lanes[k + 1] = torch.maximum(low, high)
     return lanes[pad]
 
 
-def alignment_matrix(weights: torch.Tensor, width: int = MEDIAN_FILTER_WIDTH) -> torch.Tensor:
-    """weights: [head, token, frame] attention probabilities → [token, frame] alignment scores."""
+def alignment_matrix(weights: torch.Tensor, width: int = MEDIAN_FILTER_WIDTH, rows: slice = slice(None)) -> torch.Tensor:
+    """weights: [head, token, frame] attention probabilities → [token, frame] alignment scores.
+
+    Each head is z-scored over all its tokens; ``rows`` picks the tokens to filter and return (the
+    median filter runs along frames, so leaving the others out changes nothing in these).
+    """
     weights = weights.float()
     std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
-    weights = (weights - mean) / std.clamp_min(1e-10)
+    weights = (weights[:, rows] - mean) / std.clamp_min(1e-10)
     return median_filter(weights, width).mean(0)
 
 

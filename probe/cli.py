@@ -199,12 +199,14 @@ def _print_result(result: dict, out) -> None:
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
+    from probe.malloc import keep_freed_memory
     from probe.models import load_model
     from probe.plugin_manager import get_plugin_manager
     from probe.runner import trace_clips
     from probe.store import Store
     from probe.tracer import DecodeOptions, Tracer
 
+    keep_freed_memory()  # freed blocks are reused, not faulted in again (probe/malloc.py)
     clips, count = _inputs(args)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     if loaded.note:

@@ -11,7 +11,10 @@ probabilities.  Rather than switch the whole model to eager attention, the reque
 modules alone are routed through a registered transformers attention function that calls the
 model's own implementation unchanged and then recomputes ``softmax(q·kᵀ + mask)`` from the queries
 and keys it was given (the same tensors, including cached keys during generation).  Only those
-modules pay for it; the output still comes from the original kernel.
+modules pay for it; the output still comes from the original kernel, so decoding is untouched.
+Where nothing is decoded from the output (the teacher-forced replay), ``attach(...,
+outputs_from_patterns=True)`` has those modules compute their output from the same probabilities
+as eager attention does (``probs·v``) instead of running the kernel as well.
 """
 
 from __future__ import annotations
@@ -75,7 +78,14 @@ def attention_probabilities(module, query: torch.Tensor, key: torch.Tensor, atte
 
 
 def _pattern_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """Attention function registered with transformers: original kernel, plus the probabilities."""
+    """Attention function registered with transformers: original kernel, plus the probabilities.
+
+    query/key/value: [batch, head, position, head_dim]; returns ([batch, query, head, head_dim], weights).
+    """
+    if module._probe_outputs_from_patterns and not module.training and kwargs.get("head_mask") is None:
+        probs = attention_probabilities(module, query, key, attention_mask, scaling)  # [batch, head, query, key]
+        module._probe_pattern_capture(probs.detach())
+        return torch.matmul(probs.to(value.dtype), value).transpose(1, 2).contiguous(), None
     original = module._probe_original_attention
     attn_output, attn_weights = original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     probs = attn_weights if attn_weights is not None else attention_probabilities(
@@ -102,11 +112,13 @@ def original_attention_function(module) -> Callable:
     return ALL_ATTENTION_FUNCTIONS[impl]
 
 
-def _route_pattern(module, captures: list[Callable[[torch.Tensor], None]]) -> Callable[[], None]:
+def _route_pattern(module, captures: list[Callable[[torch.Tensor], None]],
+                   outputs_from_patterns: bool = False) -> Callable[[], None]:
     """Send ``module``'s attention through :func:`_pattern_attention`; return the undo."""
     _register_pattern_attention()
     original_config = module.config
     module._probe_original_attention = original_attention_function(module)
+    module._probe_outputs_from_patterns = outputs_from_patterns
 
     def capture_all(probs):
         for capture in captures:
@@ -123,16 +135,21 @@ def _route_pattern(module, captures: list[Callable[[torch.Tensor], None]]) -> Ca
         module.config = original_config
         del module._probe_original_attention
         del module._probe_pattern_capture
+        del module._probe_outputs_from_patterns
 
     return undo
 
 
 @contextmanager
-def attach(model: torch.nn.Module, points: Iterable[HookPoint], capture: Capture):
+def attach(model: torch.nn.Module, points: Iterable[HookPoint], capture: Capture,
+           outputs_from_patterns: bool = False):
     """Hook ``points`` on ``model`` for the duration of the ``with`` block.
 
     ``capture(point, tensor)`` receives detached tensors (shapes as in :mod:`probe.points`).
-    Everything registered here is removed on exit, whatever happened inside.
+    ``outputs_from_patterns``: attention modules whose pattern is hooked return ``probs·v`` (eager
+    attention's arithmetic on the captured probabilities) rather than also running their kernel;
+    for passes whose outputs decide nothing (the replay).  Everything registered here is removed
+    on exit, whatever happened inside.
     """
     undo: list[Callable[[], None]] = []
     patterns: dict[str, list] = {}
@@ -148,7 +165,7 @@ def attach(model: torch.nn.Module, points: Iterable[HookPoint], capture: Capture
             else:  # pragma: no cover - HookPoint kinds are fixed
                 raise ValueError(point.kind)
         for module_path, captures in patterns.items():
-            undo.append(_route_pattern(model.get_submodule(module_path), captures))
+            undo.append(_route_pattern(model.get_submodule(module_path), captures, outputs_from_patterns))
         yield
     finally:
         for remove in reversed(undo):

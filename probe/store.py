@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from probe.errors import StoreError
+from probe.errors import PluginError, StoreError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -306,22 +306,53 @@ class TraceWriter:
         self._fields.update(fields)
 
     def add_tensor(self, name: str, array: Any, plugin: str, meta: dict | None = None) -> None:
-        """Store a numpy array or torch tensor (copied to host) as ``tensors/<name>.safetensors``."""
+        """Store a numpy array or torch tensor (copied to host) as ``tensors/<name>.safetensors``.
+
+        ``array`` may also be a function making it: see :meth:`_add` (made where files are written).
+        """
+        if callable(array):
+            self._add(name, "tensor", plugin, meta, None, None, array, self._write_tensor)
+            return
         shape, dtype, host = _host_array(array)
         self._add(name, "tensor", plugin, meta, shape, dtype,
                   lambda path: save_file({_TENSOR_KEY: host()}, str(path)))
 
     def add_table(self, name: str, rows: Any, plugin: str, meta: dict | None = None) -> None:
-        """Store a list of row dicts or a dict of columns as ``tables/<name>.parquet``."""
-        table = pa.Table.from_pylist(rows) if isinstance(rows, list) else pa.table(rows)
+        """Store a list of row dicts or a dict of columns as ``tables/<name>.parquet``
+        (or a function making them)."""
+        if callable(rows):
+            self._add(name, "table", plugin, meta, None, None, rows, self._write_table)
+            return
+        table = _arrow_table(rows)
         self._add(name, "table", plugin, meta, [table.num_rows, table.num_columns], None,
                   lambda path: pq.write_table(table, path))
 
     def add_json(self, name: str, obj: Any, plugin: str, meta: dict | None = None) -> None:
-        """Store any JSON-able value as ``json/<name>.json``."""
+        """Store any JSON-able value as ``json/<name>.json`` (or a function making it)."""
+        if callable(obj):
+            self._add(name, "json", plugin, meta, None, None, obj, self._write_json)
+            return
         text = json.dumps(obj)
         self._add(name, "json", plugin, meta, None, None,
                   lambda path: path.write_text(text, encoding="utf-8"))
+
+    # Writing what a function made; each returns the record's (shape, dtype) for the manifest.
+    @staticmethod
+    def _write_tensor(value: Any, path: Path) -> tuple[list[int], str]:
+        shape, dtype, host = _host_array(value)
+        save_file({_TENSOR_KEY: host()}, str(path))
+        return shape, dtype
+
+    @staticmethod
+    def _write_table(value: Any, path: Path) -> tuple[list[int], None]:
+        table = _arrow_table(value)
+        pq.write_table(table, path)
+        return [table.num_rows, table.num_columns], None
+
+    @staticmethod
+    def _write_json(value: Any, path: Path) -> tuple[None, None]:
+        path.write_text(json.dumps(value), encoding="utf-8")
+        return None, None
 
     def add_audio(self, flac: bytes | Callable[[], bytes], sample_rate: int = 16000, **audio_fields: Any) -> None:
         """Keep the compressed audio as ``audio.flac``; ``audio_fields`` (source, sha256,
@@ -382,17 +413,17 @@ class TraceWriter:
             self.abort()  # after a commit this does nothing
 
     def _finish(self) -> None:
-        """Build the manifest now; write it and publish the trace now or on the queue."""
+        """Write the manifest and publish the trace, now or on the queue (after the record jobs,
+        so the shapes of records made there are known)."""
         self._check_open()
-        manifest = {"schema_version": SCHEMA_VERSION, "id": self.id,
-                    "created": self._created.isoformat(), **self._fields,
-                    "records": self._records}
-        if self._audio is not None:
-            manifest["audio"] = {**(manifest.get("audio") or {}), **self._audio}
-        text = json.dumps(manifest, indent=1)
+        fields, audio = dict(self._fields), self._audio
 
         def publish():
-            (self._dir / MANIFEST).write_text(text, encoding="utf-8")
+            manifest = {"schema_version": SCHEMA_VERSION, "id": self.id,
+                        "created": self._created.isoformat(), **fields, "records": self._records}
+            if audio is not None:
+                manifest["audio"] = {**(manifest.get("audio") or {}), **audio}
+            (self._dir / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
             _fsync_tree(self._dir)  # the rename must never publish data still in a cache
             os.rename(self._dir, self.store.path / self.id)
             _remove_if_empty(self._dir.parent)
@@ -450,7 +481,16 @@ class TraceWriter:
             staging.rmdir()
 
     def _add(self, name: str, kind: str, plugin: str, meta: dict | None,
-             shape: list | None, dtype: str | None, write: Callable[[Path], Any]) -> None:
+             shape: list | None, dtype: str | None, write: Callable[[Path], Any],
+             made_by: Callable[[Any, Path], tuple] | None = None) -> None:
+        """Register record ``name`` and queue (or run) the job writing its file.
+
+        With ``made_by``, ``write`` is a function of no arguments that makes the value: it is
+        called where the file is written (on a :class:`WriteQueue`'s thread, off decoding), then
+        ``made_by(value, path)`` writes it and gives the shape and dtype the manifest lists.
+        Such a function must only compute (no plugin state, no model); what it raises fails the
+        trace with a :class:`~probe.errors.PluginError` naming the plugin and record.
+        """
         self._check_open()
         if not isinstance(name, str) or not name:
             raise ValueError(f"record names are non-empty strings, not {name!r}")
@@ -461,15 +501,27 @@ class TraceWriter:
         json.dumps(meta)
         rel = self._file_for(name, kind)
         path = self._dir / rel
+        record = {"plugin": plugin, "kind": kind, "file": rel, "shape": shape, "dtype": dtype, "meta": meta or {}}
 
         def job():
             path.parent.mkdir(exist_ok=True)
-            write(path)
+            if made_by is None:
+                write(path)
+                return
+            try:
+                value = write()
+            except Exception as exc:
+                raise PluginError(f"plugin {plugin!r} raised making record {name!r}: {type(exc).__name__}:"
+                                  f" {exc} (disable it with -p no:{plugin})") from exc
+            try:
+                record["shape"], record["dtype"] = made_by(value, path)
+            except (ValueError, TypeError, pa.ArrowException) as exc:
+                raise PluginError(f"plugin {plugin!r} made record {name!r} as something it cannot store:"
+                                  f" {exc}") from exc
 
         self._io(job)
         self._files.add(rel.casefold())
-        self._records[name] = {"plugin": plugin, "kind": kind, "file": rel, "shape": shape,
-                               "dtype": dtype, "meta": meta or {}}
+        self._records[name] = record
 
     def _file_for(self, name: str, kind: str) -> str:
         # Record names are free text ("activations.encoder.blocks.0.hook_resid_post"); a name
@@ -724,6 +776,11 @@ def _read_every_record(trace: Trace) -> None:
         else:
             trace.record(name)
     trace.audio_bytes()
+
+
+def _arrow_table(rows: Any) -> pa.Table:
+    """A list of row dicts or a dict of columns as an Arrow table."""
+    return pa.Table.from_pylist(rows) if isinstance(rows, list) else pa.table(rows)
 
 
 def _host_array(array: Any) -> tuple[list[int], str, Callable[[], np.ndarray]]:

@@ -422,7 +422,8 @@ class Tracer:
         longest = max(len(sequence) for sequence in sequences)
         ids = torch.tensor([sequence + [self.eot] * (longest - len(sequence)) for sequence in sequences],
                            device=encoder_hidden.device)  # [batch, query]
-        with hooks_mod.attach(model, replay_points, router):
+        # nothing is decoded from this pass: patterned attention returns probs·v, not its kernel too
+        with hooks_mod.attach(model, replay_points, router, outputs_from_patterns=True):
             hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
                                          **_cache_kwargs(model.model.decoder, cross_cache)
                                          ).last_hidden_state  # [batch, query, d_model]

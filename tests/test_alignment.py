@@ -1,4 +1,4 @@
-"""probe.alignment's DTW and median filter equal openai-whisper's, including on ties."""
+"""probe.alignment's DTW, median filter and alignment matrix equal openai-whisper's, including on ties."""
 
 import numpy as np
 import torch
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from whisper.timing import dtw_cpu, median_filter as openai_median_filter
 
-from probe.alignment import dtw, median_filter
+from probe.alignment import alignment_matrix, dtw, median_filter
 
 
 @st.composite
@@ -32,4 +32,22 @@ def test_dtw_path_equals_openai_whisper(cost):
 @given(st.integers(1, 12), st.integers(1, 400), st.sampled_from([3, 5, 7]), st.integers(0, 2**32 - 1))
 def test_median_filter_equals_openai_whisper(rows, frames, width, seed):
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal((2, rows, frames), dtype=np.float32))
+    if seed % 2:  # few distinct values: ties inside the window
+        x = x.round()
     torch.testing.assert_close(median_filter(x, width), openai_median_filter(x, width), atol=0, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 20), st.integers(8, 300), st.data())
+def test_alignment_matrix_rows_equal_openai_whisper_steps(tokens, frames, data):
+    """timing.py's recipe (z-score over all tokens, median filter, head mean, then the rows kept),
+    with ``rows`` filtering only the rows returned."""
+    start = data.draw(st.integers(0, tokens - 1))
+    stop = data.draw(st.integers(start + 1, tokens))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    weights = torch.from_numpy(np.random.default_rng(seed).random((4, tokens, frames), dtype=np.float32))
+    weights = weights / weights.sum(-1, keepdim=True)  # [head, token, frame], rows of probabilities
+    std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
+    expected = openai_median_filter((weights - mean) / std, 7).mean(0)[start:stop]
+    torch.testing.assert_close(alignment_matrix(weights, rows=slice(start, stop)), expected, atol=0, rtol=0)
+    torch.testing.assert_close(alignment_matrix(weights)[start:stop], expected, atol=0, rtol=0)

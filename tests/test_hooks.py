@@ -86,6 +86,44 @@ def test_patterns_equal_eager_attention(tiny, tone, implementation):
                                    atol=1e-5, rtol=1e-4)
 
 
+def test_outputs_from_patterns_skip_the_kernel_and_match_it(tiny, tone, monkeypatch):
+    """The replay's routing: patterns equal eager attention, outputs are probs·v (close to the
+    kernel's), and the model's own attention kernel is not run a second time."""
+    from probe import hooks as hooks_mod
+
+    model = tiny.model
+    features = _features(tiny, tone)
+    plain = _forward(model, features, DECODER_IDS).logits
+    eager = _forward(_eager_copy(tiny), features, DECODER_IDS, output_attentions=True)
+    kernel_calls = []
+    original = hooks_mod.original_attention_function
+
+    def counting(module):
+        function = original(module)
+
+        def wrapped(*args, **kwargs):
+            kernel_calls.append(module)
+            return function(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(hooks_mod, "original_attention_function", counting)
+    seen = {}
+    points = select_points(model.config, ["decoder.blocks.*.cross_attn.hook_pattern", "decoder.blocks.*.attn.hook_pattern"])
+    with attach(model, points, lambda point, tensor: seen.__setitem__(point.name, tensor), outputs_from_patterns=True):
+        routed = _forward(model, features, DECODER_IDS).logits
+    assert hooks_left(model) == 0 and not hasattr(model.model.decoder.layers[0].encoder_attn, "_probe_outputs_from_patterns")
+    assert kernel_calls == []
+    torch.testing.assert_close(routed, plain, atol=1e-4, rtol=1e-4)
+    for i in range(model.config.decoder_layers):
+        torch.testing.assert_close(seen[f"decoder.blocks.{i}.cross_attn.hook_pattern"], eager.cross_attentions[i],
+                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(seen[f"decoder.blocks.{i}.attn.hook_pattern"], eager.decoder_attentions[i],
+                                   atol=1e-5, rtol=1e-4)
+    with attach(model, points, lambda point, tensor: None):  # the default still runs the kernel
+        _forward(model, features, DECODER_IDS)
+    assert len(kernel_calls) == 2 * model.config.decoder_layers
+
+
 def test_patterns_during_cached_generation_equal_eager_rows(tiny, tone):
     """Each generation step's self/cross-attention row equals the eager full-sequence row."""
     model = tiny.model

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import probe.store
-from probe.errors import StoreError
+from probe.errors import PluginError, StoreError
 from probe.store import SCHEMA_VERSION, Store, Trace, TraceInfo, WriteQueue, default_store_dir
 
 FLAC = b"fLaC" + bytes(range(60))  # the store keeps bytes as given; decoding is probe.audio's
@@ -299,6 +299,58 @@ def test_queued_writer_checks_dtypes_when_handed_over(store):
     with WriteQueue() as queue, pytest.raises(ValueError, match="cannot store a complex128"):
         with store.writer(queue=queue) as writer:
             writer.add_tensor("z", np.zeros(3, dtype=np.complex128), "p")
+    assert len(store) == 0 and leftovers(store) == []
+
+
+def test_records_made_by_functions_where_the_files_are_written(store, queue):
+    """add_* given a function: it is called where the files are written (the queue's thread when
+    queued), once, and the manifest lists the shape and dtype of what it made."""
+    calls = []
+
+    def made(value):
+        def make():
+            calls.append(threading.get_ident())
+            return value
+        return make
+
+    with store.writer(name="made", queue=queue) as writer:
+        writer.add_tensor("t", made(torch.arange(6, dtype=torch.float16).reshape(2, 3)), "p", meta={"axes": ["a", "b"]})
+        writer.add_tensor("n", made(np.arange(4, dtype=np.int32)), "p")
+        writer.add_table("rows", made([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]), "p")
+        writer.add_json("j", made({"words": [1, 2]}), "p")
+        assert writer.has("t") and writer.has("j")
+    trace = writer.wait()
+    assert len(calls) == 4
+    if queue is None:
+        assert set(calls) == {threading.get_ident()}
+    else:
+        assert threading.get_ident() not in calls
+    assert trace.records["t"]["shape"] == [2, 3] and trace.records["t"]["dtype"] == "float16"
+    assert trace.records["t"]["meta"] == {"axes": ["a", "b"]}
+    assert trace.records["n"]["shape"] == [4] and trace.records["n"]["dtype"] == "int32"
+    assert trace.records["rows"]["shape"] == [2, 2]
+    assert trace.tensor("t").tolist() == [[0, 1, 2], [3, 4, 5]] and trace.tensor("n").tolist() == [0, 1, 2, 3]
+    assert trace.table("rows") == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    assert trace.json("j") == {"words": [1, 2]}
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize("kind", ["raises", "unstorable"])
+def test_a_record_function_that_fails_names_the_plugin_and_leaves_nothing(store, queue, kind):
+    def broken():
+        if kind == "raises":
+            raise ZeroDivisionError("division by zero")
+        return np.zeros(3, dtype=np.complex128)
+
+    message = "raised making record 'words'" if kind == "raises" else "made record 'words' as something it cannot store"
+    with pytest.raises(PluginError, match=f"plugin 'aligner' {message}"):
+        with store.writer(name="doomed", queue=queue) as writer:
+            writer.add_json("ok", {"a": 1}, "aligner")
+            if kind == "raises":
+                writer.add_json("words", broken, "aligner")
+            else:
+                writer.add_tensor("words", broken, "aligner")
+        writer.wait()
     assert len(store) == 0 and leftovers(store) == []
 
 
