@@ -6,7 +6,9 @@ Per generated token: the token, its probability and log-probability under the mo
 ``generate()`` chose each token from (``hook_logits`` at every step: nothing is recomputed); with
 beam search a step's rows belong to beams, so they come from the replay of the chosen sequence.
 Per window: the language-detection distribution, the no-speech probability and the forced prompt
-tokens.
+tokens.  The statistics are reduced on the device as each window ends and copied off it without
+waiting; the per-token table (decoding every top-k alternative to text) is made on the writer's
+thread.
 
 Records: ``token_probs.tokens`` (table), ``token_probs.top_k_ids`` [token, k] int32,
 ``token_probs.top_k_probs`` [token, k] float32, ``token_probs.multitask`` (json).
@@ -14,10 +16,13 @@ Records: ``token_probs.tokens`` (table), ``token_probs.top_k_ids`` [token, k] in
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 from probe.hookspecs import hookimpl
+from probe.transfer import to_host
 
 __version__ = "1.0"
 
@@ -77,7 +82,7 @@ class Plugin:
             state["steps"].append(tensor[0, -1].clone())  # [vocab]; a copy, not a view of the whole batch
             return
         logits = tensor[0, ctx.prompt_length - 1:len(ctx.tokens) - 1]  # [token, vocab]: emitting positions
-        state["windows"].append(token_stats(logits, ctx.tokens[ctx.prompt_length:], top_k(run)))
+        state["windows"].append(_to_host(token_stats(logits, ctx.tokens[ctx.prompt_length:], top_k(run))))
 
     @hookimpl
     def probe_window_end(self, run, window):
@@ -86,39 +91,46 @@ class Plugin:
         if steps:  # a batched row goes on after its <|endoftext|>: those steps are padding
             if len(steps) < len(window.tokens):
                 raise RuntimeError(f"saw {len(steps)} decoding steps for {len(window.tokens)} tokens")
-            state["windows"].append(token_stats(torch.stack(steps[:len(window.tokens)]), window.tokens, top_k(run)))
+            state["windows"].append(_to_host(token_stats(torch.stack(steps[:len(window.tokens)]), window.tokens,
+                                                         top_k(run))))
 
     @hookimpl
     def probe_run_end(self, run, writer):
         tokenizer = run.tokenizer
-        gen = run.model.generation_config
-        first_ts = gen.no_timestamps_token_id + 1
-        rows, all_ids, all_probs = [], [], []
-        for window, (chosen, entropy, top_ids, top_probs) in zip(run.windows, run.state[self.name]["windows"]):
-            chosen, entropy = chosen.cpu().numpy(), entropy.cpu().numpy()
-            top_ids, top_probs = top_ids.cpu().numpy().astype(np.int32), top_probs.cpu().numpy().astype(np.float32)
-            all_ids.append(top_ids)
-            all_probs.append(top_probs)
-            for step, token_id in enumerate(window.tokens):
-                rows.append({
-                    "window": window.index,
-                    "step": step,
-                    "position": len(window.prompt) + step,
-                    "token_id": int(token_id),
-                    "token": tokenizer.decode([token_id]),
-                    "kind": token_kind(token_id, run.eot, first_ts),
-                    "prob": float(np.exp(chosen[step])),
-                    "logprob": float(chosen[step]),
-                    "entropy": float(entropy[step]),
-                    "top_k_ids": top_ids[step].tolist(),
-                    "top_k_tokens": [tokenizer.decode([t]) for t in top_ids[step]],
-                    "top_k_probs": [round(float(p), 6) for p in top_probs[step]],
-                })
-        if rows:
-            writer.add_table("token_probs.tokens", rows, plugin=self.name)
-            writer.add_tensor("token_probs.top_k_ids", np.concatenate(all_ids), plugin=self.name,
+        eot, first_ts = run.eot, run.model.generation_config.no_timestamps_token_id + 1
+        windows = [(w.index, len(w.prompt), list(w.tokens)) for w in run.windows]
+        stats = run.state[self.name]["windows"]
+
+        @functools.cache
+        def made() -> tuple[list[dict], np.ndarray, np.ndarray]:  # rows, top-k ids, top-k probs; made once
+            rows, all_ids, all_probs = [], [], []
+            for (index, prompt_length, tokens), kept in zip(windows, stats):
+                chosen, entropy, top_ids, top_probs = (copy.wait().numpy() for copy in kept)
+                top_ids, top_probs = top_ids.astype(np.int32), top_probs.astype(np.float32)
+                all_ids.append(top_ids)
+                all_probs.append(top_probs)
+                for step, token_id in enumerate(tokens):
+                    rows.append({
+                        "window": index,
+                        "step": step,
+                        "position": prompt_length + step,
+                        "token_id": int(token_id),
+                        "token": tokenizer.decode([token_id]),
+                        "kind": token_kind(token_id, eot, first_ts),
+                        "prob": float(np.exp(chosen[step])),
+                        "logprob": float(chosen[step]),
+                        "entropy": float(entropy[step]),
+                        "top_k_ids": top_ids[step].tolist(),
+                        "top_k_tokens": [tokenizer.decode([t]) for t in top_ids[step]],
+                        "top_k_probs": [round(float(p), 6) for p in top_probs[step]],
+                    })
+            return rows, np.concatenate(all_ids), np.concatenate(all_probs)
+
+        if any(tokens for _, _, tokens in windows):  # functions: made where the trace is written
+            writer.add_table("token_probs.tokens", lambda: made()[0], plugin=self.name)
+            writer.add_tensor("token_probs.top_k_ids", lambda: made()[1], plugin=self.name,
                               meta={"axes": ["token", "k"]})
-            writer.add_tensor("token_probs.top_k_probs", np.concatenate(all_probs), plugin=self.name,
+            writer.add_tensor("token_probs.top_k_probs", lambda: made()[2], plugin=self.name,
                               meta={"axes": ["token", "k"]})
         writer.add_json("token_probs.multitask", {"windows": [{
             "window": w.index,
@@ -129,3 +141,8 @@ class Plugin:
             "task": run.options.task,
             "prompt": [{"id": t, "token": s} for t, s in zip(w.prompt, tokenizer.convert_ids_to_tokens(w.prompt))],
         } for w in run.windows]}, plugin=self.name)
+
+
+def _to_host(stats: tuple[torch.Tensor, ...]) -> tuple:
+    """token_stats' tensors on their way off the device (copies started, not waited for)."""
+    return tuple(to_host(t) for t in stats)
