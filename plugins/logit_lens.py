@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
+from probe.transfer import to_device
 from probe.plugins.token_probs import top_k
 
 __version__ = "1.0"
@@ -51,7 +52,7 @@ class Plugin:
         normed = F.layer_norm(resid, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         logits = F.linear(normed, model.proj_out.weight).float()  # [token, vocab]
         probs = logits.softmax(-1)
-        emitted = torch.tensor(ctx.tokens[ctx.prompt_length:], device=logits.device)  # [token]
+        emitted = to_device(ctx.tokens[ctx.prompt_length:], logits.device)  # [token]
         chosen_logit = logits.gather(1, emitted[:, None])  # [token, 1]
         rank = (logits > chosen_logit).sum(-1)  # [token]
         top_probs, top_ids = probs.topk(k, dim=-1)  # [token, k]

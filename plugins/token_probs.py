@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from probe.hookspecs import hookimpl
-from probe.transfer import to_host
+from probe.transfer import to_device, to_host
 
 __version__ = "1.0"
 
@@ -44,7 +44,7 @@ def token_stats(logits: torch.Tensor, tokens: list[int], k: int) -> tuple[torch.
     """logits [token, vocab] and the tokens they emitted → (chosen log-prob [token], entropy [token]
     nats, top-k ids [token, k], top-k probs [token, k]), all still on the logits' device."""
     log_probs = logits.float().log_softmax(-1)
-    emitted = torch.tensor(tokens, device=logits.device)  # [token]
+    emitted = to_device(tokens, logits.device)  # [token]
     chosen = log_probs.gather(1, emitted[:, None])[:, 0]  # [token]
     entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)  # [token]
     top_log_probs, top_ids = log_probs.topk(k, dim=-1)  # [token, k]

@@ -11,7 +11,8 @@ took 200k–400k more minor page faults and 0.5–1 s more system time than deco
 threshold, so freed blocks are reused instead of returned.  It is process-wide: ``probe run`` and
 the benchmark call it once at start (the benchmark before any arm, so plain decoding gets it too);
 library users may call it themselves.  Settings the user gave glibc (``GLIBC_TUNABLES``,
-``MALLOC_*_`` variables) are left alone, and off glibc (macOS, musl, Windows) it does nothing.
+``MALLOC_*`` variables) or a preloaded allocator (jemalloc, tcmalloc) are left alone, and off glibc
+(macOS, musl, Windows) it does nothing.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def keep_freed_memory() -> dict:
         return _applied
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         _applied = {"applied": False, "why": "not glibc"}
-    elif "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(
-            key.startswith("MALLOC_") and key.endswith("_") for key in os.environ):
+    elif "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(key.startswith("MALLOC_") for key in os.environ):
         _applied = {"applied": False, "why": "the environment sets glibc malloc options"}
+    elif "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc: the user chose an allocator
+        _applied = {"applied": False, "why": "another allocator is preloaded"}
     else:
         try:
             mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from probe.store import Store, WriteQueue
-from probe.transfer import HostCopy, to_host
+from probe.transfer import HostCopy, to_device, to_host
 
 
 def test_cpu_tensor_is_handed_back_without_a_copy():
@@ -15,6 +15,19 @@ def test_cpu_tensor_is_handed_back_without_a_copy():
     host = copy.wait()
     assert host.data_ptr() == tensor.data_ptr() and torch.equal(host, tensor)  # no copy on a CPU
     assert copy.wait().data_ptr() == tensor.data_ptr()  # waiting twice is fine
+
+
+def test_to_device_on_a_cpu():
+    ids = to_device([50258, 3, 7], torch.device("cpu"))
+    assert ids.dtype == torch.long and ids.device.type == "cpu" and ids.tolist() == [50258, 3, 7]
+    assert to_device([0.5], "cpu", dtype=torch.float32).tolist() == [0.5]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_device_on_cuda_is_ordered_with_the_stream():
+    table = torch.arange(100, device="cuda") * 2
+    ids = to_device(list(range(0, 100, 7)), torch.device("cuda"))
+    assert ids.is_cuda and table[ids].tolist() == [2 * i for i in range(0, 100, 7)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
