@@ -124,8 +124,8 @@ class Plugin:
 
 def _alignment_and_words(captured: dict, tokenizer, eot: int) -> tuple[np.ndarray, list[dict]]:
     """One window's alignment matrix [text_token + 1, frame] (float32) and its timed words."""
-    aligned = captured["aligned"].wait().float()  # [head, row, frame] on the host
-    matrix = alignment_matrix(aligned, rows=captured["rows"]).numpy().astype(np.float32)
+    aligned = captured["aligned"].wait()  # [head, row, frame] float32, on the host
+    matrix = alignment_matrix(aligned, rows=captured["rows"]).numpy()  # float32
     words = (words_from_alignment(matrix, captured["text_tokens"], tokenizer, captured["language"], eot,
                                   offset=captured["start"]) if captured["text_tokens"] else [])
     return matrix, [{**w, "window": captured["index"]} for w in words]

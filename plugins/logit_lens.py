@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
-from probe.transfer import to_device
 from probe.plugins.token_probs import top_k
+from probe.transfer import to_device
 
 __version__ = "1.0"
 
