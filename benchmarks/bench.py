@@ -327,7 +327,9 @@ class Bench:
                                   self.options(), points=FULL_POINTS)
         self.generate_kwargs = dict(language="en", task="transcribe", min_new_tokens=args.tokens,
                                     max_new_tokens=args.tokens)
-        self.prompt = self.lecture_tracer.prompt("en")
+        gen = self.model.generation_config
+        self.prompt = [gen.decoder_start_token_id] + ([gen.lang_to_id["<|en|>"], gen.task_to_id["transcribe"]]
+                                                      if loaded.is_multilingual else []) + [gen.no_timestamps_token_id]
         self.eot = self.lecture_tracer.eot
         self.plain_tokens: list[int] | None = None
         self.plain_batch_tokens: list[list[int]] | None = None

@@ -173,7 +173,7 @@ def _result_json(run, loaded, trace=None) -> dict:
         "no_speech_probability": round(first.no_speech_probability, 4),
         "prompt": tokenizer.convert_ids_to_tokens(first.prompt),
         "windows": [_window_json(w) for w in run.windows],
-        "text": " ".join(w.text for w in run.windows if w.text).strip(),
+        "text": run.transcript,
     }
     if trace is not None:
         result.update(trace=trace.id, path=str(trace.path))
@@ -244,14 +244,15 @@ def cmd_run(args) -> int:
 def _dry_run(tracer, clips, as_json: bool) -> int:
     """Resolve plugins and hook points for each input and print the record size estimate."""
     for clip in clips:
-        run, windows = tracer.start(clip)
+        run = tracer.start(clip)
+        windows = run.window_spans
         estimate = run.state["estimate"]
         total = sum(estimate.values())
         if as_json:
-            print(json.dumps({"source": clip.source, "windows": len(windows), "expected_tokens": run.expected_tokens,
+            print(json.dumps({"source": clip.source, "windows_at_least": len(windows), "expected_tokens": run.expected_tokens,
                               "records": estimate, "total_bytes": total, "hooked": run.state["hooked"]}))
             continue
-        print(f"== {clip.source}: {len(windows)} window(s), up to {run.expected_tokens} tokens each")
+        print(f"== {clip.source}: {len(windows)} window(s) or more, up to {run.expected_tokens} tokens each")
         for name, size in sorted(estimate.items(), key=lambda item: -item[1]):
             print(f"  {size / 2**20:10.2f} MiB  {name}")
         print(f"  {total / 2**20:10.2f} MiB  total")

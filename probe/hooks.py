@@ -81,17 +81,25 @@ def _pattern_attention(module, query, key, value, attention_mask, scaling=None, 
     """Attention function registered with transformers: original kernel, plus the probabilities.
 
     query/key/value: [batch, head, position, head_dim]; returns ([batch, query, head, head_dim], weights).
+    The innermost :func:`attach` decides whether the output comes from the probabilities.
     """
-    if module._probe_outputs_from_patterns and not module.training and kwargs.get("head_mask") is None:
+    routes = module._probe_routes
+    if routes[-1][1] and not module.training and kwargs.get("head_mask") is None:
         probs = attention_probabilities(module, query, key, attention_mask, scaling)  # [batch, head, query, key]
-        module._probe_pattern_capture(probs.detach())
+        _capture_all(routes, probs.detach())
         return torch.matmul(probs.to(value.dtype), value).transpose(1, 2).contiguous(), None
     original = module._probe_original_attention
     attn_output, attn_weights = original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     probs = attn_weights if attn_weights is not None else attention_probabilities(
         module, query, key, attention_mask, scaling)
-    module._probe_pattern_capture(probs.detach())
+    _capture_all(routes, probs.detach())
     return attn_output, attn_weights
+
+
+def _capture_all(routes, probs: torch.Tensor) -> None:
+    for captures, _ in routes:
+        for capture in captures:
+            capture(probs)
 
 
 def _register_pattern_attention() -> None:
@@ -114,28 +122,29 @@ def original_attention_function(module) -> Callable:
 
 def _route_pattern(module, captures: list[Callable[[torch.Tensor], None]],
                    outputs_from_patterns: bool = False) -> Callable[[], None]:
-    """Send ``module``'s attention through :func:`_pattern_attention`; return the undo."""
-    _register_pattern_attention()
-    original_config = module.config
-    module._probe_original_attention = original_attention_function(module)
-    module._probe_outputs_from_patterns = outputs_from_patterns
+    """Send ``module``'s attention through :func:`_pattern_attention`; return the undo.
 
-    def capture_all(probs):
-        for capture in captures:
-            capture(probs)
-
-    module._probe_pattern_capture = captures[0] if len(captures) == 1 else capture_all
-    # A private config copy for this module only: the model-wide setting (and the masks the
-    # decoder builds from it) stay exactly as they were.
-    routed = copy.copy(original_config)
-    routed._attn_implementation_internal = PATTERN_ATTN_NAME
-    module.config = routed
+    Routes nest: an :func:`attach` inside another (the replay inside ``generate()``) adds its
+    captures to a module already routed, and removing the last route restores the module.
+    """
+    if not hasattr(module, "_probe_routes"):
+        _register_pattern_attention()
+        module._probe_config = module.config
+        module._probe_original_attention = original_attention_function(module)
+        module._probe_routes = []
+        # A private config copy for this module only: the model-wide setting (and the masks the
+        # decoder builds from it) stay exactly as they were.
+        routed = copy.copy(module.config)
+        routed._attn_implementation_internal = PATTERN_ATTN_NAME
+        module.config = routed
+    route = (captures, outputs_from_patterns)
+    module._probe_routes.append(route)
 
     def undo():
-        module.config = original_config
-        del module._probe_original_attention
-        del module._probe_pattern_capture
-        del module._probe_outputs_from_patterns
+        module._probe_routes.remove(route)
+        if not module._probe_routes:
+            module.config = module._probe_config
+            del module._probe_original_attention, module._probe_routes, module._probe_config
 
     return undo
 

@@ -71,7 +71,8 @@ def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
                   "original_channels": clip.original_channels, "channel": clip.channel, "file": "audio.flac"},
         "decode": run.options.to_dict(),
         "prompt": [{"id": t, "token": s} for t, s in zip(first.prompt, tokenizer.convert_ids_to_tokens(first.prompt))],
-        "transcript": " ".join(w.text for w in run.windows if w.text).strip(),
+        "transcript": run.transcript,
+        "sequence": run.sequence,  # the transcript's tokens, as plain generate() returns them
         "language": first.language,
         "language_probability": first.language_probability,
         "no_speech_probability": first.no_speech_probability,

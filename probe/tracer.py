@@ -1,15 +1,17 @@
-"""Tracing: real Whisper decoding of one clip, window by window, with plugins watching.
+"""Tracing: real Whisper decoding of clips, with plugins watching every window.
 
-For every 30 s window the tracer (1) computes the log-Mel features and runs the encoder, (2) runs
-one decoder step on ``<|startoftranscript|>`` to get the language distribution and the no-speech
-probability (as openai-whisper does), (3) calls transformers' own ``generate()`` with the encoder
-output — greedy or beam search, with or without timestamps — while the hook points plugins asked
-for are attached, and (4) replays the chosen token sequence once through the decoder, teacher-forced,
-for the per-token records (cross-attention, probabilities, logit lens).  Hooks only observe, so the
-tokens are exactly those of a plain ``generate()`` call; ``tests/test_faithful.py`` checks it.
+The tracer calls transformers' own ``model.generate(input_features, attention_mask=...)`` exactly
+as a user would — one call per batch of clips, whatever their length — with the hook points
+plugins asked for attached, while :class:`probe.longform.GenerateObserver` reports the loop inside
+it: each *window* (a ≤ 30 s slice starting at ``seek``), each fallback *attempt* at a temperature,
+and the timestamped *segments* that make the transcript.  As each window's decoding ends, its
+accepted token sequence is replayed once through the decoder, teacher-forced, for the per-token
+records (cross-attention, probabilities, logit lens), and the plugins' ``probe_window_end`` runs —
+so records leave the decoding loop window by window.  Hooks only observe, so the tokens are exactly
+those of the plain ``generate()`` call; ``tests/test_longform.py`` checks it.
 
 Plugins see a :class:`Run` (what is being traced), a :class:`CaptureContext` on each capture (phase,
-window, step) and a :class:`WindowResult` per window; they write records into the trace at the end.
+window, attempt, step) and a :class:`WindowResult` per window; they write records at the end.
 """
 
 from __future__ import annotations
@@ -17,37 +19,54 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from contextlib import contextmanager
+import zlib
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from probe import hooks as hooks_mod
-from probe.audio import AudioClip, Window, split_windows
+from probe.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioClip
 from probe.errors import MemoryBudgetError, OptionError, PluginError, ProbeError
+from probe.longform import Attempt, GenerateObserver, check_supported
 from probe.models import quiet_transformers
 from probe.plugin_manager import call_each, implementations, plugin_version
 from probe.points import HookPoint, select_points
 
 FRAMES_PER_SECOND = 50  # encoder frames: 1500 per 30 s window, 20 ms each
+MEL_FRAMES_PER_SECOND = 100  # log-Mel frames (hop 160 samples); seek counts these
 TASKS = ("transcribe", "translate")
 WARN_BYTES = 256 * 2**20  # say how much a trace will keep before recording more than this
+# openai-whisper's transcribe() defaults.  Its compression-ratio threshold, 2.4, is gzip over the
+# text; transformers compresses token bytes with zlib, where 1.35 is the documented equivalent.
+OPENAI_DEFAULTS = {"temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "compression_ratio_threshold": 1.35,
+                   "logprob_threshold": -1.0, "no_speech_threshold": 0.6, "condition_on_prev_tokens": True}
 
 
 @dataclass
 class DecodeOptions:
-    """How to decode; everything a plain ``generate()`` call would be given."""
+    """How to decode: everything the plain ``generate()`` call is given (see :meth:`generate_kwargs`).
 
-    language: str | None = None  # ISO code ("en", "zh"); None detects it per window
+    The defaults are transformers' own: greedy, no fallback, no conditioning on previous text.
+    """
+
+    language: str | None = None  # ISO code ("en", "zh") or name ("chinese"); None: generate() detects it
     task: str = "transcribe"
     timestamps: bool = False
     num_beams: int = 1
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None  # benchmarks fix the length with min == max
+    temperature: float | tuple[float, ...] | None = None  # a tuple: fallback from the first to the last
+    compression_ratio_threshold: float | None = None  # zlib ratio of the token bytes (transformers' measure)
+    logprob_threshold: float | None = None
+    no_speech_threshold: float | None = None
+    condition_on_prev_tokens: bool | None = None
+    initial_prompt: str | None = None  # text given as <|startofprev|> … before the first window
+    seed: int | None = None  # torch.manual_seed before generate(), for sampled fallback attempts
 
     def validate(self, loaded) -> None:
         if self.task not in TASKS:
@@ -58,20 +77,57 @@ class DecodeOptions:
         for name, value in (("--max-new-tokens", self.max_new_tokens), ("--min-new-tokens", self.min_new_tokens)):
             if value is not None and not 1 <= value <= longest:
                 raise OptionError(f"{name} must be between 1 and {longest} for this model (got {value})")
+        for value in self.temperatures:
+            if not 0.0 <= value <= 10.0:
+                raise OptionError(f"--temperature values must be between 0 and 10 (got {value})")
+        if self.logprob_threshold is not None and self.logprob_threshold > 0:
+            raise OptionError(f"--logprob-threshold is a log-probability, ≤ 0 (got {self.logprob_threshold})")
+        for name, value in (("--compression-ratio-threshold", self.compression_ratio_threshold),
+                            ("--no-speech-threshold", self.no_speech_threshold)):
+            if value is not None and value <= 0:
+                raise OptionError(f"{name} must be positive (got {value})")
+        if self.no_speech_threshold is not None and self.logprob_threshold is None:
+            raise OptionError("--no-speech-threshold needs --logprob-threshold (a window is skipped only when"
+                              " both say so), e.g. --logprob-threshold -1.0, or use --openai-defaults")
         if not loaded.is_multilingual:
             if self.task == "translate":
                 raise OptionError(f"{loaded.model_id} is English-only and cannot translate; use a multilingual "
                                   "model (e.g. --model base)")
-            if self.language not in (None, "en"):
+            if self.language not in (None, "en", "english"):
                 raise OptionError(f"{loaded.model_id} is English-only; drop --language or use a multilingual model")
+            self.language = None
         elif self.language is not None:
-            codes = language_codes(loaded)
-            if self.language not in codes:
-                raise OptionError(f"unknown language {self.language!r}; use an ISO code such as "
-                                  f"{', '.join(sorted(codes)[:8])}, ... ({len(codes)} in all)")
+            self.language = language_code(self.language, language_codes(loaded))
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        if self.temperature is None:
+            return ()
+        return tuple(float(t) for t in self.temperature) if isinstance(self.temperature, (list, tuple)) \
+            else (float(self.temperature),)
+
+    def generate_kwargs(self, loaded) -> dict:
+        """The keyword arguments of the plain ``model.generate(input_features, ...)`` call."""
+        kwargs: dict[str, Any] = {"return_timestamps": self.timestamps, "num_beams": self.num_beams}
+        if loaded.is_multilingual:
+            kwargs["task"] = self.task
+            if self.language is not None:
+                kwargs["language"] = self.language
+        for key in ("max_new_tokens", "min_new_tokens", "compression_ratio_threshold", "logprob_threshold",
+                    "no_speech_threshold", "condition_on_prev_tokens"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperatures if len(self.temperatures) > 1 else self.temperatures[0]
+        if self.initial_prompt:
+            kwargs["prompt_ids"] = loaded.processor.get_prompt_ids(self.initial_prompt, return_tensors="pt").to(
+                loaded.device)
+        return kwargs
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["temperature"] = list(self.temperatures) if self.temperature is not None else None
+        return data
 
 
 def audio_frames(seconds: float, max_frames: int = 1500) -> int:
@@ -79,7 +135,7 @@ def audio_frames(seconds: float, max_frames: int = 1500) -> int:
 
     As openai-whisper counts them: log-Mel frames (hop 160 samples) halved by the conv stem.
     """
-    return max(1, min(round(seconds * 16000) // 160 // 2, max_frames))
+    return max(1, min(round(seconds * SAMPLE_RATE) // 160 // 2, max_frames))
 
 
 def language_codes(loaded) -> dict[str, int]:
@@ -88,34 +144,58 @@ def language_codes(loaded) -> dict[str, int]:
     return {token.strip("<|>"): token_id for token, token_id in lang_to_id.items()}
 
 
+def language_code(language: str, codes: dict[str, int]) -> str:
+    """An ISO code or a language name (as openai-whisper accepts them: "chinese", "Mandarin") → code."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    wanted = language.strip().lower()
+    code = wanted if wanted in codes else TO_LANGUAGE_CODE.get(wanted)
+    if code not in codes:
+        raise OptionError(f"unknown language {language!r}; use an ISO code or a name such as "
+                          f"{', '.join(sorted(codes)[:6])}, chinese, german, ... ({len(codes)} in all)")
+    return code
+
+
 @dataclass
 class CaptureContext:
-    """Where in the run a capture happened.  One object, updated in place by the tracer."""
+    """Where in the run a capture happened.  One object per clip, updated in place by the tracer."""
 
-    phase: str = "encode"  # "encode" | "detect" (not dispatched) | "decode" | "replay"
+    phase: str = "encode"  # "encode" | "decode" | "replay"
     window: int = 0
-    step: int = -1  # decoder call within the window's generate(): 0 is the prompt
+    step: int = -1  # decoder call within the attempt's generate(): 0 is the prompt
     num_beams: int = 1
+    attempt: int = 0  # fallback attempt within the window (0 = first temperature)
+    temperature: float = 0.0
+    seek: int = 0  # log-Mel frame where the window starts (100 per second)
+    n_frames: int = 1500  # encoder frames of the window that hold audio
     tokens: list[int] | None = None  # replay: the full sequence, prompt included
     prompt_length: int = 0  # replay: query positions prompt_length-1 … len(tokens)-2 emitted the generated tokens
 
 
 @dataclass
 class WindowResult:
-    """What one 30 s window decoded to."""
+    """What one window decoded to: the ≤ 30 s slice generate() decoded from ``seek``."""
 
     index: int
-    start: float  # seconds within the clip
-    end: float
-    prompt: list[int]  # forced special tokens, e.g. <|startoftranscript|><|en|><|transcribe|><|notimestamps|>
-    tokens: list[int]  # generated tokens after the prompt (timestamps and <|endoftext|> included)
-    text: str
+    start: float  # seconds within the clip (seek / 100)
+    end: float  # end of the slice fed to the model (≤ start + 30 s, ≤ the clip's end)
+    prompt: list[int]  # decoder input: [<|startofprev|> previous text] <|startoftranscript|><|lang|><|task|>[<|notimestamps|>]
+    tokens: list[int]  # the accepted attempt's generated tokens (timestamps and <|endoftext|> included)
+    text: str  # the text this window adds to the transcript (kept segments only)
     language: str
     language_probability: float
-    language_probs: dict[str, float]  # every language, descending
+    language_probs: dict[str, float]  # every language, descending, at <|startoftranscript|>
     no_speech_probability: float
     n_frames: int  # encoder frames that hold audio (≤ 1500)
-    segments: list[dict] = field(default_factory=list)  # with --timestamps: {start, end, text}
+    seek: int = 0  # log-Mel frames (100 per second)
+    next_seek: int = 0  # where the next window starts: seek + the part of this one the transcript used
+    kept: int = 0  # leading tokens that are in the transcript (0 when skipped; the rest is re-decoded next window)
+    skipped: bool = False  # no speech: generate() dropped this window's text
+    segments: list[dict] = field(default_factory=list)  # {start, end, text, tokens} in clip seconds
+    attempts: list[dict] = field(default_factory=list)  # every fallback attempt, the accepted one last
+    token_logprobs: list[float] = field(default_factory=list)  # model log-probability of each token
+    signals: dict = field(default_factory=dict)  # hallucination signals (probe.signals)
+    sot_index: int = 0  # position of <|startoftranscript|> in the prompt (after any previous-text prompt)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -124,11 +204,12 @@ class WindowResult:
 
     def to_dict(self, tokenizer=None) -> dict:
         data = {
-            "index": self.index, "start": self.start, "end": self.end, "text": self.text,
-            "tokens": self.tokens, "prompt": self.prompt, "language": self.language,
-            "language_probability": self.language_probability,
+            "index": self.index, "start": self.start, "end": self.end, "seek": self.seek,
+            "next_seek": self.next_seek, "text": self.text, "tokens": self.tokens, "kept": self.kept,
+            "skipped": self.skipped, "prompt": self.prompt, "sot_index": self.sot_index,
+            "language": self.language, "language_probability": self.language_probability,
             "no_speech_probability": self.no_speech_probability, "n_frames": self.n_frames,
-            "segments": self.segments,
+            "segments": self.segments, "attempts": self.attempts, "signals": self.signals,
         }
         if tokenizer is not None:
             data["prompt_tokens"] = tokenizer.convert_ids_to_tokens(self.prompt)
@@ -146,7 +227,9 @@ class Run:
     plugin_options: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
     windows: list[WindowResult] = field(default_factory=list)
-    window_spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) seconds, all windows
+    # Before decoding, the number of windows is not known (seek follows the decoded timestamps):
+    # these are the 30 s slices the clip would need at least, for estimates.
+    window_spans: list[tuple[float, float]] = field(default_factory=list)
     plugin_seconds: dict[str, float] = field(default_factory=dict)  # time spent in each plugin's hooks
 
     @property
@@ -178,53 +261,77 @@ class Run:
 
     @property
     def frames(self) -> list[int]:
-        """Encoder frames holding audio, per window."""
+        """Encoder frames holding audio, per estimated window."""
         return [audio_frames(end - start, self.config.max_source_positions) for start, end in self.window_spans]
+
+    @property
+    def sequence(self) -> list[int]:
+        """The transcript's tokens as plain ``generate()`` returns them (kept tokens of every window)."""
+        return [t for w in self.windows if not w.skipped for t in w.tokens[:w.kept]]
+
+    @property
+    def transcript(self) -> str:
+        return self.tokenizer.decode([t for t in self.sequence if t < self.eot]).strip()
+
+
+def estimated_spans(clip: AudioClip) -> list[tuple[float, float]]:
+    """The 30 s slices covering ``clip`` (at least one): a lower bound on its windows."""
+    duration = clip.duration
+    starts = range(0, max(1, int(-(-duration // WINDOW_SECONDS))))
+    return [(s * WINDOW_SECONDS, min((s + 1) * WINDOW_SECONDS, duration)) for s in starts]
 
 
 @dataclass
 class _Item:
-    """One window of a batch: its run, its own capture context, and its captures held back."""
+    """One clip of a generate() call: its run and its capture context; captures held back."""
 
     run: Run
-    window: Window
     ctx: CaptureContext
-    live: bool  # False for a run's second and later windows in one batch: their captures wait
     deferred: list = field(default_factory=list)  # (point, tensor, ctx snapshot, routes), in order
 
 
 class _Router:
     """Routes each fired hook point to the plugins that asked for it, in the phases they asked.
 
-    A batch holds several windows (of one clip or of many); the batch axis is split back so each
-    run's plugins see only their own rows (``rows`` = beams per window while decoding).  Plugins
-    see a run's windows one after another: when a batch holds several windows of one run, the
-    captures of all but its first are kept (with a snapshot of their context) and handed over by
-    :meth:`flush`, just before that window's ``probe_window_end``.
+    The batch axis holds the rows of the current attempt (clips × beams while decoding); it is
+    split back so each run's plugins see only their own rows.  While an attempt may still be
+    rejected (temperature fallback), decoding captures are held back (``defer``) and handed over by
+    :meth:`flush` only for the attempt generate() kept; a rejected attempt's are dropped.
+    Captures in any other phase (language detection, the no-speech detector) go nowhere.
     """
 
     def __init__(self, items: list[_Item]):
-        self.items = items
-        self.phase = "encode"  # captures in "detect" go nowhere
+        self.items = items  # of the current attempt or replay, in batch order
+        self.phase = "aside"
+        self.defer = False
         self.busy = False  # a plugin calling a hooked module inside probe_capture is not the model's forward
 
-    def __call__(self, point: HookPoint, tensor: torch.Tensor) -> None:
-        if self.busy or self.phase == "detect":
+    def decoding(self, point: HookPoint, tensor: torch.Tensor) -> None:
+        """Capture of the hooks attached for ``generate()``."""
+        if self.phase in ("encode", "decode"):
+            self._route(point, tensor, "_decode", hold=self.defer and self.phase == "decode")
+
+    def replaying(self, point: HookPoint, tensor: torch.Tensor) -> None:
+        """Capture of the hooks attached for the replay."""
+        if self.phase == "replay":
+            self._route(point, tensor, "_replay", hold=False)
+
+    def _route(self, point: HookPoint, tensor: torch.Tensor, table: str, hold: bool) -> None:
+        if self.busy or not self.items:
             return
         rows = tensor.shape[0] // len(self.items)
-        table = "_replay" if self.phase == "replay" else "_decode"
         for i, item in enumerate(self.items):
             routes = item.run.state[table][1].get(point.name)
             if not routes:
                 continue
             part = tensor if len(self.items) == 1 else tensor[i * rows:(i + 1) * rows]
-            if item.live:
-                self._dispatch(item.run, point, part, item.ctx, routes)
-            else:
+            if hold:
                 item.deferred.append((point, part, dataclasses.replace(item.ctx), routes))
+            else:
+                self._dispatch(item.run, point, part, item.ctx, routes)
 
     def flush(self, item: _Item) -> None:
-        """Hand a held-back window's captures to its plugins, in the order they happened."""
+        """Hand an accepted attempt's held-back captures to its plugins, in the order they happened."""
         deferred, item.deferred = item.deferred, []
         for point, tensor, ctx, routes in deferred:
             self._dispatch(item.run, point, tensor, ctx, routes)
@@ -284,6 +391,7 @@ class Tracer:
 
     def __init__(self, loaded, pm, options: DecodeOptions, points=(), plugin_options=None, progress: bool = False):
         options.validate(loaded)
+        check_supported(loaded.model)
         self.progress = progress  # a progress bar (stderr) for clips longer than one window
         self.loaded, self.pm, self.options = loaded, pm, options
         self.points = list(points)
@@ -294,219 +402,33 @@ class Tracer:
         self.eot = gen.eos_token_id
         self.no_speech = _no_speech_token(tokenizer)
         self.languages = language_codes(loaded)
+        self.language_of = {token_id: code for code, token_id in self.languages.items()}
 
-    # -- per window -------------------------------------------------------------------------
-    def features(self, window: Window) -> torch.Tensor:
-        """log-Mel features [1, n_mels, 3000] on the model's device and dtype."""
+    # -- inputs -----------------------------------------------------------------------------
+    def features(self, clips: list[AudioClip]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What a user hands ``generate()``: log-Mel features [batch, n_mels, mel_frame] and, for long
+        audio, the attention mask [batch, mel_frame] (clips of ≤ 30 s are padded to 3000 frames)."""
         extractor = self.loaded.processor.feature_extractor
-        feats = extractor(window.samples, sampling_rate=extractor.sampling_rate, return_tensors="pt").input_features
-        return feats.to(self.loaded.device, self.loaded.dtype)
-
-    def prompt(self, language: str) -> list[int]:
-        gen = self.loaded.model.generation_config
-        prompt = [self.sot]
-        if self.loaded.is_multilingual:
-            prompt += [self.languages[language], gen.task_to_id[self.options.task]]
-        if not self.options.timestamps:
-            prompt.append(gen.no_timestamps_token_id)
-        return prompt
-
-    def detect(self, encoder_hidden: torch.Tensor) -> list[tuple[dict[str, float], float]]:
-        """Per window: (language → probability, descending; no-speech probability).
-
-        One decoder step on <|startoftranscript|>, as openai-whisper does.  encoder_hidden: [batch, frame, d_model].
-        """
-        model = self.loaded.model
-        sot = torch.full((encoder_hidden.shape[0], 1), self.sot, device=encoder_hidden.device)  # [batch, 1]
-        hidden = model.model.decoder(input_ids=sot, encoder_hidden_states=encoder_hidden,
-                                     use_cache=False).last_hidden_state
-        return self.language_probs(torch.nn.functional.linear(hidden[:, -1], model.proj_out.weight))
-
-    def language_probs(self, logits: torch.Tensor) -> list[tuple[dict[str, float], float]]:
-        """From the logits at <|startoftranscript|> [batch, vocab]: language distribution and no-speech."""
-        logits = logits.float()
-        no_speech = (logits.softmax(-1)[:, self.no_speech].tolist() if self.no_speech is not None
-                     else [0.0] * len(logits))
-        if not self.languages:
-            return [({"en": 1.0}, p) for p in no_speech]
-        probs = logits[:, list(self.languages.values())].softmax(-1).tolist()  # [batch, language]
-        return [(dict(sorted(zip(self.languages, row), key=lambda item: -item[1])), p)
-                for row, p in zip(probs, no_speech)]
-
-    def generate_kwargs(self, languages: list[str]) -> dict:
-        kwargs: dict[str, Any] = {"return_timestamps": self.options.timestamps, "num_beams": self.options.num_beams}
-        if self.loaded.is_multilingual:
-            kwargs.update(language=languages[0] if len(set(languages)) == 1 else languages, task=self.options.task)
-        if self.options.max_new_tokens is not None:
-            kwargs["max_new_tokens"] = self.options.max_new_tokens
-        if self.options.min_new_tokens is not None:
-            kwargs["min_new_tokens"] = self.options.min_new_tokens
-        return kwargs
-
-    def decode_batch(self, items: list[tuple[Run, Window]]) -> tuple[list[WindowResult], _Router]:
-        """Decode windows together (one ``generate()`` call), then replay the chosen sequences together.
-
-        The language distribution and no-speech probability come from the decoder's first step on
-        ``<|startoftranscript|>``: before ``generate()`` when the language must be detected, else
-        from the replay's first position (the same computation, done once).  Returns the results
-        and the router, whose held-back captures (:meth:`_Router.flush`) go out before each
-        window's ``probe_window_end``.
-        """
-        from transformers.modeling_outputs import BaseModelOutput
-
-        model = self.loaded.model
-        runs = [run for run, _ in items]
-        seen: set[int] = set()
-        batch = []
-        for run, window in items:
-            batch.append(_Item(run, window, CaptureContext(window=window.index, num_beams=self.options.num_beams),
-                               live=id(run) not in seen))
-            seen.add(id(run))
-        contexts = [item.ctx for item in batch]
-        router = _Router(batch)
-        decode_points = _union(run.state["_decode"][0] for run in runs)
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-        features = torch.cat([self.features(window) for _, window in items])  # [batch, n_mels, 3000]
-        counting = any(p.side == "decoder" for p in decode_points)
-        detect_first = self.options.language is None and bool(self.languages)
-        with hooks_mod.attach(model, decode_points, router), self._step_counter(router, contexts, counting):
-            self._set_phase(router, contexts, "encode")
-            encoder_hidden = model.model.encoder(features).last_hidden_state  # [batch, frame, d_model]
-            timings["encode"] = time.perf_counter() - clock
-            self._set_phase(router, contexts, "detect")
-            detected = self.detect(encoder_hidden) if detect_first else None
-            languages = ([next(iter(probs)) for probs, _ in detected] if detect_first
-                         else [self.options.language or "en"] * len(items))
-            timings["detect"] = time.perf_counter() - clock - timings["encode"]
-            self._set_phase(router, contexts, "decode")
-            replaying = any(run.state["_replay"][0] for run in runs)
-            with quiet_transformers(), _CrossKeyValues(model.model.decoder, replaying) as cross_kv:
-                out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-                                     **self.generate_kwargs(languages))
-        timings["generate"] = time.perf_counter() - clock - timings["encode"] - timings["detect"]
-        prompts = [self.prompt(language) for language in languages]
-        sequences = [prompt + self.completed(_sequence_of(out, i), prompt) for i, prompt in enumerate(prompts)]
-        replay_clock = time.perf_counter()
-        cross_cache = cross_kv.cache(len(items), self.options.num_beams)
-        first_logits = self.replay_batch(router, encoder_hidden, sequences, [len(p) for p in prompts], cross_cache)
-        timings["replay"] = time.perf_counter() - replay_clock
-        if detected is None:
-            detected = (self.language_probs(first_logits) if first_logits is not None
-                        else self.detect(encoder_hidden))
-        share = {key: value / len(items) for key, value in timings.items()}
-        results = [self.result(window, prompt, sequence[len(prompt):], language, language_probs, no_speech, dict(share))
-                   for (_, window), prompt, sequence, language, (language_probs, no_speech)
-                   in zip(items, prompts, sequences, languages, detected)]
-        return results, router
-
-    def replay_batch(self, router: _Router, encoder_hidden: torch.Tensor, sequences: list[list[int]],
-                     prompt_lengths: list[int], cross_cache=None) -> torch.Tensor | None:
-        """Teacher-forced pass of every window's whole sequence, in one decoder call.
-
-        Position q emitted token q + 1; the last position emits nothing (openai-whisper's alignment
-        normalises over it too).  Shorter sequences are padded at the end, which the causal mask
-        keeps from touching real positions; plugins read ``len(ctx.tokens)`` positions.  The
-        cross-attention keys and values ``generate()`` computed are reused when given (``cross_cache``).
-        Returns the logits at position 0 (<|startoftranscript|>) [batch, vocab], or None when no
-        plugin replays.
-        """
-        replay_points = _union(item.run.state["_replay"][0] for item in router.items)
-        if not replay_points:
-            return None
-        model = self.loaded.model
-        contexts = [item.ctx for item in router.items]
-        for ctx, sequence, prompt_length in zip(contexts, sequences, prompt_lengths):
-            ctx.tokens, ctx.prompt_length = sequence, prompt_length
-        self._set_phase(router, contexts, "replay")
-        longest = max(len(sequence) for sequence in sequences)
-        ids = torch.tensor([sequence + [self.eot] * (longest - len(sequence)) for sequence in sequences],
-                           device=encoder_hidden.device)  # [batch, query]
-        # nothing is decoded from this pass: patterned attention returns probs·v, not its kernel too
-        with hooks_mod.attach(model, replay_points, router, outputs_from_patterns=True):
-            hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
-                                         **_cache_kwargs(model.model.decoder, cross_cache)
-                                         ).last_hidden_state  # [batch, query, d_model]
-            if any(p.name == "hook_logits" for p in replay_points):
-                model.proj_out(hidden)
-        # not through proj_out's module call, so no hook sees this extra slice
-        return torch.nn.functional.linear(hidden[:, 0], model.proj_out.weight)  # [batch, vocab]
-
-    @staticmethod
-    def _set_phase(router: "_Router", contexts: list[CaptureContext], phase: str) -> None:
-        router.phase = phase
-        for ctx in contexts:
-            ctx.phase = phase
-
-    def result(self, window: Window, prompt, tokens, language, language_probs, no_speech, timings) -> WindowResult:
-        tokenizer = self.loaded.processor.tokenizer
-        return WindowResult(
-            index=window.index, start=window.start, end=window.end, prompt=prompt, tokens=tokens,
-            text=tokenizer.decode([t for t in tokens if t < self.eot]).strip(), language=language,
-            language_probability=language_probs.get(language, 0.0), language_probs=language_probs,
-            no_speech_probability=no_speech,
-            n_frames=audio_frames(window.end - window.start, self.loaded.model.config.max_source_positions),
-            segments=self.segments(tokens, window.start) if self.options.timestamps else [],
-            timings=timings,
-        )
-
-    def completed(self, generated: list[int], prompt: list[int]) -> list[int]:
-        """The generated tokens after the prompt, ending in <|endoftext|> when the model ended the text.
-
-        transformers returns Whisper sequences without the forced prompt and without the final
-        <|endoftext|>; the replay needs that last token (its cross-attention closes the last word).
-        """
-        if generated[: len(prompt)] == prompt:
-            generated = generated[len(prompt):]
-        if self.eot in generated:  # batched rows are padded with <|endoftext|> after their end
-            generated = generated[: generated.index(self.eot) + 1]
-        limit = self.options.max_new_tokens or (self.loaded.model.config.max_target_positions - len(prompt))
-        if (not generated or generated[-1] != self.eot) and len(generated) < limit:
-            generated = generated + [self.eot]
-        return generated
-
-    def segments(self, tokens: list[int], offset: float) -> list[dict]:
-        """Timestamped segments from ``<|t0|> text <|t1|>`` pairs (seconds within the clip)."""
-        gen = self.loaded.model.generation_config
-        first_ts = gen.no_timestamps_token_id + 1
-        tokenizer = self.loaded.processor.tokenizer
-        segments, start, text = [], None, []
-        for token in tokens:
-            if token >= first_ts:
-                seconds = (token - first_ts) * 0.02
-                if start is None:
-                    start = seconds
-                else:
-                    if text:
-                        segments.append({"start": round(offset + start, 2), "end": round(offset + seconds, 2),
-                                         "text": tokenizer.decode(text).strip()})
-                    start, text = None, []
-            elif token < self.eot and start is not None:
-                text.append(token)
-        return segments
-
-    def _step_counter(self, router: "_Router", contexts: list[CaptureContext], active: bool):
-        """A pre-hook on the decoder counting generation steps (only when decoder points are hooked)."""
-        from contextlib import nullcontext
-
-        if not active:
-            return nullcontext()
-
-        def count(module, args):
-            if router.phase == "decode":
-                for ctx in contexts:
-                    ctx.step += 1
-
-        decoder = self.loaded.model.model.decoder
-        return _Handle(decoder.register_forward_pre_hook(count))
+        samples = [clip.samples for clip in clips]
+        if all(len(s) <= WINDOW_SECONDS * SAMPLE_RATE for s in samples):
+            out = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            mask = None
+        else:
+            out = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
+                            padding="longest", return_attention_mask=True)
+            mask = out.attention_mask.to(self.loaded.device)
+        return out.input_features.to(self.loaded.device, self.loaded.dtype), mask
 
     # -- per clip ---------------------------------------------------------------------------
-    def start(self, clip: AudioClip) -> tuple[Run, list[Window]]:
+    def start(self, clip: AudioClip) -> Run:
         """A new :class:`Run` for ``clip``: plugins started, hook points resolved."""
-        run = Run(loaded=self.loaded, clip=clip, options=self.options, points=self.points,
-                  plugin_options=self.plugin_options)
-        windows = split_windows(clip)
-        run.window_spans = [(w.start, w.end) for w in windows]
+        options = self.options
+        if clip.duration > WINDOW_SECONDS and not options.timestamps:
+            # transformers' long-form generate() seeks by the timestamps it decodes: it needs them
+            # (the manifest's decode options say so)
+            options = dataclasses.replace(options, timestamps=True)
+        run = Run(loaded=self.loaded, clip=clip, options=options, points=self.points,
+                  plugin_options=self.plugin_options, window_spans=estimated_spans(clip))
         call_each(self.pm, "probe_run_start", seconds=run.plugin_seconds, run=run)
         run.state["_decode"] = _routes(self.pm, _requested(self.pm, run, "probe_decode_points"))
         replay_requested = _requested(self.pm, run, "probe_replay_points")
@@ -524,46 +446,105 @@ class Tracer:
         if total > WARN_BYTES:
             print(f"probe: this trace will keep about {total / 2**20:,.0f} MiB of records"
                   " (probe run --dry-run lists them)", file=sys.stderr)
-        check_budget(total, len(windows), self.loaded.device)
-        return run, windows
+        check_budget(total, len(run.window_spans), self.loaded.device)
+        return run
 
     def trace_many(self, clips: Iterable[AudioClip], batch_size: int = 1) -> Iterator[Run]:
-        """Trace clips, decoding up to ``batch_size`` windows together; yields each run once all its
-        windows are done (then call ``finish``).  Windows of one clip keep their order."""
+        """Trace clips, ``batch_size`` clips per ``generate()`` call (long ones too: transformers'
+        batched long-form decoding); yields each run once it is decoded (then call ``finish``)."""
         if batch_size < 1:
             raise OptionError(f"--batch-size must be ≥ 1 (got {batch_size})")
-        pending: list[tuple[Run, Window]] = []
-        remaining: dict[int, int] = {}
-
-        def flush(count: int):
-            batch, pending[:] = pending[:count], pending[count:]
-            with _memory_budget_message(self.loaded.device):
-                with torch.inference_mode():
-                    results, router = self.decode_batch(batch)
-                for (run, _), result, item in zip(batch, results, router.items):
-                    with torch.inference_mode():  # as during the forward pass
-                        router.flush(item)  # a run's later windows: their captures, now that the earlier ended
-                    run.windows.append(result)
-                    call_each(self.pm, "probe_window_end", seconds=run.plugin_seconds, run=run, window=result)
-            for (run, _), result in zip(batch, results):
-                bars[id(run)].update(1)
-                remaining[id(run)] -= 1
-                if remaining[id(run)] == 0:
-                    del remaining[id(run)]
-                    bars.pop(id(run)).close()
-                    yield run
-
-        bars: dict[int, tqdm] = {}
+        batch: list[Run] = []
         for clip in clips:
-            run, windows = self.start(clip)
-            remaining[id(run)] = len(windows)
-            bars[id(run)] = tqdm(total=len(windows), desc=Path(clip.source).name[:30], unit="window", leave=False,
-                                 disable=not self.progress or len(windows) == 1)
-            pending += [(run, window) for window in windows]
-            while len(pending) >= batch_size:
-                yield from flush(batch_size)
-        while pending:
-            yield from flush(batch_size)
+            batch.append(self.start(clip))
+            if len(batch) == batch_size:
+                self.decode(batch)
+                yield from batch
+                batch = []
+        if batch:
+            self.decode(batch)
+            yield from batch
+
+    def decode(self, runs: list[Run]) -> None:
+        """One plain ``generate()`` call for ``runs``' clips, watched window by window."""
+        model = self.loaded.model
+        features, mask = self.features([run.clip for run in runs])
+        kwargs = runs[0].options.generate_kwargs(self.loaded)
+        kwargs["return_timestamps"] = any(run.options.timestamps for run in runs)
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        max_frames = (mask.sum(-1).tolist() if mask is not None and len(runs) > 1
+                      else [features.shape[-1]] * len(runs))
+        items = [_Item(run, CaptureContext(num_beams=self.options.num_beams)) for run in runs]
+        router = _Router([])
+        decode_points = _union(run.state["_decode"][0] for run in runs)
+        replay_points = _union(run.state["_replay"][0] for run in runs)
+        windows = _Windows(self, items, router, replay_points, [int(f) for f in max_frames])
+        counting = any(p.side == "decoder" for p in decode_points)
+        with _memory_budget_message(self.loaded.device), torch.inference_mode(), windows.progress(self.progress):
+            with hooks_mod.attach(model, decode_points, router.decoding), self._step_counter(router, counting), \
+                    GenerateObserver(model, windows), quiet_transformers():
+                if self.options.seed is not None:
+                    torch.manual_seed(self.options.seed)
+                model.generate(features, **kwargs)
+                windows.finished()
+
+    def replay(self, router: _Router, encoder_hidden: torch.Tensor, sequences: list[list[int]],
+               replay_points: list[HookPoint]) -> torch.Tensor:
+        """Teacher-forced pass of every row's whole sequence, in one decoder call.
+
+        Position q emitted token q + 1; the last position emits nothing (openai-whisper's alignment
+        normalises over it too).  Shorter sequences are padded at the end, which the causal mask
+        keeps from touching real positions; plugins read ``len(ctx.tokens)`` positions.
+        encoder_hidden: [batch, frame, d_model] → the decoder's last hidden state [batch, query, d_model].
+        """
+        model = self.loaded.model
+        longest = max(len(sequence) for sequence in sequences)
+        ids = torch.tensor([sequence + [self.eot] * (longest - len(sequence)) for sequence in sequences],
+                           device=encoder_hidden.device)  # [batch, query]
+        # nothing is decoded from this pass: patterned attention returns probs·v, not its kernel too
+        with hooks_mod.attach(model, replay_points, router.replaying, outputs_from_patterns=True):
+            hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
+                                         use_cache=False).last_hidden_state  # [batch, query, d_model]
+            if any(p.name == "hook_logits" for p in replay_points):
+                model.proj_out(hidden)
+        return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., d_model] → logits [..., vocab], not through proj_out's module call (no hook sees it)."""
+        return F.linear(hidden, self.loaded.model.proj_out.weight)
+
+    def emitted_logprobs(self, hidden: torch.Tensor, prompt_length: int, tokens: list[int]) -> list[float]:
+        """Log-probability of each of ``tokens`` from one row's replay hidden states [query, d_model]."""
+        if not tokens:
+            return []
+        rows = hidden[prompt_length - 1: prompt_length - 1 + len(tokens)]  # [token, d_model]
+        log_probs = self.logits(rows).float().log_softmax(-1)  # [token, vocab]
+        emitted = torch.tensor(tokens, device=rows.device)[:, None]
+        return log_probs.gather(1, emitted)[:, 0].tolist()
+
+    def language_probs(self, logits: torch.Tensor) -> list[tuple[dict[str, float], float]]:
+        """From the logits at <|startoftranscript|> [batch, vocab]: language distribution and no-speech."""
+        logits = logits.float()
+        no_speech = (logits.softmax(-1)[:, self.no_speech].tolist() if self.no_speech is not None
+                     else [0.0] * len(logits))
+        if not self.languages:
+            return [({"en": 1.0}, p) for p in no_speech]
+        probs = logits[:, list(self.languages.values())].softmax(-1).tolist()  # [batch, language]
+        return [(dict(sorted(zip(self.languages, row), key=lambda item: -item[1])), p)
+                for row, p in zip(probs, no_speech)]
+
+    def _step_counter(self, router: _Router, active: bool):
+        """A pre-hook on the decoder counting generation steps (only when decoder points are hooked)."""
+        if not active:
+            return nullcontext()
+
+        def count(module, args):
+            if router.phase == "decode":
+                for item in router.items:
+                    item.ctx.step += 1
+
+        return _Handle(self.loaded.model.model.decoder.register_forward_pre_hook(count))
 
     def finish(self, run: Run, writer) -> None:
         """Let every plugin write its records for ``run`` into ``writer``."""
@@ -577,6 +558,220 @@ class Tracer:
         if writer is not None:
             self.finish(run, writer)
         return run
+
+
+@dataclass
+class _Pending:
+    """One window of a generate() call while it decodes: per row, what the observer reported."""
+
+    rows: list[int]
+    seek: dict[int, int]
+    prompts: dict[int, list[int]]
+    started: float
+    attempt: int = -1
+    attempt_rows: dict[int, list[int]] = field(default_factory=dict)  # attempt → its rows, in batch order
+    encoder: dict[int, torch.Tensor] = field(default_factory=dict)  # attempt → [row, frame, d_model]
+    attempts: dict[int, list[Attempt]] = field(default_factory=dict)
+    rejected_logprobs: dict[tuple[int, int], list[float]] = field(default_factory=dict)
+    segments: dict[int, tuple[list[dict], int]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def encoder_row(self, attempt: int, row: int) -> torch.Tensor:
+        return self.encoder[attempt][self.attempt_rows[attempt].index(row)]  # [frame, d_model]
+
+
+class _Windows:
+    """The observer's listener: each row's windows as they finish — replayed, results, plugins."""
+
+    def __init__(self, tracer: Tracer, items: list[_Item], router: _Router, replay_points: list[HookPoint],
+                 max_frames: list[int]):
+        self.tracer, self.items, self.router, self.replay_points = tracer, items, router, replay_points
+        self.max_frames = max_frames  # per row: log-Mel frames generate() decodes up to
+        self.temperatures = max(1, len(tracer.options.temperatures))
+        self.pending: _Pending | None = None
+        self._phases: list[str] = []
+        self._aside_clock = 0.0
+        self._bars: list[tqdm] = []
+
+    @contextmanager
+    def progress(self, enabled: bool):
+        self._bars = [tqdm(total=round(item.run.clip.duration, 1), desc=Path(item.run.clip.source).name[:30],
+                           unit="s", leave=False, disable=not enabled or item.run.clip.duration <= WINDOW_SECONDS)
+                      for item in self.items]
+        try:
+            yield
+        finally:
+            for bar in self._bars:
+                bar.close()
+
+    # -- observer events ------------------------------------------------------------------
+    def window_start(self, rows, seek, prompts, mask) -> None:
+        self._close()
+        unpadded = [(prompts[i][mask[i].bool()] if mask is not None else prompts[i]).tolist() for i in range(len(rows))]
+        self.pending = _Pending(rows=list(rows), seek=dict(zip(rows, seek)), prompts=dict(zip(rows, unpadded)),
+                                started=time.perf_counter(), timings={"encode": 0.0, "detect": 0.0})
+        for row, frames in zip(rows, seek):
+            bar = self._bars[row]
+            bar.update(round(min(frames / MEL_FRAMES_PER_SECOND, bar.total), 1) - bar.n)
+
+    def attempt_start(self, rows, temperature, num_beams) -> None:
+        pending = self.pending
+        pending.attempt += 1
+        pending.attempt_rows[pending.attempt] = list(rows)
+        self.router.items = [self.items[row] for row in rows]
+        self.router.defer = pending.attempt < self.temperatures - 1  # this attempt may still be rejected
+        for row in rows:
+            run, ctx = self.items[row].run, self.items[row].ctx
+            ctx.window, ctx.attempt, ctx.temperature, ctx.num_beams = len(run.windows), pending.attempt, temperature, num_beams
+            ctx.step, ctx.seek, ctx.n_frames, ctx.tokens, ctx.prompt_length = -1, pending.seek[row], \
+                self._n_frames(row, pending.seek[row]), None, 0
+        # encoder points fire once per window: a retry re-encodes the same audio
+        self._set_phase("encode" if pending.attempt == 0 else "again")
+        pending.timings["_encode_clock"] = time.perf_counter()
+
+    def encoded(self, hidden) -> None:
+        pending = self.pending
+        pending.encoder[pending.attempt] = hidden  # [row, frame, d_model]
+        if pending.attempt == 0:
+            pending.timings["encode"] = time.perf_counter() - pending.timings.pop("_encode_clock")
+        self._set_phase("decode")
+
+    def attempt_end(self, row: int, attempt: Attempt) -> None:
+        pending = self.pending
+        pending.attempts.setdefault(row, []).append(attempt)
+        if self._accepted(attempt):
+            return
+        self.items[row].deferred.clear()  # a rejected attempt's captures are dropped
+        with self._phase("aside"):  # its per-token log-probabilities: teacher-forced, seen by nobody
+            hidden = self.pending.encoder_row(attempt.index, row)[None]  # [1, frame, d_model]
+            prompt = pending.prompts[row]
+            states = self.tracer.loaded.model.model.decoder(
+                input_ids=torch.tensor([prompt + attempt.sequence], device=hidden.device),
+                encoder_hidden_states=hidden, use_cache=False).last_hidden_state[0]
+            pending.rejected_logprobs[row, attempt.index] = self.tracer.emitted_logprobs(
+                states, len(prompt), attempt.sequence)
+
+    def window_decoded(self) -> None:
+        self._set_phase("aside")
+
+    def segments(self, row: int, segments: list[dict], offset: int) -> None:
+        self.pending.segments[row] = (segments, offset)
+
+    def aside(self, entering: bool) -> None:
+        if entering:
+            self._phases.append(self.router.phase)
+            self.router.phase = "aside"
+            self._aside_clock = time.perf_counter()
+        else:
+            self.router.phase = self._phases.pop() if self._phases else "aside"
+            if self.pending is not None:
+                self.pending.timings["detect"] += time.perf_counter() - self._aside_clock
+
+    def finished(self) -> None:
+        self._close()
+        for bar in self._bars:
+            bar.update(bar.total - bar.n)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _set_phase(self, phase: str) -> None:
+        self.router.phase = phase
+        for item in self.router.items:
+            item.ctx.phase = phase
+
+    @contextmanager
+    def _phase(self, phase: str):
+        before = self.router.phase
+        self.router.phase = phase
+        try:
+            yield
+        finally:
+            self.router.phase = before
+
+    def _accepted(self, attempt: Attempt) -> bool:
+        return not attempt.needs_fallback or attempt.index >= self.temperatures - 1
+
+    def _n_frames(self, row: int, seek: int) -> int:
+        seconds = self.items[row].run.clip.duration - seek / MEL_FRAMES_PER_SECOND
+        return audio_frames(seconds, self.tracer.loaded.model.config.max_source_positions)
+
+    def _close(self) -> None:
+        """The pending window is decoded and segmented: replay it, make its results, call plugins."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        tracer, router = self.tracer, self.router
+        generate_seconds = time.perf_counter() - pending.started
+        rows = pending.rows
+        accepted = {row: pending.attempts[row][-1] for row in rows}
+        items = [self.items[row] for row in rows]
+        sequences = [pending.prompts[row] + accepted[row].sequence for row in rows]
+        encoder_hidden = torch.stack([pending.encoder_row(accepted[row].index, row) for row in rows])
+        for item in items:
+            router.flush(item)  # the accepted attempt's decoding captures
+        for item, row, sequence in zip(items, rows, sequences):
+            item.ctx.phase, item.ctx.tokens, item.ctx.prompt_length = "replay", sequence, len(pending.prompts[row])
+            item.ctx.attempt = accepted[row].index
+        router.items = items
+        clock = time.perf_counter()
+        with self._phase("replay"):
+            hidden = tracer.replay(router, encoder_hidden, sequences, self.replay_points)  # [row, query, d_model]
+        sot_index = [_sot_index(pending.prompts[row], tracer.sot) for row in rows]
+        detected = tracer.language_probs(tracer.logits(hidden[torch.arange(len(rows)), sot_index]))
+        replay_seconds = time.perf_counter() - clock
+        timings = {"encode": pending.timings["encode"] / len(rows), "detect": pending.timings["detect"] / len(rows),
+                   "replay": replay_seconds / len(rows)}
+        timings["generate"] = generate_seconds / len(rows) - timings["encode"] - timings["detect"]
+        for i, (item, row) in enumerate(zip(items, rows)):
+            result = self._result(pending, row, hidden[i], sot_index[i], detected[i], timings)
+            item.run.windows.append(result)
+            call_each(tracer.pm, "probe_window_end", seconds=item.run.plugin_seconds, run=item.run, window=result)
+
+    def _result(self, pending: _Pending, row: int, hidden: torch.Tensor, sot: int, detected, timings) -> WindowResult:
+        from probe.signals import attempt_record, window_signals
+
+        tracer = self.tracer
+        tokenizer = tracer.loaded.processor.tokenizer
+        options = tracer.options
+        prompt, attempts = pending.prompts[row], pending.attempts[row]
+        accepted = attempts[-1]
+        tokens = accepted.sequence
+        seek = pending.seek[row]
+        run = self.items[row].run
+        language_probs, no_speech = detected
+        if accepted.no_speech_probability is not None:  # what generate() itself decided with
+            no_speech = accepted.no_speech_probability
+        language = (tracer.language_of.get(prompt[sot + 1], "en") if tracer.languages and len(prompt) > sot + 1
+                    else "en")
+        window_frames = min(self.max_frames[row] - seek, 2 * tracer.loaded.model.config.max_source_positions)
+        found, offset = pending.segments.get(row, ([], window_frames))
+        segments = [{"start": round(float(s["start"]), 3), "end": round(float(s["end"]), 3),
+                     "text": tokenizer.decode([t for t in s["tokens"].tolist() if t < tracer.eot]).strip(),
+                     "tokens": [int(t) for t in s["tokens"].tolist()]} for s in found]
+        kept = 0 if accepted.skipped else sum(len(s["tokens"]) for s in segments)
+        token_logprobs = tracer.emitted_logprobs(hidden, len(prompt), tokens)
+        records = [attempt_record(a, tokenizer, tracer.eot, options,
+                                  token_logprobs if a is accepted else pending.rejected_logprobs.get((row, a.index), []),
+                                  accepted=a is accepted, last=a.index >= self.temperatures - 1)
+                   for a in attempts]
+        start = seek / MEL_FRAMES_PER_SECOND
+        duration = run.clip.duration
+        return WindowResult(
+            index=len(run.windows), start=round(start, 3),
+            end=round(max(start, min(start + window_frames / MEL_FRAMES_PER_SECOND, duration)), 3),
+            prompt=prompt, tokens=tokens, sot_index=sot,
+            text=tokenizer.decode([t for t in tokens[:kept] if t < tracer.eot]).strip(),
+            language=language, language_probability=language_probs.get(language, 0.0),
+            language_probs=language_probs, no_speech_probability=float(no_speech),
+            n_frames=self._n_frames(row, seek), seek=seek, next_seek=seek + int(offset), kept=kept,
+            skipped=accepted.skipped, segments=[] if accepted.skipped else segments, attempts=records,
+            token_logprobs=token_logprobs,
+            signals=window_signals(tokens, kept, token_logprobs, float(no_speech), tracer.loaded.model.config.vocab_size,
+                                   tokenizer, tracer.eot),
+            timings=dict(timings))
+
+
+def _sot_index(prompt: list[int], sot: int) -> int:
+    return prompt.index(sot) if sot in prompt else 0
 
 
 @contextmanager
@@ -614,71 +809,6 @@ def check_budget(total_bytes: int, n_windows: int, device: torch.device) -> None
                                     " --activations summary")
 
 
-class _CrossKeyValues:
-    """Keeps the cross-attention keys and values ``generate()`` computes, for the replay to reuse.
-
-    Forward hooks on each decoder layer's ``encoder_attn.k_proj`` / ``v_proj`` keep their first
-    output ([batch·beams, frame, d_model]); with the cache on, generate() computes them once per
-    call.  (Asking generate() for its cache with ``return_dict_in_generate`` costs more: Whisper's
-    batched generate splits and re-stacks every cache tensor.)
-    """
-
-    def __init__(self, decoder, active: bool = True):
-        self.decoder, self.active = decoder, active
-        self.kept: dict[tuple[int, str], torch.Tensor] = {}
-        self.handles: list = []
-
-    def __enter__(self) -> "_CrossKeyValues":
-        if self.active:
-            for index, layer in enumerate(self.decoder.layers):
-                for which in ("k_proj", "v_proj"):
-                    module = getattr(layer.encoder_attn, which)
-                    self.handles.append(module.register_forward_hook(self._keeper((index, which))))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-    def _keeper(self, key):
-        def keep(module, args, output):
-            self.kept.setdefault(key, output)  # [batch·beams, frame, d_model]
-        return keep
-
-    def cache(self, batch: int, beams: int):
-        """An EncoderDecoderCache holding only these cross-attention keys/values, one row per window.
-
-        Beams of one window share them, so row ``i * beams`` stands for window ``i``.  None when
-        they were not all seen (the replay then recomputes them).
-        """
-        layers = len(self.decoder.layers)
-        if not self.active or len(self.kept) != 2 * layers:
-            return None
-        try:
-            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-            attn = self.decoder.layers[0].encoder_attn
-            heads, head_dim = attn.num_heads, attn.head_dim
-            kept = DynamicCache()
-            for index in range(layers):
-                keys, values = (self.kept[index, which][::beams][:batch] for which in ("k_proj", "v_proj"))
-                shape = (batch, -1, heads, head_dim)  # → [batch, head, frame, head_dim], a view: no copy
-                kept.update(keys.reshape(shape).transpose(1, 2), values.reshape(shape).transpose(1, 2), index)
-            return EncoderDecoderCache(DynamicCache(), kept)
-        except (AttributeError, ImportError, TypeError, RuntimeError):
-            return None
-
-
-def _cache_kwargs(decoder, cache) -> dict:
-    if cache is None:
-        return {"use_cache": False}
-    import inspect
-
-    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    return {name: cache, "use_cache": True}
-
-
 def _union(point_lists) -> list[HookPoint]:
     points: dict[str, HookPoint] = {}
     for point_list in point_lists:
@@ -697,14 +827,6 @@ class _Handle:
 
     def __exit__(self, *exc):
         self.handle.remove()
-
-
-def _sequence_of(out, row: int) -> list[int]:
-    """Row ``row`` of what generate() returned, without padding after <|endoftext|>."""
-    sequences = out.sequences if hasattr(out, "sequences") else out
-    if isinstance(sequences, dict):
-        sequences = sequences["sequences"]
-    return [int(t) for t in sequences[row].tolist()]
 
 
 def plugin_versions(pm) -> dict[str, str]:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from probe import hookimpl
-from probe import tracer as tracer_mod
 from probe.audio import audio_from_array
 from probe.hooks import attach, hooks_left
 from probe.plugin_manager import DEFAULT_PLUGINS, get_plugin_manager
@@ -111,7 +110,7 @@ def test_outputs_from_patterns_skip_the_kernel_and_match_it(tiny, tone, monkeypa
     points = select_points(model.config, ["decoder.blocks.*.cross_attn.hook_pattern", "decoder.blocks.*.attn.hook_pattern"])
     with attach(model, points, lambda point, tensor: seen.__setitem__(point.name, tensor), outputs_from_patterns=True):
         routed = _forward(model, features, DECODER_IDS).logits
-    assert hooks_left(model) == 0 and not hasattr(model.model.decoder.layers[0].encoder_attn, "_probe_outputs_from_patterns")
+    assert hooks_left(model) == 0 and not hasattr(model.model.decoder.layers[0].encoder_attn, "_probe_routes")
     assert kernel_calls == []
     torch.testing.assert_close(routed, plain, atol=1e-4, rtol=1e-4)
     for i in range(model.config.decoder_layers):
@@ -172,24 +171,39 @@ def _replay_patterns(tiny, clips, beams, monkeypatch=None):
 
 
 @pytest.mark.parametrize("beams", [1, 3])
-def test_replay_reuses_the_cross_attention_keys_generate_computed(tiny, tone, beams, monkeypatch):
-    """Two different clips in one batch, with beams: the replay's cross-attention patterns from
-    generate()'s keys/values (row i·beams per window) equal those the replay computes itself."""
+def test_clips_decoded_together_replay_as_each_alone(tiny, tone, beams):
+    """Two different clips in one generate() call, with beams: each window's tokens and replay
+    cross-attention equal those of the clip traced alone (the batch axis is split back right)."""
     clips = [audio_from_array(tone, 16000, source="tone"),
              audio_from_array(0.3 * np.random.default_rng(1).standard_normal(48000, dtype=np.float32), 16000,
                               source="noise")]
-    made = []
-    original = tracer_mod._CrossKeyValues.cache
-    monkeypatch.setattr(tracer_mod._CrossKeyValues, "cache",
-                        lambda self, *a: made.append(original(self, *a)) or made[-1])
-    reused, runs = _replay_patterns(tiny, clips, beams)
-    assert made and made[-1] is not None  # the keys/values were caught and handed to the replay
-    monkeypatch.setattr(tracer_mod._CrossKeyValues, "cache", lambda self, *a: None)
-    recomputed, again = _replay_patterns(tiny, clips, beams)
+    together, runs = _replay_patterns(tiny, clips, beams)
+    alone, again = {}, []
+    for clip in clips:
+        patterns, (run,) = _replay_patterns(tiny, [clip], beams)
+        alone.update(patterns)
+        again.append(run)
     assert [w.tokens for r in runs for w in r.windows] == [w.tokens for r in again for w in r.windows]
-    assert reused.keys() == recomputed.keys() and len(reused) == 2 * tiny.model.config.decoder_layers
+    assert together.keys() == alone.keys() and len(together) == 2 * tiny.model.config.decoder_layers
     # the tiny random model attends almost uniformly (≈1/1500 per frame; the two clips differ by
-    # ~2e-6), so the tolerance is far below what a window handed the other's keys would show
-    for key in reused:
-        torch.testing.assert_close(reused[key], recomputed[key], atol=1e-8, rtol=1e-5)
+    # ~2e-6), so the tolerance is far below what a window handed the other's rows would show
+    for key in together:
+        torch.testing.assert_close(together[key], alone[key], atol=1e-8, rtol=1e-5)
     assert hooks_left(tiny.model) == 0
+
+
+def test_attach_nests_pattern_routes(tiny, tone):
+    """An attach inside another on the same attention module: both see the pattern; the inner one
+    decides the output; leaving both restores the module."""
+    model = tiny.model
+    features = _features(tiny, tone)
+    point = select_points(model.config, ["decoder.blocks.0.cross_attn.hook_pattern"])
+    outer, inner = [], []
+    with attach(model, point, lambda p, t: outer.append(t)):
+        with attach(model, point, lambda p, t: inner.append(t), outputs_from_patterns=True):
+            _forward(model, features, DECODER_IDS)
+        assert hasattr(model.model.decoder.layers[0].encoder_attn, "_probe_routes")
+        _forward(model, features, DECODER_IDS)
+    assert len(outer) == 2 and len(inner) == 1
+    torch.testing.assert_close(outer[0], inner[0])
+    assert hooks_left(model) == 0 and not hasattr(model.model.decoder.layers[0].encoder_attn, "_probe_routes")

@@ -318,7 +318,7 @@ def test_dry_run_prints_estimates_without_decoding(tiny, capsys, monkeypatch, en
     from probe import cli, tracer
 
     monkeypatch.setattr("probe.models.load_model", lambda *a, **k: tiny)
-    monkeypatch.setattr(tracer.Tracer, "decode_batch", lambda *a: pytest.fail("--dry-run decoded"))
+    monkeypatch.setattr(tracer.Tracer, "decode", lambda *a: pytest.fail("--dry-run decoded"))
     assert cli.main(["run", str(en_clip), "--dry-run", "--json", "--points", "encoder.blocks.*.hook_resid_post"]) == 0
     report = json.loads(capsys.readouterr().out)
     config = tiny.model.config
