@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probe.alignment import alignment_matrix, words_from_alignment
+from probe.alignment import alignment_matrix, monotonic_words, words_from_alignment
 from probe.hookspecs import hookimpl
 from probe.transfer import to_host
 
@@ -65,12 +65,15 @@ class Plugin:
         # [layer, head, query, frame] over every replay position, cropped to the frames holding audio
         every = torch.stack([layers[i] for i in sorted(layers)])[..., : window.n_frames]
         weights = every[:, :, first:first + len(window.tokens)]  # [layer, head, token, frame]
-        text_rows = [i for i, t in enumerate(window.tokens) if t < run.eot]
-        eot_rows = [i for i, t in enumerate(window.tokens) if t == run.eot][:1]
-        rows = text_rows + (eot_rows or [len(window.tokens) - 1])
-        # As openai-whisper's timing.py: normalise over the prompt, text and <|endoftext|> positions
-        # (timestamp tokens left out), with the softmax taken over the audio frames only.
-        kept = list(range(first)) + [first + i for i in rows] + [every.shape[2] - 1]
+        # Words come from the tokens the transcript keeps (none when the window was skipped as no
+        # speech); tokens after the last complete segment are decoded again by the next window.
+        text_rows = [i for i, t in enumerate(window.tokens[:window.kept]) if t < run.eot]
+        closing = window.kept if window.kept < len(window.tokens) else len(window.tokens) - 1
+        rows = text_rows + [closing]  # the closing row: <|endoftext|> (or the token after the kept text)
+        # As openai-whisper's timing.py: normalise over the <|startoftranscript|> prompt, text and
+        # closing positions (timestamp tokens and any previous-text prompt left out), with the
+        # softmax taken over the audio frames only.
+        kept = list(range(window.sot_index, first)) + [first + i for i in rows] + [every.shape[2] - 1]
         heads = run.loaded.alignment_heads
         aligned = torch.stack([every[layer, head] for layer, head in heads])[:, kept].float()  # [head, row, frame]
         aligned = aligned / aligned.sum(-1, keepdim=True)
@@ -79,11 +82,12 @@ class Plugin:
         state["windows"].append({
             "weights": to_host(weights.to(torch.float16)),
             "aligned": to_host(aligned),
-            "rows": slice(first, first + len(rows)),  # of ``aligned``: the rows the DTW walks
+            "rows": slice(first - window.sot_index, first - window.sot_index + len(rows)),  # rows the DTW walks
             "text_rows": text_rows,
             "aligned_rows": rows,
             "text_tokens": [window.tokens[i] for i in text_rows],
             "index": window.index, "language": window.language, "start": window.start,
+            "span": (window.start, min(window.next_seek / 100, run.clip.duration)),
         })
 
     @hookimpl
@@ -118,7 +122,9 @@ class Plugin:
         writer.add_tensor("cross_attention.alignment", alignment, plugin=self.name,
                           meta={"axes": ["aligned_token", "frame"], "alignment_heads": run.loaded.alignment_heads})
         writer.add_table("cross_attention.tokens", token_rows, plugin=self.name)
-        writer.add_json("cross_attention.words", lambda: [w for _, words in alignments() for w in words],
+        spans = {w["index"]: w["span"] for w in windows}
+        writer.add_json("cross_attention.words",
+                        lambda: monotonic_words([w for _, words in alignments() for w in words], spans),
                         plugin=self.name)
 
 

@@ -193,3 +193,22 @@ def _clamp_long_words(words: list[dict]) -> None:
                 words[i]["end"] = words[i]["start"] + max_duration
             elif words[i - 1]["word"] in SENTENCE_END:
                 words[i]["start"] = words[i]["end"] - max_duration
+
+
+def monotonic_words(words: list[dict], spans: dict[int, tuple[float, float]]) -> list[dict]:
+    """Words of consecutive windows made monotonic and kept inside their window's used span.
+
+    ``spans``: window index → (start, end) seconds of the audio that window's transcript covers
+    (from its seek to the next window's seek).  DTW can place a window's last word past the point
+    where the next window starts, or a word before the previous one ended; as faster-whisper
+    requires, each word starts no earlier than the previous one ends and ends no earlier than it
+    starts.
+    """
+    out, last_end = [], 0.0
+    for word in words:
+        low, high = spans.get(word.get("window", 0), (0.0, float("inf")))
+        start = min(max(word["start"], low, last_end), high)
+        end = min(max(word["end"], start), max(high, start))
+        out.append({**word, "start": round(start, 3), "end": round(end, 3)})
+        last_end = end
+    return out

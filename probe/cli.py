@@ -70,7 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
     run.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
     run.add_argument("--max-new-tokens", type=_positive_int, default=None, help="stop each window after this many tokens")
-    run.add_argument("--batch-size", type=int, default=1, help="windows decoded together (dataset runs)")
+    run.add_argument("--batch-size", type=int, default=1, help="clips decoded together in one generate() call")
+    decoding = run.add_argument_group(
+        "long-form and fallback decoding (as openai-whisper / faster-whisper name them; the defaults are"
+        " transformers': greedy, no fallback, no conditioning)")
+    decoding.add_argument("--temperature", type=_temperatures, default=None,
+                          help="a temperature, or a comma list to fall back through, e.g. 0,0.2,0.4,0.6,0.8,1")
+    decoding.add_argument("--compression-ratio-threshold", type=float, default=None,
+                          help="retry a window whose token zlib ratio is above this (transformers' measure; ~1.35)")
+    decoding.add_argument("--logprob-threshold", type=float, default=None,
+                          help="retry a window whose average log-probability is below this (e.g. -1.0)")
+    decoding.add_argument("--no-speech-threshold", type=float, default=None,
+                          help="skip a window whose no-speech probability is above this and logprob below its threshold")
+    decoding.add_argument("--condition-on-previous-text", action=argparse.BooleanOptionalAction, default=None,
+                          help="give each window the previous window's text as a <|startofprev|> prompt")
+    decoding.add_argument("--initial-prompt", default=None, help="text prompt before the first window (prompt_ids)")
+    decoding.add_argument("--seed", type=int, default=None, help="torch.manual_seed before decoding (sampled attempts)")
+    decoding.add_argument("--openai-defaults", action="store_true",
+                          help="openai-whisper's transcribe() settings: temperature 0,0.2,...,1.0, compression ratio"
+                               " 1.35 (zlib of tokens, ~2.4 of text), logprob -1.0, no-speech 0.6, conditioning on")
     run.add_argument("--channel", default="mix", help="mix (downmix), left or right")
     run.add_argument("--points", action="append", default=[],
                      help="hook points for the activations plugin (globs, comma-separated or repeated)")
@@ -129,6 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _temperatures(text: str) -> float | tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one temperature")
+    return values if len(values) > 1 else values[0]
+
+
+def decode_options(args):
+    """DecodeOptions from ``probe run`` arguments (``--openai-defaults`` first, explicit flags win)."""
+    from probe.tracer import OPENAI_DEFAULTS, DecodeOptions
+
+    chosen = dict(OPENAI_DEFAULTS) if args.openai_defaults else {}
+    for key, value in (("temperature", args.temperature),
+                       ("compression_ratio_threshold", args.compression_ratio_threshold),
+                       ("logprob_threshold", args.logprob_threshold),
+                       ("no_speech_threshold", args.no_speech_threshold),
+                       ("condition_on_prev_tokens", args.condition_on_previous_text)):
+        if value is not None:
+            chosen[key] = value
+    return DecodeOptions(language=args.language, task=args.task, timestamps=args.timestamps,
+                         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                         initial_prompt=args.initial_prompt, seed=args.seed, **chosen)
+
+
 def _version() -> str:
     from probe import __version__
 
@@ -157,9 +202,11 @@ def _inputs(args):
 
 
 def _window_json(window) -> dict:
-    return {"start": window.start, "end": window.end, "text": window.text, "tokens": window.tokens,
+    return {"start": window.start, "end": window.end, "seek": window.seek, "text": window.text,
+            "tokens": window.tokens, "skipped": window.skipped, "attempts": len(window.attempts),
             "language": window.language, "language_probability": round(window.language_probability, 4),
-            "no_speech_probability": round(window.no_speech_probability, 4), "segments": window.segments}
+            "no_speech_probability": round(window.no_speech_probability, 4), "segments": window.segments,
+            "signals": window.signals}
 
 
 def _result_json(run, loaded, trace=None) -> dict:
@@ -185,8 +232,10 @@ def _print_result(result: dict, out) -> None:
     multi = len(result["windows"]) > 1
     for i, window in enumerate(result["windows"]):
         prefix = f"[window {i}: {window['start']:.1f}-{window['end']:.1f} s] " if multi else ""
+        notes = (" skipped as no speech" if window["skipped"] else "") + (
+            f" ({window['attempts']} attempts)" if window["attempts"] > 1 else "")
         print(f"{prefix}language: {window['language']} (p={window['language_probability']:.2f})  "
-              f"no-speech: p={window['no_speech_probability']:.3f}", file=out)
+              f"no-speech: p={window['no_speech_probability']:.3f}{notes}", file=out)
     print(f"prompt: {''.join(result['prompt'])}", file=out)
     for window in result["windows"]:
         for segment in window["segments"]:
@@ -204,7 +253,7 @@ def cmd_run(args) -> int:
     from probe.plugin_manager import get_plugin_manager
     from probe.runner import trace_clips
     from probe.store import Store
-    from probe.tracer import DecodeOptions, Tracer
+    from probe.tracer import Tracer
 
     keep_freed_memory()  # freed blocks are reused, not faulted in again (probe/malloc.py)
     clips, count = _inputs(args)
@@ -214,8 +263,7 @@ def cmd_run(args) -> int:
     vocab = loaded.model.config.vocab_size
     if not 0 <= args.top_k <= vocab:
         raise OptionError(f"--top-k must be between 0 and the vocabulary size {vocab} (got {args.top_k})")
-    options = DecodeOptions(language=args.language, task=args.task, timestamps=args.timestamps,
-                            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    options = decode_options(args)
     plugin_refs = args.plugins if not args.no_store else args.plugins + [
         f"no:{name}" for name in ("activations", "attention", "cross_attention", "token_probs", "logit_lens")
         if f"no:{name}" not in args.plugins]
@@ -319,12 +367,40 @@ def cmd_show(args) -> int:
           f"(p={data.get('language_probability', 0):.2f})  no-speech: p={data.get('no_speech_probability', 0):.3f}")
     print(f"prompt: {''.join(t['token'] for t in data.get('prompt', []))}")
     print(f"transcript: {data.get('transcript', '')}")
+    windows = data.get("windows", [])
+    if windows:
+        print("windows (seek, attempts and hallucination signals):")
+        for window in windows:
+            print("  " + window_line(window))
+            for attempt in window.get("attempts", []):
+                if len(window["attempts"]) > 1 or attempt.get("verdict") != "kept":
+                    print(f"      attempt {attempt['attempt']} T={attempt['temperature']:.1f}: {attempt['verdict']}"
+                          f" — {attempt['reason']}: {attempt['text'][:60]!r}")
     for word in data["words"]:
         print(f"  {word['start']:7.2f} {word['end']:7.2f}  {word['word']}")
     print("records:")
     for name, meta in trace.records.items():
         print(f"  {name}  {meta.get('kind')} {meta.get('shape', '')} {meta.get('dtype', '')}")
     return 0
+
+
+def window_line(window: dict) -> str:
+    """One line per window: where it is, its language, and the signals that flag hallucinations."""
+    signals = window.get("signals") or {}
+    flags = []
+    if window.get("skipped"):
+        flags.append("SKIPPED (no speech)")
+    if signals.get("looping"):
+        loop = signals["repetition"]
+        flags.append(f"LOOP ({loop['repeats']}× a {loop['ngram']}-token phrase)")
+    if len(window.get("attempts", [])) > 1:
+        flags.append(f"{len(window['attempts'])} attempts")
+    logprob = signals.get("avg_logprob")
+    return (f"[{window['index']}] {window['start']:7.2f}-{window['end']:7.2f} s  seek {window.get('seek', 0)}"
+            f"  <|{window['language']}|>  no-speech {window['no_speech_probability']:.2f}"
+            f"  avg logprob {logprob if logprob is None else round(logprob, 2)}"
+            f"  compression {signals.get('compression_ratio', 0):.2f}/{signals.get('text_compression_ratio', 0):.2f}"
+            + (f"  {'; '.join(flags)}" if flags else ""))
 
 
 def cmd_rm(args) -> int:

@@ -8,8 +8,9 @@ records; any error leaves the store as it was and no hook on the model.
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 import functools
+from pathlib import Path
 from collections import deque
 from typing import Iterable, Iterator
 
@@ -145,7 +146,7 @@ def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store, name: 
 def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), store=None, name: str | None = None,
         language: str | None = None, task: str = "transcribe", timestamps: bool = False, num_beams: int = 1,
         max_new_tokens: int | None = None, device: str = "auto", dtype: str = "auto", disable: Iterable[str] = (),
-        plugin_options: dict | None = None, channel="mix", batch_size: int = 1):
+        plugin_options: dict | None = None, channel="mix", batch_size: int = 1, **decoding):
     """Trace ``audio`` with Whisper and return the stored trace (a list of traces for a list input).
 
     :param audio: a path, a 16 kHz numpy/torch array, an :class:`~probe.audio.AudioClip`, or a list.
@@ -154,14 +155,25 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     :param plugins: extra plugins (module names, ``.py`` paths or objects); ``"no:NAME"`` disables one.
     :param points: hook points (globs allowed) for the ``activations`` plugin to record.
     :param store: a :class:`~probe.store.Store` or folder; default :func:`probe.store.default_store_dir`.
-    :param batch_size: windows decoded together (several clips, or the windows of a long one).
+    :param batch_size: clips decoded together in one ``generate()`` call.
+    :param decoding: more :class:`~probe.tracer.DecodeOptions` fields — ``temperature`` (a float or a
+        fallback tuple), ``compression_ratio_threshold``, ``logprob_threshold``, ``no_speech_threshold``,
+        ``condition_on_prev_tokens``, ``initial_prompt``, ``seed``, ``min_new_tokens``; or
+        ``openai_defaults=True`` for openai-whisper's transcribe() settings (explicit fields win).
     """
     from probe.models import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     store = store if isinstance(store, Store) else Store(store)
+    from probe.tracer import OPENAI_DEFAULTS
+
+    chosen = dict(OPENAI_DEFAULTS) if decoding.pop("openai_defaults", False) else {}
+    unknown = set(decoding) - {f.name for f in dataclasses.fields(DecodeOptions)}
+    if unknown:
+        raise TypeError(f"probe.run() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
+    chosen.update(decoding)
     options = DecodeOptions(language=language, task=task, timestamps=timestamps, num_beams=num_beams,
-                            max_new_tokens=max_new_tokens)
+                            max_new_tokens=max_new_tokens, **chosen)
     pm = get_plugin_manager(plugins=list(plugins), disabled=disable)
     tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options)
     items = audio if isinstance(audio, (list, tuple)) else [audio]

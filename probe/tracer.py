@@ -483,19 +483,20 @@ class Tracer:
         counting = any(p.side == "decoder" for p in decode_points)
         with _memory_budget_message(self.loaded.device), torch.inference_mode(), windows.progress(self.progress):
             with hooks_mod.attach(model, decode_points, router.decoding), self._step_counter(router, counting), \
-                    GenerateObserver(model, windows), quiet_transformers():
+                    windows.cross_kv, GenerateObserver(model, windows), quiet_transformers():
                 if self.options.seed is not None:
                     torch.manual_seed(self.options.seed)
                 model.generate(features, **kwargs)
                 windows.finished()
 
     def replay(self, router: _Router, encoder_hidden: torch.Tensor, sequences: list[list[int]],
-               replay_points: list[HookPoint]) -> torch.Tensor:
+               replay_points: list[HookPoint], cross_cache=None) -> torch.Tensor:
         """Teacher-forced pass of every row's whole sequence, in one decoder call.
 
         Position q emitted token q + 1; the last position emits nothing (openai-whisper's alignment
         normalises over it too).  Shorter sequences are padded at the end, which the causal mask
-        keeps from touching real positions; plugins read ``len(ctx.tokens)`` positions.
+        keeps from touching real positions; plugins read ``len(ctx.tokens)`` positions.  The
+        cross-attention keys and values ``generate()`` computed are reused when given (``cross_cache``).
         encoder_hidden: [batch, frame, d_model] → the decoder's last hidden state [batch, query, d_model].
         """
         model = self.loaded.model
@@ -505,7 +506,8 @@ class Tracer:
         # nothing is decoded from this pass: patterned attention returns probs·v, not its kernel too
         with hooks_mod.attach(model, replay_points, router.replaying, outputs_from_patterns=True):
             hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
-                                         use_cache=False).last_hidden_state  # [batch, query, d_model]
+                                         **_cache_kwargs(model.model.decoder, cross_cache)
+                                         ).last_hidden_state  # [batch, query, d_model]
             if any(p.name == "hook_logits" for p in replay_points):
                 model.proj_out(hidden)
         return hidden
@@ -592,6 +594,7 @@ class _Windows:
         self._phases: list[str] = []
         self._aside_clock = 0.0
         self._bars: list[tqdm] = []
+        self.cross_kv = _CrossKeyValues(tracer.loaded.model.model.decoder, router)
 
     @contextmanager
     def progress(self, enabled: bool):
@@ -627,6 +630,7 @@ class _Windows:
                 self._n_frames(row, pending.seek[row]), None, 0
         # encoder points fire once per window: a retry re-encodes the same audio
         self._set_phase("encode" if pending.attempt == 0 else "again")
+        self.cross_kv.attempt = pending.attempt
         pending.timings["_encode_clock"] = time.perf_counter()
 
     def encoded(self, hidden) -> None:
@@ -713,8 +717,11 @@ class _Windows:
             item.ctx.attempt = accepted[row].index
         router.items = items
         clock = time.perf_counter()
+        cache = self.cross_kv.cache([(accepted[row].index, pending.attempt_rows[accepted[row].index].index(row),
+                                      accepted[row].num_beams) for row in rows])
+        self.cross_kv.kept.clear()
         with self._phase("replay"):
-            hidden = tracer.replay(router, encoder_hidden, sequences, self.replay_points)  # [row, query, d_model]
+            hidden = tracer.replay(router, encoder_hidden, sequences, self.replay_points, cache)  # [row, query, d_model]
         sot_index = [_sot_index(pending.prompts[row], tracer.sot) for row in rows]
         detected = tracer.language_probs(tracer.logits(hidden[torch.arange(len(rows)), sot_index]))
         replay_seconds = time.perf_counter() - clock
@@ -768,6 +775,70 @@ class _Windows:
             signals=window_signals(tokens, kept, token_logprobs, float(no_speech), tracer.loaded.model.config.vocab_size,
                                    tokenizer, tracer.eot),
             timings=dict(timings))
+
+
+class _CrossKeyValues:
+    """Keeps the cross-attention keys and values each attempt's ``generate()`` computes, for the replay.
+
+    Forward hooks on each decoder layer's ``encoder_attn.k_proj`` / ``v_proj`` keep their first
+    output of an attempt while it decodes ([row·beams, frame, d_model]); with the cache on,
+    generate() computes them once per attempt.  (Asking generate() for its cache costs more:
+    Whisper's generate splits and re-stacks every cache tensor.)
+    """
+
+    def __init__(self, decoder, router: _Router):
+        self.decoder, self.router = decoder, router
+        self.attempt = 0
+        self.kept: dict[tuple[int, int, str], torch.Tensor] = {}
+        self.handles: list = []
+
+    def __enter__(self) -> "_CrossKeyValues":
+        for index, layer in enumerate(self.decoder.layers):
+            for which in ("k_proj", "v_proj"):
+                module = getattr(layer.encoder_attn, which)
+                self.handles.append(module.register_forward_hook(self._keeper(index, which)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in reversed(self.handles):
+            handle.remove()
+        self.handles.clear()
+        self.kept.clear()
+
+    def _keeper(self, index: int, which: str):
+        def keep(module, args, output):
+            if self.router.phase == "decode":
+                self.kept.setdefault((self.attempt, index, which), output)  # [row·beams, frame, d_model]
+        return keep
+
+    def cache(self, rows: list[tuple[int, int, int]]):
+        """An EncoderDecoderCache holding only the cross-attention keys/values of ``rows`` — (attempt,
+        row within the attempt, beams) each — or None when they were not all seen."""
+        layers = len(self.decoder.layers)
+        try:
+            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+            attn = self.decoder.layers[0].encoder_attn
+            heads, head_dim = attn.num_heads, attn.head_dim
+            kept = DynamicCache()
+            for index in range(layers):
+                keys, values = (torch.stack([self.kept[attempt, index, which][row * beams]
+                                             for attempt, row, beams in rows])
+                                for which in ("k_proj", "v_proj"))
+                shape = (len(rows), -1, heads, head_dim)  # → [batch, head, frame, head_dim]
+                kept.update(keys.reshape(shape).transpose(1, 2), values.reshape(shape).transpose(1, 2), index)
+            return EncoderDecoderCache(DynamicCache(), kept)
+        except (KeyError, AttributeError, ImportError, TypeError, RuntimeError):
+            return None
+
+
+def _cache_kwargs(decoder, cache) -> dict:
+    if cache is None:
+        return {"use_cache": False}
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": True}
 
 
 def _sot_index(prompt: list[int], sot: int) -> int:

@@ -62,6 +62,45 @@ CLIPS = [
     ClipSpec("zh_hello", "zh", "cmn+f3", "你好，欢迎来到语音识别课程。", 3.0, 7.0, 120),
 ]
 
+# A lecture-like recording longer than two windows, for the long-form tests and benchmarks: distinct
+# sentences (so a repeated one is a decoding error, not the script) with pauses between them.
+LECTURE_SENTENCES = [
+    "Whisper is a speech recognition model trained on many hours of audio.",
+    "The encoder turns thirty seconds of sound into fifteen hundred frames.",
+    "The decoder writes the words one token at a time.",
+    "Long recordings are cut into windows, and each window starts where the last one ended.",
+    "When the text repeats itself, the model tries again at a higher temperature.",
+    "A lecture can last for an hour, so memory must stay small.",
+    "Cross attention shows where in the audio each word was heard.",
+    "The language token tells the model which language to write.",
+    "Silence at the end of a window should not turn into words.",
+    "Timestamps mark the start and the end of every segment.",
+    "Students can record their own voice and look at every layer.",
+    "The dashboard draws the spectrogram and the attention over it.",
+    "Each plugin keeps the records it cares about in the store.",
+    "Greedy decoding picks the most likely token at every step.",
+    "Beam search keeps several candidate sentences and picks the best one.",
+    "The no speech probability says how likely it is that nobody spoke.",
+]
+
+
+def lecture_recording(espeak: "Espeak", seconds: float | None = None, voice: str = "en-us+m3") -> np.ndarray:
+    """float32 [n] 16 kHz: :data:`LECTURE_SENTENCES` spoken with 0.6-1.4 s pauses (about 74 s), or
+    repeated (each pass in order) until ``seconds`` long, then cut there."""
+    parts, total, i = [], 0, 0
+    while True:
+        sentence = LECTURE_SENTENCES[i % len(LECTURE_SENTENCES)]
+        speech = audio_from_array(espeak.speak(sentence, voice, 160), sample_rate=espeak.sample_rate).samples
+        pause = np.zeros(int(SAMPLE_RATE * (0.6 + 0.4 * (i % 3))), np.float32)
+        parts += [speech, pause]
+        total += len(speech) + len(pause)
+        i += 1
+        if (seconds is None and i == len(LECTURE_SENTENCES)) or (seconds is not None and total >= seconds * SAMPLE_RATE):
+            break
+    samples = to_16bit_levels(np.concatenate(parts))
+    return samples if seconds is None else samples[: int(seconds * SAMPLE_RATE)]
+
+
 # espeak-ng's C API (speak_lib.h): synchronous output, UTF-8 text, positions in characters.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
