@@ -22,6 +22,7 @@ PAGES = {
         st.Page("views/audio.py", title="Audio", icon=":material/graphic_eq:"),
         st.Page("views/multitask.py", title="Multitask prompt", icon=":material/translate:"),
         st.Page("views/tokens.py", title="Token probabilities", icon=":material/bar_chart:"),
+        st.Page("views/windows.py", title="Windows and retries", icon=":material/replay:"),
     ],
     "Inside the model": [
         st.Page("views/conv_stem.py", title="Conv stem", icon=":material/compress:"),

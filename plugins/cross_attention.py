@@ -23,10 +23,10 @@ import functools
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from probe.alignment import alignment_matrix, monotonic_words, words_from_alignment
 from probe.hookspecs import hookimpl
+from probe.spill import Concatenated, Spilled
 from probe.transfer import to_host
 
 __version__ = "1.0"
@@ -79,9 +79,11 @@ class Plugin:
         aligned = aligned / aligned.sum(-1, keepdim=True)
         # Both leave the device now without waiting; the median filter and DTW run where the
         # trace is written (probe_run_end hands them over as functions), off the decoding thread.
+        # a long run keeps them on disk (run.spill) so an hour of audio does not pile up in memory
+        keep = run.spill.put if run.long else to_host
         state["windows"].append({
-            "weights": to_host(weights.to(torch.float16)),
-            "aligned": to_host(aligned),
+            "weights": keep(weights.to(torch.float16)),
+            "aligned": keep(aligned),
             "rows": slice(first - window.sot_index, first - window.sot_index + len(rows)),  # rows the DTW walks
             "text_rows": text_rows,
             "aligned_rows": rows,
@@ -105,9 +107,8 @@ class Plugin:
                                    "token": tokenizer.decode([token_id]), "is_text": step in text_rows,
                                    "aligned": step in aligned_rows})
 
-        def weights():  # [layer, head, token, frame], every window's tokens in order
-            return torch.cat([F.pad(w["weights"].wait(), (0, frames - w["weights"].shape[-1])) for w in windows],
-                             dim=2)
+        def weights():  # [layer, head, token, frame], every window's tokens in order, streamed part by part
+            return Concatenated([w["weights"] for w in windows], axis=2, last=frames)
 
         @functools.cache
         def alignments() -> list[tuple[np.ndarray, list[dict]]]:  # per window: (matrix, words), made once
@@ -130,7 +131,8 @@ class Plugin:
 
 def _alignment_and_words(captured: dict, tokenizer, eot: int) -> tuple[np.ndarray, list[dict]]:
     """One window's alignment matrix [text_token + 1, frame] (float32) and its timed words."""
-    aligned = captured["aligned"].wait()  # [head, row, frame] float32, on the host
+    aligned = captured["aligned"]  # [head, row, frame] float32: on its way to the host, or on disk
+    aligned = torch.from_numpy(np.array(aligned.load())) if isinstance(aligned, Spilled) else aligned.wait()
     matrix = alignment_matrix(aligned, rows=captured["rows"]).numpy()  # float32
     words = (words_from_alignment(matrix, captured["text_tokens"], tokenizer, captured["language"], eot,
                                   offset=captured["start"]) if captured["text_tokens"] else [])

@@ -374,8 +374,8 @@ def _json_default(value: Any) -> Any:
 def render_html(trace: Trace, views: list[str] | None = None) -> str:
     """The self-contained page for ``trace``: nothing in it loads from the network."""
     title = trace.name or trace.id
-    sections = [_listen_section(trace), _task_section(trace), _figures_section(trace, views),
-                _tokens_section(trace)]
+    sections = [_listen_section(trace), _task_section(trace), _windows_section(trace),
+                _figures_section(trace, views), _tokens_section(trace)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{_esc(title)} · whisper-probe</title><style>{_PAGE_STYLE}</style></head>"
@@ -441,6 +441,34 @@ def _task_section(trace: Trace) -> str:
             f'<p>The decoder starts from these special tokens: {prompt or "(none recorded)"}</p>'
             f'<div class="cols"><table>{fact_rows}</table>{_language_table(trace)}</div>'
             '</section>')
+
+
+def _windows_section(trace: Trace) -> str:
+    """Each window generate() decoded: where, in which language, its signals and its attempts."""
+    windows = trace.manifest.get("windows") or []
+    if not windows:
+        return ""
+    rows = []
+    for window in windows:
+        signals = window.get("signals") or {}
+        flags = ", ".join(flag for flag, on in (("skipped: no speech", window.get("skipped")),
+                                                ("repetition loop", signals.get("looping"))) if on)
+        attempts = "".join(
+            f'<li><b>attempt {a["attempt"]}</b> (T = {a["temperature"]:.1f}, {a["num_beams"]} beam(s)): '
+            f'{_esc(a["verdict"])} — {_esc(a["reason"])}<br><q>{_esc(a["text"][:200])}</q></li>'
+            for a in window.get("attempts") or [])
+        rows.append(f'<tr><td class="num">{window["index"]}</td>'
+                    f'<td class="num">{window["start"]:.2f}–{window.get("next_seek", 0) / 100:.2f}</td>'
+                    f'<td>{_esc(window["language"])}</td><td class="num">{_number(window["no_speech_probability"])}</td>'
+                    f'<td class="num">{_number(signals.get("avg_logprob"))}</td>'
+                    f'<td class="num">{_number(signals.get("compression_ratio"))}</td>'
+                    f'<td>{_esc(flags)}<ol start="0">{attempts}</ol></td></tr>')
+    return ('<section id="windows"><h2>Windows and retries</h2>'
+            '<p class="hint">Whisper decodes 30 s at a time; each window starts where the text of the one '
+            'before ended. A window is decoded again at a higher temperature when its text looks repetitive '
+            'or unsure, and dropped when it holds no speech.</p>'
+            '<table><tr><th>window</th><th>seconds used</th><th>language</th><th>no-speech p</th>'
+            '<th>avg log-prob</th><th>compression</th><th>attempts</th></tr>' + "".join(rows) + "</table></section>")
 
 
 def _language_table(trace: Trace, top: int = 5) -> str:

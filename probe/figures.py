@@ -657,19 +657,21 @@ def logit_lens(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
     return fig
 
 
-def _multitask_window(trace) -> dict:
+def _multitask_window(trace, window: int = 0) -> dict:
     require(trace, "token_probs.multitask")
     windows = (trace.json("token_probs.multitask") or {}).get("windows") or []
-    if not windows:
-        raise StoreError(f"record token_probs.multitask of trace {trace.id} has no windows; re-run the trace")
-    return windows[0]
+    if not 0 <= window < len(windows):
+        raise StoreError(f"record token_probs.multitask of trace {trace.id} has no window {window}; "
+                         f"it has {len(windows)}")
+    return windows[window]
 
 
 @_draws
-def language_probs(trace, top: int = 10) -> Figure:
-    """The language-detection distribution of the first window (its ``top`` most likely
-    languages), with the detected language and the no-speech probability in the title."""
-    window = _multitask_window(trace)
+def language_probs(trace, top: int = 10, window: int = 0) -> Figure:
+    """The language-detection distribution at ``window``'s <|startoftranscript|> (its ``top`` most
+    likely languages), with its language token and no-speech probability in the title."""
+    index = window
+    window = _multitask_window(trace, index)
     ranked = sorted((window.get("language_probs") or {}).items(), key=lambda item: -item[1])[:top]
     fig = _figure(7, 0.32 * len(ranked) + 1.8)
     ax = fig.add_subplot()
@@ -684,7 +686,7 @@ def language_probs(trace, top: int = 10) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability")
     ax.set_ylabel("language token")
-    ax.set_title(f"Language detection: <|{window.get('language')}|> "
+    ax.set_title(("" if index == 0 else f"Window {index + 1}: ") + f"Language detection: <|{window.get('language')}|> "
                  f"(p={window.get('language_probability', 0):.2f}); "
                  f"no-speech p={window.get('no_speech_probability', 0):.3f}", fontsize=10)
     return fig
@@ -749,6 +751,66 @@ def _middle(trace, key: str) -> int:
     return _config(trace, key, 2) // 2
 
 
+def _window_concern(window: dict) -> float:
+    """0 (nothing suspicious) … 1 (skipped, looping or retried): the timeline's colour."""
+    signals = window.get("signals") or {}
+    if window.get("skipped") or signals.get("looping"):
+        return 1.0
+    concern = 0.5 if len(window.get("attempts") or []) > 1 else 0.0
+    logprob = signals.get("avg_logprob")
+    if logprob is not None:
+        concern = max(concern, min(1.0, max(0.0, -logprob - 0.3)))
+    return max(concern, min(1.0, float(window.get("no_speech_probability") or 0.0)))
+
+
+@_draws
+def windows_timeline(trace) -> Figure:
+    """Every window generate() decoded, on the clip's time axis: the span its transcript used
+    (seek to the next seek), coloured from calm to suspect by its hallucination signals, with its
+    fallback attempts marked (× rejected, ○ kept, ■ skipped as no speech) and the no-speech
+    probability and average log-probability below."""
+    windows = trace.manifest.get("windows") or []
+    if not windows:
+        raise StoreError(f"trace {trace.id} has no windows; re-run the trace")
+    total = max(duration(trace), max(float(w["end"]) for w in windows))
+    fig = _figure(10, 4.2)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1.2, 1]})
+    cmap = matplotlib.colormaps["RdYlGn_r"]
+    for window in windows:
+        start = float(window["start"])
+        used = max(float(window.get("next_seek", 0)) / 100, start + 0.05)
+        end = min(used, total)
+        concern = _window_concern(window)
+        top.barh(0, end - start, left=start, height=0.6, color=cmap(0.1 + 0.8 * concern), edgecolor="0.2",
+                 hatch="//" if window.get("skipped") else None)
+        top.text((start + end) / 2, 0, str(window["index"]), ha="center", va="center", fontsize=9,
+                 color="black" if concern < 0.7 else "white")
+        for attempt in window.get("attempts") or []:
+            marker = {"rejected": "x", "kept": "o", "skipped": "s"}.get(attempt.get("verdict"), ".")
+            top.plot(start + 0.3 + 0.5 * attempt["attempt"], 0.55, marker=marker, color="0.15", markersize=5,
+                     fillstyle="none" if marker == "o" else "full")
+    top.set_ylim(-0.6, 0.9)
+    top.set_yticks([])
+    top.set_title(f"Windows: {len(windows)} decoded, "
+                  f"{sum(len(w.get('attempts') or []) > 1 for w in windows)} retried, "
+                  f"{sum(bool(w.get('skipped')) for w in windows)} skipped as no speech")
+    centres = [(float(w["start"]) + min(max(float(w.get("next_seek", 0)) / 100, float(w["start"])), total)) / 2
+               for w in windows]
+    bottom.plot(centres, [float(w.get("no_speech_probability") or 0) for w in windows], "o-", color="tab:purple",
+                label="no-speech probability")
+    logprobs = [(c, (w.get("signals") or {}).get("avg_logprob")) for c, w in zip(centres, windows)]
+    logprobs = [(c, v) for c, v in logprobs if v is not None]
+    if logprobs:
+        twin = bottom.twinx()
+        twin.plot(*zip(*logprobs), "s--", color="tab:orange", label="average log-probability")
+        twin.set_ylabel("avg log-prob", color="tab:orange")
+    bottom.set_ylim(0, 1)
+    bottom.set_ylabel("no-speech p", color="tab:purple")
+    bottom.set_xlim(0, total)
+    bottom.set_xlabel("time in the clip (s)")
+    return fig
+
+
 FIGURES: dict[str, Callable[..., Figure]] = {
     "waveform": waveform,
     "log_mel": log_mel,
@@ -760,6 +822,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "token_probs": token_probs,
     "logit_lens": logit_lens,
     "language_probs": language_probs,
+    "windows": windows_timeline,
 }
 
 

@@ -116,7 +116,10 @@ def begin_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None,
 
 def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None):
     """Let the plugins write ``run``'s records into a new trace of ``store``; returns the trace."""
-    return begin_trace(tracer, run, store, name).wait()
+    try:
+        return begin_trace(tracer, run, store, name).wait()
+    finally:
+        run.spill.remove()
 
 
 def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store, name: str | None = None,
@@ -129,18 +132,27 @@ def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store, name: 
     unfinished one is removed, and the error goes on.
     """
     pending: deque[tuple[Run, TraceWriter]] = deque()
+    seen: list[Run] = []
 
     def oldest():
         done, writer = pending.popleft()
-        return done, writer.wait()
+        try:
+            return done, writer.wait()
+        finally:
+            done.spill.remove()  # what it spilled is in the trace now (or the trace failed)
 
-    with WriteQueue() as queue:
-        for run in tracer.trace_many(clips, batch_size=batch_size):
-            pending.append((run, begin_trace(tracer, run, store, name, queue)))
-            while pending and pending[0][1].written():
+    try:
+        with WriteQueue() as queue:
+            for run in tracer.trace_many(clips, batch_size=batch_size):
+                seen.append(run)
+                pending.append((run, begin_trace(tracer, run, store, name, queue)))
+                while pending and pending[0][1].written():
+                    yield oldest()
+            while pending:
                 yield oldest()
-        while pending:
-            yield oldest()
+    finally:
+        for run in seen:
+            run.spill.remove()
 
 
 def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), store=None, name: str | None = None,

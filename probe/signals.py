@@ -85,7 +85,7 @@ def attempt_record(attempt, tokenizer, eot: int, options, token_logprobs: list[f
         reason = (f"no speech: p={attempt.no_speech_probability:.2f} > {options.no_speech_threshold} and average"
                   f" log-probability {attempt.avg_logprob:.2f} < {options.logprob_threshold}; the window's text is dropped")
     elif not accepted:
-        verdict, reason = "rejected", "; ".join(reasons) + f"; retried at the next temperature"
+        verdict, reason = "rejected", "; ".join(reasons) + "; retried at the next temperature"
     elif attempt.needs_fallback and last:
         verdict, reason = "kept", "; ".join(reasons) + "; no temperature left, so this attempt is kept"
     else:

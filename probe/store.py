@@ -313,6 +313,11 @@ class TraceWriter:
         if callable(array):
             self._add(name, "tensor", plugin, meta, None, None, array, self._write_tensor)
             return
+        from probe.spill import Concatenated
+
+        if isinstance(array, Concatenated):  # per-window parts, streamed into the file
+            self._add(name, "tensor", plugin, meta, None, None, lambda: array, self._write_tensor)
+            return
         shape, dtype, host = _host_array(array)
         self._add(name, "tensor", plugin, meta, shape, dtype,
                   lambda path: save_file({_TENSOR_KEY: host()}, str(path)))
@@ -339,6 +344,10 @@ class TraceWriter:
     # Writing what a function made; each returns the record's (shape, dtype) for the manifest.
     @staticmethod
     def _write_tensor(value: Any, path: Path) -> tuple[list[int], str]:
+        from probe.spill import Concatenated
+
+        if isinstance(value, Concatenated):
+            return value.write_safetensors(path, _TENSOR_KEY)
         shape, dtype, host = _host_array(value)
         save_file({_TENSOR_KEY: host()}, str(path))
         return shape, dtype

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-import zlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +35,13 @@ from probe.longform import Attempt, GenerateObserver, check_supported
 from probe.models import quiet_transformers
 from probe.plugin_manager import call_each, implementations, plugin_version
 from probe.points import HookPoint, select_points
+from probe.spill import Spill
 
 FRAMES_PER_SECOND = 50  # encoder frames: 1500 per 30 s window, 20 ms each
 MEL_FRAMES_PER_SECOND = 100  # log-Mel frames (hop 160 samples); seek counts these
 TASKS = ("transcribe", "translate")
+SPILL_SECONDS = 120  # runs longer than this keep big per-window records on disk while decoding
+CHUNKED_FEATURES_SECONDS = 120  # longer single clips get their log-Mel in chunks (probe.features)
 WARN_BYTES = 256 * 2**20  # say how much a trace will keep before recording more than this
 # openai-whisper's transcribe() defaults.  Its compression-ratio threshold, 2.4, is gzip over the
 # text; transformers compresses token bytes with zlib, where 1.35 is the documented equivalent.
@@ -231,6 +233,14 @@ class Run:
     # these are the 30 s slices the clip would need at least, for estimates.
     window_spans: list[tuple[float, float]] = field(default_factory=list)
     plugin_seconds: dict[str, float] = field(default_factory=dict)  # time spent in each plugin's hooks
+    # where plugins keep big per-window arrays of a long run on disk (probe.spill); removed once
+    # the run's trace is written or the run fails
+    spill: Spill = field(default_factory=Spill)
+
+    @property
+    def long(self) -> bool:
+        """A clip long enough that plugins should spill big per-window arrays to ``spill``."""
+        return self.clip.duration > SPILL_SECONDS
 
     @property
     def model(self):
@@ -413,6 +423,12 @@ class Tracer:
         if all(len(s) <= WINDOW_SECONDS * SAMPLE_RATE for s in samples):
             out = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt")
             mask = None
+        elif len(samples) == 1 and len(samples[0]) > CHUNKED_FEATURES_SECONDS * SAMPLE_RATE:
+            from probe.features import log_mel
+
+            features = log_mel(samples[0], extractor)[None]  # [1, n_mels, mel_frame]; bounded memory
+            mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=self.loaded.device)
+            return features.to(self.loaded.device, self.loaded.dtype), mask
         else:
             out = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
                             padding="longest", return_attention_mask=True)
@@ -458,12 +474,20 @@ class Tracer:
         for clip in clips:
             batch.append(self.start(clip))
             if len(batch) == batch_size:
-                self.decode(batch)
+                self._decode_or_release(batch)
                 yield from batch
                 batch = []
         if batch:
-            self.decode(batch)
+            self._decode_or_release(batch)
             yield from batch
+
+    def _decode_or_release(self, runs: list[Run]) -> None:
+        try:
+            self.decode(runs)
+        except BaseException:
+            for run in runs:
+                run.spill.remove()
+            raise
 
     def decode(self, runs: list[Run]) -> None:
         """One plain ``generate()`` call for ``runs``' clips, watched window by window."""

@@ -61,6 +61,7 @@ class DashboardStore:
     english: object  # probe.store.Trace: transcribe, every built-in plugin + loudness
     translate: object  # Mandarin clip, task translate, without attention / activations
     transcribe: object  # Mandarin clip, transcribe, without attention / logit_lens / activations
+    retried: object  # 31 s of faint noise then speech, openai-whisper's settings: 2 windows, the first skipped
     damaged_id: str  # a copy of `english` whose cross_attention.weights file is gone
     plugin_dir: Path  # holds the loudness plugin module and its entry point
 
@@ -106,13 +107,19 @@ def build_dashboard_store(base, folder: Path) -> DashboardStore:
                           disable=["attention", "activations"])
     transcribe = probe.run(mandarin_clip, model=base, store=store, name="zh_transcribe",
                            disable=["attention", "logit_lens", "activations"])
+    import numpy as np
+
+    noise = 0.01 * np.random.default_rng(0).standard_normal(31 * 16000).astype(np.float32)
+    speech = probe.load_audio(EXAMPLES / "en_lecture.flac").samples
+    retried = probe.run(np.concatenate([noise, speech]), model=base, store=store, name="noise_then_speech",
+                        openai_defaults=True, seed=0, disable=["attention", "logit_lens", "activations"])
     damaged_id = f"{english.id}-damaged"
     damaged = store.path / damaged_id
     shutil.copytree(english.path, damaged)
     (damaged / english.records[DAMAGED_RECORD]["file"]).unlink()
     manifest = json.loads((damaged / "manifest.json").read_text())
     (damaged / "manifest.json").write_text(json.dumps({**manifest, "name": "en_fox_damaged"}))
-    built = DashboardStore(store.path, english, translate, transcribe, damaged_id, plugin_dir)
+    built = DashboardStore(store.path, english, translate, transcribe, retried, damaged_id, plugin_dir)
     _BUILT[folder] = built
     return built
 

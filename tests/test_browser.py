@@ -34,7 +34,7 @@ VIEWPORT = {"width": 1400, "height": 1000}
 # url path (the overview is the default page, at the root) -> text the page must show
 VIEWS = {
     "": "Transcript", "audio": "log-Mel", "multitask": "Language detection",
-    "tokens": "Every emitted token", "conv_stem": "Channels shown", "attention": "Every encoder head",
+    "tokens": "Every emitted token", "windows": "Every window", "conv_stem": "Channels shown", "attention": "Every encoder head",
     "cross_attention": "Word timestamps", "logit_lens": "unembedding", "lesson": "Step 1 of 7",
     "compare": "Compare with", "plugin_records": "Loudness", "new_trace": "Record trace",
 }

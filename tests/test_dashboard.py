@@ -25,7 +25,7 @@ from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fix
 pytestmark = pytest.mark.integration
 
 APP = Path(probe.dashboards.__file__).with_name("app.py")
-VIEWS = ["overview", "audio", "multitask", "tokens", "conv_stem", "attention", "cross_attention", "logit_lens",
+VIEWS = ["overview", "audio", "multitask", "tokens", "windows", "conv_stem", "attention", "cross_attention", "logit_lens",
          "lesson", "compare", "plugin_records", "new_trace"]
 
 
@@ -197,6 +197,33 @@ def test_token_view_colours_the_transcript_and_lists_every_token(open_view, dash
     assert "background:rgb(" in shown and " fox" in shown
     assert len(app.image) == 1
     assert len(app.dataframe[0].value) == len(trace.table("token_probs.tokens"))
+
+
+def test_windows_view_shows_each_window_its_attempts_and_why(open_view, dashboard_store):
+    trace = dashboard_store.retried
+    windows = trace.manifest["windows"]
+    assert len(windows) == 2 and windows[0]["skipped"] and not windows[1]["skipped"]
+    app = open_view("windows", trace.id)
+    no_exception(app)
+    table = app.dataframe[0].value
+    assert list(table["window"]) == [0, 1] and list(table["skipped"]) == ["no speech", ""]
+    assert "1 skipped as no speech" in texts(app) or len(app.image) == 1
+    assert any("skipped" in e.label for e in app.expander)  # window 1 of 2 is picked first
+    assert "no speech: p=" in texts(app)
+    app.selectbox(key="windows_window").select(1).run()
+    no_exception(app)
+    assert windows[1]["text"][:20] in texts(app) and any("kept" in e.label for e in app.expander)
+    app.button(key="windows_to_cross").click().run()
+    no_exception(app)
+    assert app.session_state["cross_window"] == 1
+
+
+def test_html_export_has_the_windows_and_their_attempts(dashboard_store, tmp_path):
+    from probe.export import render_html
+
+    page = render_html(dashboard_store.retried)
+    assert 'id="windows"' in page and "skipped: no speech" in page and "no speech: p=" in page
+    assert page.count('<tr><td class="num">') >= 2
 
 
 def test_logit_lens_view_draws_or_names_the_missing_plugin(open_view, dashboard_store):

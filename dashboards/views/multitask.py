@@ -18,24 +18,35 @@ LANGUAGE_ROLE = "language: which language the audio is in (detected, or given wi
 
 trace = context.current_trace()
 manifest = trace.manifest
-prompt = manifest.get("prompt") or []
+windows = manifest.get("windows") or []
 
 st.title("Multitask prompt")
+window = context.pick_window(trace, "multitask_window")
+shown = windows[window] if windows else {}
+prompt = ([{"id": t, "token": s} for t, s in zip(shown.get("prompt", []), shown.get("prompt_tokens", []))]
+          if shown.get("prompt_tokens") else manifest.get("prompt") or [])
+if len(windows) > 1:
+    st.caption(f"Each window has its own prompt: with conditioning on previous text it starts with "
+               f"`<|startofprev|>` and the text before; languages by window: "
+               + ", ".join(f"{w['index'] + 1}: <|{w['language']}|>" for w in windows))
 columns = st.columns(3)
-columns[0].metric("Detected language", f"<|{trace.language}|>")
-columns[1].metric("Language probability", f"{manifest.get('language_probability', 0):.3f}")
-columns[2].metric("No-speech probability", f"{manifest.get('no_speech_probability', 0):.3f}",
+columns[0].metric("Language token", f"<|{shown.get('language', trace.language)}|>")
+columns[1].metric("Language probability", f"{shown.get('language_probability', manifest.get('language_probability', 0)):.3f}")
+columns[2].metric("No-speech probability",
+                  f"{shown.get('no_speech_probability', manifest.get('no_speech_probability', 0)):.3f}",
                   help="The probability of <|nospeech|> at the first decoding step: above about 0.6 "
                        "(with low confidence in the text) Whisper treats the window as silence.")
 
 st.subheader("The prompt")
 st.html(context.prompt_chips(prompt))
+special = [entry for entry in prompt if str(entry["token"]) in TOKEN_ROLES  # not the previous text's tokens
+           or (str(entry["token"]).startswith("<|") and str(entry["token"])[2:-2].isalpha())]
 st.markdown("\n".join(f"- `{entry['token']}` — {TOKEN_ROLES.get(entry['token'], LANGUAGE_ROLE)}"
-                      for entry in prompt))
+                      for entry in special))
 
 st.subheader("Language detection")
 top = st.slider("Languages shown", 3, 25, 10, key="multitask_top")
-context.show_figure(trace, "language_probs", top=top)
+context.show_figure(trace, "language_probs", top=top, window=window)
 
 st.subheader("Transcribe vs translate")
 store_path = trace.store_path

@@ -48,8 +48,15 @@ with right:
     st.dataframe([{"setting": key, "value": value} for key, value in (model.get("config") or {}).items()],
                  hide_index=True)
 
-segments = [dict(window=w["index"], **segment) for w in manifest.get("windows") or []
-            for segment in w.get("segments") or []]
+windows = manifest.get("windows") or []
+if len(windows) > 1:
+    languages = sorted({w["language"] for w in windows})
+    st.caption(f"{len(windows)} windows ({sum(bool(w.get('skipped')) for w in windows)} skipped as no speech, "
+               f"{sum(len(w.get('attempts') or []) > 1 for w in windows)} retried); language tokens: "
+               + ", ".join(f"<|{code}|>" for code in languages) + " — see **Windows and retries**.")
+segments = [{"window": w["index"], "language": w["language"],
+             **{key: segment[key] for key in ("start", "end", "text")}}
+            for w in windows for segment in w.get("segments") or []]
 if segments:
     st.subheader("Segments")
     st.dataframe(segments, hide_index=True)
