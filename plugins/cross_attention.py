@@ -26,6 +26,7 @@ import torch
 
 from probe.alignment import alignment_matrix, monotonic_words, words_from_alignment
 from probe.hookspecs import hookimpl
+from probe.signals import flag_words
 from probe.spill import Concatenated, Spilled
 from probe.transfer import to_host
 
@@ -88,6 +89,7 @@ class Plugin:
             "text_rows": text_rows,
             "aligned_rows": rows,
             "text_tokens": [window.tokens[i] for i in text_rows],
+            "text_probs": [float(np.exp(window.token_logprobs[i])) for i in text_rows] if window.token_logprobs else [],
             "index": window.index, "language": window.language, "start": window.start,
             "span": (window.start, min(window.next_seek / 100, run.clip.duration)),
         })
@@ -136,4 +138,12 @@ def _alignment_and_words(captured: dict, tokenizer, eot: int) -> tuple[np.ndarra
     matrix = alignment_matrix(aligned, rows=captured["rows"]).numpy()  # float32
     words = (words_from_alignment(matrix, captured["text_tokens"], tokenizer, captured["language"], eot,
                                   offset=captured["start"]) if captured["text_tokens"] else [])
-    return matrix, [{**w, "window": captured["index"]} for w in words]
+    words = [{**w, "window": captured["index"]} for w in words]
+    if captured["text_probs"]:  # each word's probability (mean over its tokens), then its anomaly score
+        probs, at = captured["text_probs"], 0
+        for word in words:
+            count = len(word["tokens"])
+            word["probability"] = round(float(np.mean(probs[at:at + count])), 4) if count else None
+            at += count
+        words = flag_words(words)
+    return matrix, words

@@ -377,7 +377,9 @@ def cmd_show(args) -> int:
                     print(f"      attempt {attempt['attempt']} T={attempt['temperature']:.1f}: {attempt['verdict']}"
                           f" — {attempt['reason']}: {attempt['text'][:60]!r}")
     for word in data["words"]:
-        print(f"  {word['start']:7.2f} {word['end']:7.2f}  {word['word']}")
+        note = (f"  (anomalous: p={word.get('probability')}, score {word['anomaly']})" if word.get("anomalous")
+                else "")
+        print(f"  {word['start']:7.2f} {word['end']:7.2f}  {word['word']}{note}")
     print("records:")
     for name, meta in trace.records.items():
         print(f"  {name}  {meta.get('kind')} {meta.get('shape', '')} {meta.get('dtype', '')}")

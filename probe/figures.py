@@ -525,14 +525,18 @@ def _word_rows(words: list[dict], tokens: list[dict]) -> list[tuple[dict, list[i
 
 
 @_draws
-def cross_attention(trace, layer: int | None = None, head: int | None = None, window: int = 0) -> Figure:
+def cross_attention(trace, layer: int | None = None, head: int | None = None, window: int | None = None) -> Figure:
     """Decoded tokens against audio time, under the log-Mel spectrogram with word timestamps,
     for one 30 s window (tokens and words of that window; time in seconds of the clip).
+    ``window=None``: the first window whose text the transcript keeps (not one skipped as no speech).
 
     ``layer=None`` shows the alignment-head average (z-scored, median-filtered) the DTW word
     timings walk; a layer shows that layer's attention, of one head or averaged over heads.
     Boxes mark each word's DTW span over its tokens.
     """
+    if window is None:
+        spoken = [w["index"] for w in trace.manifest.get("windows") or [] if w.get("kept", 1) and not w.get("skipped")]
+        window = spoken[0] if spoken else 0
     matrix, tokens = cross_attention_rows(trace, layer, head, window)  # [token, frame]
     start, end = window_span(trace, window)
     words = [word for word in trace.words() if word.get("window", 0) == window]
@@ -791,6 +795,9 @@ def windows_timeline(trace) -> Figure:
                      fillstyle="none" if marker == "o" else "full")
     top.set_ylim(-0.6, 0.9)
     top.set_yticks([])
+    top.set_ylabel("window")
+    scale = matplotlib.cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=cmap)
+    fig.colorbar(scale, ax=[top, bottom], label="concern (0 calm … 1 skipped or looping)", fraction=0.03, pad=0.08)
     top.set_title(f"Windows: {len(windows)} decoded, "
                   f"{sum(len(w.get('attempts') or []) > 1 for w in windows)} retried, "
                   f"{sum(bool(w.get('skipped')) for w in windows)} skipped as no speech")

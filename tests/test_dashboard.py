@@ -247,7 +247,7 @@ def test_multitask_view_shows_language_no_speech_and_the_task_pair(open_view, da
     trace = dashboard_store.translate
     app = open_view("multitask", trace.id)
     shown = texts(app)
-    assert f"Detected language <|{trace.language}|>" in shown
+    assert f"Language token <|{trace.language}|>" in shown
     assert f"{trace.manifest['no_speech_probability']:.3f}" in shown
     assert "<|translate|>" in shown and "<|transcribe|>" in shown  # both prompts, side by side
     assert dashboard_store.transcribe.transcript in shown

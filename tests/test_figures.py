@@ -22,6 +22,7 @@ UNITS = {
     "waveform": "time (s)", "log_mel": "time (s)", "conv_stem": "time (s)", "encoder_attention": "time (s)",
     "decoder_attention": "token", "attention_summary": "(nats)", "cross_attention": "time (s)",
     "token_probs": "(nats)", "logit_lens": "layer", "language_probs": "probability",
+    "windows": "time in the clip (s)",
 }
 WITHOUT_COLOUR_SCALE = {"waveform", "language_probs"}
 
