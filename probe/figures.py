@@ -481,7 +481,8 @@ def cross_attention_rows(trace, layer: int | None = None, head: int | None = Non
     tokens = trace.table("cross_attention.tokens")
     if layer is None:
         require(trace, "cross_attention.alignment")
-        tokens = [token for token in tokens if token["is_text"]]
+        # the alignment matrix has one row per aligned token: each window's text and its closing row
+        tokens = [token for token in tokens if token.get("aligned", token["is_text"])]
         name, index = "cross_attention.alignment", ()
     else:
         name, index = "cross_attention.weights", (_layer_index(trace, "cross_attention.weights", layer), slice(None))

@@ -213,3 +213,16 @@ def test_drawing_from_records_needs_no_torch(dashboard_store):
         "figures.log_mel_array(trace)\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+def test_alignment_rows_of_a_later_window_are_its_own(dashboard_store):
+    """Each window adds its text rows and a closing row to the alignment matrix: a later window's
+    rows start after every earlier window's (an off-by-one per window would shift them)."""
+    trace = dashboard_store.retried
+    alignment = trace.tensor("cross_attention.alignment")
+    tokens = trace.table("cross_attention.tokens")
+    before = sum(1 for t in tokens if t["aligned"] and t["window"] == 0)
+    matrix, rows = figures.cross_attention_rows(trace, window=1)
+    assert len(rows) == sum(1 for t in tokens if t["aligned"] and t["window"] == 1) == len(matrix)
+    np.testing.assert_array_equal(matrix, alignment[before:before + len(rows), :matrix.shape[1]])
+    assert [r["token"] for r in rows if r["is_text"]][0].strip().lower().startswith("wh")
