@@ -39,6 +39,21 @@ class Spilled:
         """The array, memory-mapped read-only (pages are read as they are used)."""
         return np.load(self.path, mmap_mode="r", allow_pickle=False)
 
+    def blocks(self, leading: int):
+        """Yield the C-ordered sub-arrays ``array[index]`` for every index over the first ``leading``
+        axes, each read from the file on its own (not mapped, so what was read is not kept)."""
+        inner = self.shape[leading:]
+        count = int(np.prod(inner))
+        with open(self.path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}[version]
+            _, fortran, _ = read_header(file)
+            if fortran:
+                raise ValueError(f"{self.path} is not C-ordered")
+            for _ in np.ndindex(*self.shape[:leading]):
+                yield np.fromfile(file, dtype=self.dtype, count=count).reshape(inner)
+
 
 class Spill:
     """A run's scratch folder of spilled arrays; made on first use, removed by :meth:`remove`."""
@@ -76,6 +91,11 @@ def _materialise(part: Any) -> np.ndarray:
     return np.asarray(part)
 
 
+def _rows(array: np.ndarray, leading: int):
+    for index in np.ndindex(*array.shape[:leading]):
+        yield array[index]
+
+
 @dataclass
 class Concatenated:
     """Parts joined along ``axis``, each zero-padded at the end of the last axis to ``last``.
@@ -106,10 +126,14 @@ class Concatenated:
     def write_safetensors(self, path: Path, key: str) -> tuple[list[int], str]:
         """Stream the joined array into a safetensors file holding one tensor ``key``; returns
         (shape, dtype name).  Reads each part's rows as it writes them (C order)."""
-        arrays = [_materialise(part) for part in self.parts]  # memory-mapped where spilled
-        dtype = arrays[0].dtype
-        if any(a.dtype != dtype for a in arrays):
-            raise ValueError(f"parts of one record must share a dtype, got {sorted({str(a.dtype) for a in arrays})}")
+        # spilled parts are read block by block from their files; the others are in memory
+        arrays = [part.blocks(self.axis) if isinstance(part, Spilled) else iter(_rows(_materialise(part), self.axis))
+                  for part in self.parts]
+        dtypes = {np.dtype(part.dtype) if isinstance(part, Spilled) else _materialise(part).dtype
+                  for part in self.parts}
+        if len(dtypes) != 1:
+            raise ValueError(f"parts of one record must share a dtype, got {sorted(str(d) for d in dtypes)}")
+        dtype = dtypes.pop()
         shape = self.shape
         nbytes = int(np.prod(shape)) * dtype.itemsize
         header = json.dumps({key: {"dtype": _SAFETENSORS_NAMES[dtype.name], "shape": shape,
@@ -117,9 +141,9 @@ class Concatenated:
         header += b" " * (-len(header) % 8)
         with open(path, "wb") as out:
             out.write(struct.pack("<Q", len(header)) + header)
-            for index in np.ndindex(*shape[:self.axis]):
-                for array in arrays:
-                    block = np.asarray(array[index])  # [part's axis, ..., last ≤ self.last]
+            for _ in np.ndindex(*shape[:self.axis]):
+                for blocks in arrays:
+                    block = next(blocks)  # [part's axis, ..., last ≤ self.last]
                     pad = [(0, 0)] * (block.ndim - 1) + [(0, self.last - block.shape[-1])]
                     out.write(np.ascontiguousarray(np.pad(block, pad)).astype(dtype.newbyteorder("<"),
                                                                                 copy=False).tobytes())
