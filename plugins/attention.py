@@ -52,7 +52,7 @@ class Plugin:
 
     @hookimpl
     def probe_run_start(self, run):
-        run.state[self.name] = {"encoder": {}, "summaries": {}, "decoder": {}, "n_frames": run.frames}
+        run.state[self.name] = {"encoder": {}, "summaries": {}, "decoder": {}, "n_frames": {}}
 
     @hookimpl
     def probe_decode_points(self, run):
@@ -82,7 +82,8 @@ class Plugin:
                 length = len(ctx.tokens)
                 state["decoder"].setdefault(ctx.window, {})[point.layer] = tensor[0, :, :length, :length].to(torch.float16)
             return
-        frames = state["n_frames"][ctx.window]
+        # the window's own audio frames: long-form windows follow seek, not fixed 30 s slices
+        frames = state["n_frames"].setdefault(ctx.window, ctx.n_frames)
         probs = tensor[0, :, :frames, :frames]  # [head, frame, frame]
         state["summaries"].setdefault(ctx.window, {})[point.layer] = head_summaries(probs)
         if keep:

@@ -339,3 +339,25 @@ def test_device_out_of_memory_during_capture_gives_the_budget_message(tiny, tone
     with pytest.raises(MemoryBudgetError, match="ran out of memory while capturing; hook fewer --points"):
         probe.run(tone, model=tiny, plugins=[str(path)], store=store, max_new_tokens=3)
     assert hooks_left(tiny.model) == 0 and store_snapshot(store.path) == before
+
+
+def test_attention_plugin_takes_each_windows_frames_from_its_context(tiny):
+    """Long-form windows follow seek, so a run can have more windows than its 30 s estimate: the
+    encoder summaries use the capture's own frame count, not the estimate's list."""
+    import torch
+
+    from probe.plugins.attention import Plugin
+    from probe.points import select_points
+    from probe.tracer import CaptureContext, DecodeOptions, Run
+    from probe.audio import audio_from_array
+
+    run = Run(loaded=tiny, clip=audio_from_array(np.zeros(16000 * 10, np.float32)), options=DecodeOptions(),
+              window_spans=[(0.0, 10.0)])
+    plugin = Plugin()
+    plugin.probe_run_start(run)
+    (point,) = select_points(tiny.model.config, ["encoder.blocks.0.attn.hook_pattern"])
+    heads = tiny.model.config.encoder_attention_heads
+    probs = torch.softmax(torch.randn(1, heads, 1500, 1500), -1)
+    plugin.probe_capture(run, point, probs, CaptureContext(phase="encode", window=3, n_frames=700))
+    assert run.state["attention"]["n_frames"] == {3: 700}
+    assert 3 in run.state["attention"]["summaries"]
