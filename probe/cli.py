@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     decoding.add_argument("--condition-on-previous-text", action=argparse.BooleanOptionalAction, default=None,
                           help="give each window the previous window's text as a <|startofprev|> prompt")
     decoding.add_argument("--initial-prompt", default=None, help="text prompt before the first window (prompt_ids)")
+    decoding.add_argument("--prefix", default=None,
+                          help="text the transcript must start with (forced after the prompt; clips ≤ 30 s,"
+                               " no timestamps)")
+    decoding.add_argument("--multilingual", action="store_true",
+                          help="detect each window's language (faster-whisper's multilingual; default: once per clip)")
     decoding.add_argument("--seed", type=int, default=None, help="torch.manual_seed before decoding (sampled attempts)")
     decoding.add_argument("--openai-defaults", action="store_true",
                           help="openai-whisper's transcribe() settings: temperature 0,0.2,...,1.0, compression ratio"
@@ -171,7 +176,8 @@ def decode_options(args):
             chosen[key] = value
     return DecodeOptions(language=args.language, task=args.task, timestamps=args.timestamps,
                          num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                         initial_prompt=args.initial_prompt, seed=args.seed, **chosen)
+                         initial_prompt=args.initial_prompt, prefix=args.prefix,
+                         multilingual=args.multilingual, seed=args.seed, **chosen)
 
 
 def _version() -> str:

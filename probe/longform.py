@@ -15,7 +15,8 @@ inside while the plain call runs unchanged:
   asides of the loop (language detection, the no-speech probability), whose captures nobody wants.
 
 Everything is restored in ``finally``.  The listener (:class:`Listener`) gets, in order, for every
-window of every row: ``window_start`` → per attempt ``attempt_start``, ``encoded``,
+window of every row: ``window_start`` (→ ``window_prompts`` when each window's language is
+detected) → per attempt ``attempt_start``, ``encoded``,
 ``attempt_end`` → ``window_decoded`` → ``segments`` → (the next ``window_start`` or ``finished``).
 Units: ``seek`` and frame counts are log-Mel frames (100 per second); rows are positions in the
 batch given to ``generate()``.
@@ -54,6 +55,7 @@ class Attempt:
 class Listener(Protocol):
     def window_start(self, rows: list[int], seek: list[int], prompts: torch.Tensor,
                      mask: torch.Tensor | None) -> None: ...
+    def window_prompts(self, prompts: torch.Tensor, mask: torch.Tensor | None) -> None: ...
     def attempt_start(self, rows: list[int], temperature: float, num_beams: int) -> None: ...
     def encoded(self, hidden: torch.Tensor) -> None: ...
     def attempt_end(self, row: int, attempt: Attempt) -> None: ...
@@ -76,9 +78,12 @@ def check_supported(model) -> None:
 class GenerateObserver:
     """Reports the generate() loop of ``model`` to ``listener`` while the ``with`` block runs."""
 
-    def __init__(self, model, listener: Listener):
+    def __init__(self, model, listener: Listener, language_per_window: bool = False):
         check_supported(model)
         self.model, self.listener = model, listener
+        # faster-whisper's multilingual=True: each window's language token is the one the model
+        # detects on that window (transformers detects once per clip, on its first 30 s)
+        self.language_per_window = language_per_window
         self._undo: list = []
         self._rows: list[int] = []  # rows of the current attempt, in batch order
         self._decisions: list[tuple[int, bool]] = []  # (row, needs fallback) of the current attempt
@@ -178,9 +183,31 @@ class GenerateObserver:
         self._generation_config = kwargs["generation_config"]
         self._rows, self._decisions, self._attempt = rows, [], -1
         self.listener.window_start(rows, [int(seek[row]) for row in rows], prompts, mask)
+        if self.language_per_window:
+            kwargs["decoder_input_ids"] = prompts = self._window_languages(kwargs["segment_input"], prompts,
+                                                                           kwargs["generation_config"])
+            self.listener.window_prompts(prompts, mask)
         result = original(*args, **kwargs)
         self.listener.window_decoded()
         return result
+
+    def _window_languages(self, segment_input: torch.Tensor, prompts: torch.Tensor, config) -> torch.Tensor:
+        """``prompts`` [row, prompt] with each row's language token set to the language detected on
+        its window (``segment_input`` [row, n_mels, 3000]), by generate()'s own ``detect_language``."""
+        self._aside_depth += 1  # its forward is an aside of the loop, like generate()'s own detection
+        self.listener.aside(True)
+        try:
+            detected = self.model.detect_language(input_features=segment_input, generation_config=config)  # [row]
+        finally:
+            self._aside_depth -= 1
+            self.listener.aside(False)
+        prompts = prompts.clone()
+        sot = config.decoder_start_token_id
+        for i, language in enumerate(detected.tolist()):
+            where = (prompts[i] == sot).nonzero()
+            if len(where) and where[-1, 0] + 1 < prompts.shape[1]:
+                prompts[i, where[-1, 0] + 1] = language  # <|startoftranscript|><|lang|>...
+        return prompts
 
     def _around_need_fallback(self, original, seek_sequence, seek_outputs, index, logits_processor,
                               generation_config, vocab_size, temperature):

@@ -170,7 +170,8 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     :param batch_size: clips decoded together in one ``generate()`` call.
     :param decoding: more :class:`~probe.tracer.DecodeOptions` fields — ``temperature`` (a float or a
         fallback tuple), ``compression_ratio_threshold``, ``logprob_threshold``, ``no_speech_threshold``,
-        ``condition_on_prev_tokens``, ``initial_prompt``, ``seed``, ``min_new_tokens``; or
+        ``condition_on_prev_tokens``, ``initial_prompt``, ``prefix``, ``multilingual``, ``seed``,
+        ``min_new_tokens``; or
         ``openai_defaults=True`` for openai-whisper's transcribe() settings (explicit fields win).
     """
     from probe.models import LoadedModel, load_model

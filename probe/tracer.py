@@ -68,6 +68,8 @@ class DecodeOptions:
     no_speech_threshold: float | None = None
     condition_on_prev_tokens: bool | None = None
     initial_prompt: str | None = None  # text given as <|startofprev|> … before the first window
+    prefix: str | None = None  # text forced after <|startoftranscript|><|lang|><|task|><|notimestamps|>
+    multilingual: bool = False  # detect each window's language (faster-whisper's multilingual=True)
     seed: int | None = None  # torch.manual_seed before generate(), for sampled fallback attempts
 
     def validate(self, loaded) -> None:
@@ -91,7 +93,15 @@ class DecodeOptions:
         if self.no_speech_threshold is not None and self.logprob_threshold is None:
             raise OptionError("--no-speech-threshold needs --logprob-threshold (a window is skipped only when"
                               " both say so), e.g. --logprob-threshold -1.0, or use --openai-defaults")
+        if self.prefix is not None and not self.prefix.strip():
+            raise OptionError("--prefix is empty; give the text the transcript should start with")
+        if self.prefix and self.timestamps:
+            # generate() forces a timestamp right after the prefix, which ends the window there
+            raise OptionError("--prefix works without timestamps only, on clips of up to 30 s (transformers'"
+                              " generate() forces a timestamp right after a prefix); drop --timestamps")
         if not loaded.is_multilingual:
+            if self.multilingual:
+                raise OptionError(f"{loaded.model_id} is English-only; --multilingual needs a multilingual model")
             if self.task == "translate":
                 raise OptionError(f"{loaded.model_id} is English-only and cannot translate; use a multilingual "
                                   "model (e.g. --model base)")
@@ -99,6 +109,8 @@ class DecodeOptions:
                 raise OptionError(f"{loaded.model_id} is English-only; drop --language or use a multilingual model")
             self.language = None
         elif self.language is not None:
+            if self.multilingual:
+                raise OptionError("--multilingual detects each window's language; drop --language")
             self.language = language_code(self.language, language_codes(loaded))
 
     @property
@@ -439,6 +451,9 @@ class Tracer:
     def start(self, clip: AudioClip) -> Run:
         """A new :class:`Run` for ``clip``: plugins started, hook points resolved."""
         options = self.options
+        if clip.duration > WINDOW_SECONDS and options.prefix:
+            raise OptionError(f"--prefix works on clips of up to {WINDOW_SECONDS} s; {clip.source} is "
+                              f"{clip.duration:.1f} s (long audio is decoded with timestamps)")
         if clip.duration > WINDOW_SECONDS and not options.timestamps:
             # transformers' long-form generate() seeks by the timestamps it decodes: it needs them
             # (the manifest's decode options say so)
@@ -497,6 +512,9 @@ class Tracer:
         kwargs["return_timestamps"] = any(run.options.timestamps for run in runs)
         if mask is not None:
             kwargs["attention_mask"] = mask
+        if self.options.prefix:
+            with torch.inference_mode(), quiet_transformers():
+                kwargs["decoder_input_ids"] = self.prefix_prompt(features)
         max_frames = (mask.sum(-1).tolist() if mask is not None and len(runs) > 1
                       else [features.shape[-1]] * len(runs))
         items = [_Item(run, CaptureContext(num_beams=self.options.num_beams)) for run in runs]
@@ -507,11 +525,33 @@ class Tracer:
         counting = any(p.side == "decoder" for p in decode_points)
         with _memory_budget_message(self.loaded.device), torch.inference_mode(), windows.progress(self.progress):
             with hooks_mod.attach(model, decode_points, router.decoding), self._step_counter(router, counting), \
-                    windows.cross_kv, GenerateObserver(model, windows), quiet_transformers():
+                    windows.cross_kv, GenerateObserver(model, windows, self.options.multilingual), \
+                    quiet_transformers():
                 if self.options.seed is not None:
                     torch.manual_seed(self.options.seed)
                 model.generate(features, **kwargs)
                 windows.finished()
+
+    def prefix_prompt(self, features: torch.Tensor) -> torch.Tensor:
+        """The ``decoder_input_ids`` [batch, prompt] that force ``--prefix``: the start tokens
+        generate() would use (``<|startoftranscript|><|lang|><|task|><|notimestamps|>``, the language
+        detected as generate() detects it when none is given), then the prefix's tokens, encoded as
+        openai-whisper and faster-whisper encode it (``" " + prefix.strip()``)."""
+        model, options = self.loaded.model, self.options
+        gen = model.generation_config
+        batch = features.shape[0]
+        prefix = self.loaded.processor.tokenizer.encode(" " + options.prefix.strip(), add_special_tokens=False)
+        longest = model.config.max_target_positions // 2 - 1
+        if len(prefix) > longest:
+            raise OptionError(f"--prefix is {len(prefix)} tokens long; this model takes at most {longest}")
+        if self.languages:
+            languages = ([self.languages[options.language]] * batch if options.language is not None
+                         else model.detect_language(input_features=features, generation_config=gen).tolist())
+            starts = [[self.sot, int(language), gen.task_to_id[options.task]] for language in languages]
+        else:
+            starts = [[self.sot]] * batch
+        return torch.tensor([start + [gen.no_timestamps_token_id] + prefix for start in starts],
+                            device=features.device)
 
     def replay(self, router: _Router, encoder_hidden: torch.Tensor, sequences: list[list[int]],
                replay_points: list[HookPoint], cross_cache=None) -> torch.Tensor:
@@ -640,6 +680,12 @@ class _Windows:
         for row, frames in zip(rows, seek):
             bar = self._bars[row]
             bar.update(round(min(frames / MEL_FRAMES_PER_SECOND, bar.total), 1) - bar.n)
+
+    def window_prompts(self, prompts, mask) -> None:
+        """The window's prompts changed before decoding (``--multilingual`` set each row's language)."""
+        pending = self.pending
+        pending.prompts = {row: (prompts[i][mask[i].bool()] if mask is not None else prompts[i]).tolist()
+                           for i, row in enumerate(pending.rows)}
 
     def attempt_start(self, rows, temperature, num_beams) -> None:
         pending = self.pending

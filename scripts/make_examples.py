@@ -84,6 +84,27 @@ LECTURE_SENTENCES = [
 ]
 
 
+# German sentences for a code-switching recording: an English half, then a German half.
+GERMAN_SENTENCES = [
+    "Heute sprechen wir über die Spracherkennung mit neuronalen Netzen.",
+    "Das Modell hört dreißig Sekunden und schreibt dann die Wörter auf.",
+    "Jedes Fenster beginnt dort, wo das letzte geendet hat.",
+    "Die Studenten können ihre eigene Stimme aufnehmen und ansehen.",
+    "Am Ende der Vorlesung gibt es eine kurze Pause für Fragen.",
+]
+
+
+def code_switching_recording(espeak: "Espeak") -> np.ndarray:
+    """float32 [n] 16 kHz, about 47 s: five English sentences, then :data:`GERMAN_SENTENCES`
+    (espeak-ng's ``de`` voice), 0.75 s pauses — two windows in two languages."""
+    parts = []
+    for text, voice in [(t, "en-us+m3") for t in LECTURE_SENTENCES[:4] + LECTURE_SENTENCES[6:7]] \
+            + [(t, "de") for t in GERMAN_SENTENCES]:
+        speech = audio_from_array(espeak.speak(text, voice, 150), sample_rate=espeak.sample_rate).samples
+        parts += [speech, np.zeros(int(SAMPLE_RATE * 0.75), np.float32)]
+    return to_16bit_levels(np.concatenate(parts))
+
+
 def lecture_recording(espeak: "Espeak", seconds: float | None = None, voice: str = "en-us+m3") -> np.ndarray:
     """float32 [n] 16 kHz: :data:`LECTURE_SENTENCES` spoken with 0.6-1.4 s pauses (about 74 s), or
     repeated (each pass in order) until ``seconds`` long, then cut there."""

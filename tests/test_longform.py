@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_examples import LECTURE_SENTENCES, Espeak, lecture_recording  # noqa: E402
+from make_examples import LECTURE_SENTENCES, Espeak, code_switching_recording, lecture_recording  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +232,73 @@ def test_batched_long_form_equals_plain_batched_generate(base, store, lecture):
         assert trace.manifest["sequence"] == row
         assert_words_in_order_inside(trace, trace.manifest["audio"]["duration"], at_least=40)
     assert traces[1].manifest["windows"][-1]["end"] == pytest.approx(shorter.duration, abs=0.02)
+
+
+def test_multilingual_gives_each_window_the_language_detected_on_it(base, store, espeak):
+    """faster-whisper's multilingual=True: an English-then-German recording keeps <|en|> for both
+    windows by default (transformers detects once, and translates the German half), and gets
+    <|de|> for the German window with --multilingual — the language generate()'s own
+    detect_language finds on that window's features."""
+    samples = code_switching_recording(espeak)
+    clip = audio_from_array(samples, 16000, source="en-then-de")
+    once = traced(base, store, clip)
+    each = traced(base, store, clip, multilingual=True)
+    assert once.manifest["sequence"] == plain_long_form(base, samples)
+    assert [w["language"] for w in once.manifest["windows"]] == ["en", "en"]
+    assert [w["language"] for w in each.manifest["windows"]] == ["en", "de"]
+    first_once, first_each = once.manifest["windows"][0], each.manifest["windows"][0]
+    assert first_each["tokens"] == first_once["tokens"]  # same language detected: same decoding
+    german = each.manifest["windows"][1]
+    assert "Vorlesung" in german["text"] and "Vorlesung" not in once.manifest["windows"][1]["text"]
+    assert german["language_probability"] > 0.5 and german["prompt_tokens"][german["sot_index"] + 1] == "<|de|>"
+    # the reference: detect_language on the window generate() cut at seek (zero-padded to 3000)
+    features = base.processor(samples, sampling_rate=16000, return_tensors="pt", truncation=False,
+                              padding="longest").input_features
+    window = features[..., german["seek"]: german["seek"] + 3000]
+    window = torch.nn.functional.pad(window, (0, 3000 - window.shape[-1]))
+    with torch.inference_mode():
+        detected = base.model.detect_language(input_features=window)
+    assert base.processor.tokenizer.convert_ids_to_tokens(detected.tolist()) == ["<|de|>"]
+    assert hooks_left(base.model) == 0
+
+
+def test_prefix_equals_plain_generate_with_the_forced_tokens(base, store):
+    """--prefix forces text after the start tokens (openai-whisper's " " + prefix), as plain
+    generate(decoder_input_ids=...) does; the language is detected first as generate() detects it."""
+    from tests.conftest import EXAMPLES
+
+    clip = probe.load_audio(EXAMPLES / "en_fox.flac")
+    trace = probe.run(clip, model=base, store=store, disable=["attention", "logit_lens"], prefix="The quick")
+    features = base.processor(clip.samples, sampling_rate=16000, return_tensors="pt").input_features
+    gen, tokenizer = base.model.generation_config, base.processor.tokenizer
+    forced = tokenizer.encode(" The quick", add_special_tokens=False)
+    with torch.inference_mode():
+        language = int(base.model.detect_language(input_features=features)[0])
+        ids = [gen.decoder_start_token_id, language, gen.task_to_id["transcribe"], gen.no_timestamps_token_id] + forced
+        plain = base.model.generate(features, decoder_input_ids=torch.tensor([ids]), task="transcribe")
+    assert trace.manifest["sequence"] == plain[0].tolist()
+    (window,) = trace.manifest["windows"]
+    assert window["prompt"] == ids  # the prefix is part of the forced prompt, not of the decoded text
+    assert trace.transcript.startswith("brown fox")
+    assert len(trace.table("token_probs.tokens")) == len(window["tokens"])
+
+
+def test_prefix_refuses_timestamps_and_long_audio_in_one_line(capsys, tmp_path):
+    from probe.cli import main
+    from tests.conftest import EXAMPLES
+
+    store = tmp_path / "store"
+    code = main(["run", str(EXAMPLES / "en_fox.flac"), "--store", str(store), "--prefix", "The", "--timestamps"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--prefix works without timestamps" in err[0]
+    long_clip = tmp_path / "long.wav"
+    import soundfile
+
+    soundfile.write(long_clip, np.zeros(16000 * 31, np.float32), 16000)
+    code = main(["run", str(long_clip), "--store", str(store), "--prefix", "The"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "up to 30 s" in err[0]
+    assert main(["run", str(EXAMPLES / "en_fox.flac"), "--store", str(store), "--multilingual",
+                 "--language", "en"]) == 2
+    assert "drop --language" in capsys.readouterr().err
+    assert not store.exists() or not list(store.glob("*/manifest.json"))  # nothing half-written
