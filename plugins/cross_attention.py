@@ -15,6 +15,14 @@ Records:
   the DTW walks.  ``cross_attention.tokens`` marks these rows (``aligned``).
 - ``cross_attention.tokens`` (table) — per token: window, step, id, text, whether it is text.
 - ``cross_attention.words`` (json list) — word, start, end (seconds in the clip), window, token ids.
+
+With ``plugin_options["rejected_cross_attention"]`` (``probe run --rejected-cross-attention``) it
+also keeps what each attempt that temperature fallback *rejected* attended to:
+
+- ``cross_attention.rejected`` [token, frame] float16 — the mean over the alignment heads of the
+  cross-attention of each rejected attempt's tokens (teacher-forced as the kept attempt's are),
+  attempts in order, frames as in ``weights``.
+- ``cross_attention.rejected_tokens`` (table) — per row: window, attempt, temperature, step, id, text.
 """
 
 from __future__ import annotations
@@ -39,11 +47,18 @@ class Plugin:
 
     @hookimpl
     def probe_run_start(self, run):
-        run.state[self.name] = {"layers": {}, "windows": []}
+        run.state[self.name] = {"layers": {}, "windows": [], "rejected": {}, "rejected_rows": []}
 
     @hookimpl
     def probe_replay_points(self, run):
         return ["decoder.blocks.*.cross_attn.hook_pattern"]
+
+    @hookimpl
+    def probe_rejected_points(self, run):
+        if not run.option("rejected_cross_attention", False):
+            return None
+        layers = sorted({layer for layer, _ in run.loaded.alignment_heads})
+        return [f"decoder.blocks.{layer}.cross_attn.hook_pattern" for layer in layers]
 
     @hookimpl
     def probe_estimate(self, run):
@@ -53,11 +68,19 @@ class Plugin:
 
     @hookimpl
     def probe_capture(self, run, point, tensor, ctx):
-        run.state[self.name]["layers"][point.layer] = tensor[0, :, :len(ctx.tokens)]  # [head, query, frame]
+        state = run.state[self.name]
+        if ctx.phase == "rejected":  # [head, query, frame] of the alignment heads in this layer
+            heads = [head for layer, head in run.loaded.alignment_heads if layer == point.layer]
+            first = ctx.prompt_length - 1  # the position that emitted the attempt's first token
+            attended = tensor[0, heads, first:len(ctx.tokens) - 1, :ctx.n_frames]
+            state["rejected"].setdefault((ctx.window, ctx.attempt), []).append(attended)
+            return
+        state["layers"][point.layer] = tensor[0, :, :len(ctx.tokens)]  # [head, query, frame]
 
     @hookimpl
     def probe_window_end(self, run, window):
         state = run.state[self.name]
+        self._keep_rejected(run, window)
         layers = state.pop("layers")
         state["layers"] = {}
         if not layers:
@@ -94,8 +117,32 @@ class Plugin:
             "span": (window.start, min(window.next_seek / 100, run.clip.duration)),
         })
 
+    def _keep_rejected(self, run, window) -> None:
+        """The window's rejected attempts: alignment-head mean [token, frame] and their token rows."""
+        state = run.state[self.name]
+        for attempt in window.attempts:
+            parts = state["rejected"].pop((window.index, attempt["attempt"]), None)
+            if not parts:
+                continue
+            mean = torch.cat(parts).float().mean(0)  # [token, frame]: heads of every alignment layer
+            state["rejected_rows"].append((to_host(mean.to(torch.float16)), [
+                {"window": window.index, "attempt": attempt["attempt"], "temperature": attempt["temperature"],
+                 "step": step, "token_id": int(token_id), "token": run.tokenizer.decode([token_id])}
+                for step, token_id in enumerate(attempt["tokens"])]))
+        state["rejected"].clear()
+
     @hookimpl
     def probe_run_end(self, run, writer):
+        rejected = run.state[self.name]["rejected_rows"]
+        if rejected:
+            frames = max(matrix.shape[-1] for matrix, _ in rejected)
+            writer.add_tensor("cross_attention.rejected",
+                              lambda: np.concatenate([np.pad(m.wait().numpy(), ((0, 0), (0, frames - m.shape[-1])))
+                                                      for m, _ in rejected]),
+                              plugin=self.name, meta={"axes": ["token", "frame"], "frames_per_second": 50,
+                                                      "alignment_heads": run.loaded.alignment_heads})
+            writer.add_table("cross_attention.rejected_tokens", [row for _, rows in rejected for row in rows],
+                             plugin=self.name)
         windows = run.state[self.name]["windows"]
         if not windows:
             return

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--activations", choices=["full", "summary"], default="full",
                      help="keep --points whole (float16) or as per-position norms")
     run.add_argument("--top-k", type=int, default=5, help="alternatives kept per token")
+    run.add_argument("--rejected-cross-attention", action="store_true",
+                     help="also keep the cross-attention of attempts temperature fallback rejected (alignment heads)")
     run.add_argument("-p", dest="plugins", action="append", default=[],
                      help="load a plugin (module name or .py file), or disable one with no:NAME")
     run.add_argument("--name", default=None, help="trace name (default: the audio file name)")
@@ -275,7 +277,8 @@ def cmd_run(args) -> int:
         if f"no:{name}" not in args.plugins]
     pm = get_plugin_manager(plugins=plugin_refs)
     tracer = Tracer(loaded, pm, options, points=_split_points(args.points),
-                    plugin_options={"top_k": args.top_k, "activations_mode": args.activations},
+                    plugin_options={"top_k": args.top_k, "activations_mode": args.activations,
+                                    "rejected_cross_attention": args.rejected_cross_attention},
                     progress=sys.stderr.isatty())
     if args.dry_run:
         return _dry_run(tracer, clips, args.json)

@@ -819,6 +819,36 @@ def windows_timeline(trace) -> Figure:
     return fig
 
 
+@_draws
+def rejected_attention(trace, window: int, attempt: int) -> Figure:
+    """What a rejected fallback attempt attended to: the alignment heads' mean cross-attention of
+    each of its tokens (rows, first at the bottom) over the window's audio (seconds in the clip) —
+    where a looping attempt stops moving through the audio.  Needs ``--rejected-cross-attention``."""
+    require(trace, "cross_attention.rejected")
+    rows = [i for i, row in enumerate(trace.table("cross_attention.rejected_tokens"))
+            if row["window"] == window and row["attempt"] == attempt]
+    if not rows:
+        raise StoreError(f"trace {trace.id} kept no cross-attention for attempt {attempt} of window {window + 1}"
+                         " (only rejected attempts have it)")
+    entry = _window(trace, window)
+    start = float(entry["start"])
+    frames = max(1, round((float(entry["end"]) - start) * ENCODER_FRAMES_PER_SECOND))
+    matrix = np.asarray(trace.tensor("cross_attention.rejected")[rows[0]:rows[-1] + 1], np.float32)[:, :frames]
+    tokens = trace.table("cross_attention.rejected_tokens")[rows[0]:rows[-1] + 1]
+    fig = _figure(10, min(9.0, 2.2 + 0.12 * len(rows)))
+    ax = fig.subplots()
+    image = _imshow(ax, matrix, (start, start + matrix.shape[1] / ENCODER_FRAMES_PER_SECOND, -0.5, len(rows) - 0.5),
+                    "magma", norm=colors.PowerNorm(0.5, vmin=0, vmax=max(float(matrix.max()), 1e-6)))
+    _tick_tokens(ax, [str(t["token"]).strip() or repr(t["token"]) for t in tokens], "y", max_labels=40)
+    fig.colorbar(image, ax=ax, label="attention (alignment-head mean)", fraction=0.03)
+    record = next((a for a in entry.get("attempts") or [] if a["attempt"] == attempt), {})
+    ax.set_title(f"Window {window + 1}, attempt {attempt} (temperature {float(tokens[0]['temperature']):.1f}), "
+                 f"rejected: {record.get('reason', '').split(';')[0]}", fontsize=10)
+    ax.set_xlabel("time in the clip (s)")
+    ax.set_ylabel("token of the rejected attempt")
+    return fig
+
+
 FIGURES: dict[str, Callable[..., Figure]] = {
     "waveform": waveform,
     "log_mel": log_mel,

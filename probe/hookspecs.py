@@ -3,7 +3,7 @@
 A plugin is any module or object with functions decorated by :data:`hookimpl` whose names are
 below.  The core calls them in this order for each traced input::
 
-    probe_run_start → probe_decode_points, probe_replay_points → probe_estimate
+    probe_run_start → probe_decode_points, probe_replay_points, probe_rejected_points → probe_estimate
       per window: probe_capture (for each requested hook point as it fires) → probe_window_end
     probe_run_end (write records) 
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import pluggy
 
 PROJECT_NAME = "whisper_probe"
-PROBE_API_VERSION = "1.0"
+PROBE_API_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -69,6 +69,25 @@ def probe_replay_points(run):
     :return: a list of hook-point names or glob patterns, or ``None``.
 
     .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def probe_rejected_points(run):
+    """Decoder hook points this plugin wants to see on the replay of each *rejected* attempt.
+
+    When temperature fallback rejects an attempt (compression ratio or average log-probability),
+    its tokens are teacher-forced through the decoder once, as the kept attempt's are, so a plugin
+    can keep what the model did on the attempt Whisper threw away ("why did it retry here?").
+    Captures come with ``ctx.phase == "rejected"``, ``ctx.window``, ``ctx.attempt`` and
+    ``ctx.temperature`` of that attempt, and ``ctx.tokens`` / ``ctx.prompt_length`` as in the
+    replay.  Only plugins that implement this hook see these captures; the attempt's record in
+    ``window.attempts`` (``probe_window_end``) has the same ``index``.
+
+    :param run: the current run.
+    :return: a list of decoder hook-point names or glob patterns, or ``None``.
+
+    .. versionadded:: 1.1
     """
 
 

@@ -338,6 +338,11 @@ class _Router:
         if self.phase == "replay":
             self._route(point, tensor, "_replay", hold=False)
 
+    def rejecting(self, point: HookPoint, tensor: torch.Tensor) -> None:
+        """Capture of the hooks attached for the replay of a rejected attempt."""
+        if self.phase == "rejected":
+            self._route(point, tensor, "_rejected", hold=False)
+
     def _route(self, point: HookPoint, tensor: torch.Tensor, table: str, hold: bool) -> None:
         if self.busy or not self.items:
             return
@@ -468,8 +473,15 @@ class Tracer:
                 raise PluginError(f"plugin {plugin!r} asks for encoder points in probe_replay_points;"
                                   " encoder points belong in probe_decode_points")
         run.state["_replay"] = _routes(self.pm, replay_requested)
+        rejected_requested = _requested(self.pm, run, "probe_rejected_points")
+        for plugin, wanted in rejected_requested.items():
+            if any(p.side == "encoder" for p in wanted):
+                raise PluginError(f"plugin {plugin!r} asks for encoder points in probe_rejected_points;"
+                                  " a rejected attempt is replayed through the decoder only")
+        run.state["_rejected"] = _routes(self.pm, rejected_requested)
         run.state["hooked"] = {"decode": [p.name for p in run.state["_decode"][0]],
-                               "replay": [p.name for p in run.state["_replay"][0]]}
+                               "replay": [p.name for p in run.state["_replay"][0]],
+                               "rejected": [p.name for p in run.state["_rejected"][0]]}
         run.state["estimate"] = estimate = {}
         for sizes in call_each(self.pm, "probe_estimate", expect=lambda r: isinstance(r, dict), run=run).values():
             estimate.update({str(name): int(size) for name, size in sizes.items()})
@@ -521,7 +533,8 @@ class Tracer:
         router = _Router([])
         decode_points = _union(run.state["_decode"][0] for run in runs)
         replay_points = _union(run.state["_replay"][0] for run in runs)
-        windows = _Windows(self, items, router, replay_points, [int(f) for f in max_frames])
+        windows = _Windows(self, items, router, replay_points, [int(f) for f in max_frames],
+                           rejected_points=_union(run.state["_rejected"][0] for run in runs))
         counting = any(p.side == "decoder" for p in decode_points)
         with _memory_budget_message(self.loaded.device), torch.inference_mode(), windows.progress(self.progress):
             with hooks_mod.attach(model, decode_points, router.decoding), self._step_counter(router, counting), \
@@ -554,13 +567,14 @@ class Tracer:
                             device=features.device)
 
     def replay(self, router: _Router, encoder_hidden: torch.Tensor, sequences: list[list[int]],
-               replay_points: list[HookPoint], cross_cache=None) -> torch.Tensor:
+               replay_points: list[HookPoint], cross_cache=None, capture=None) -> torch.Tensor:
         """Teacher-forced pass of every row's whole sequence, in one decoder call.
 
         Position q emitted token q + 1; the last position emits nothing (openai-whisper's alignment
         normalises over it too).  Shorter sequences are padded at the end, which the causal mask
         keeps from touching real positions; plugins read ``len(ctx.tokens)`` positions.  The
         cross-attention keys and values ``generate()`` computed are reused when given (``cross_cache``).
+        Captures go to ``capture`` (default: the router's replay table).
         encoder_hidden: [batch, frame, d_model] → the decoder's last hidden state [batch, query, d_model].
         """
         model = self.loaded.model
@@ -568,7 +582,7 @@ class Tracer:
         ids = torch.tensor([sequence + [self.eot] * (longest - len(sequence)) for sequence in sequences],
                            device=encoder_hidden.device)  # [batch, query]
         # nothing is decoded from this pass: patterned attention returns probs·v, not its kernel too
-        with hooks_mod.attach(model, replay_points, router.replaying, outputs_from_patterns=True):
+        with hooks_mod.attach(model, replay_points, capture or router.replaying, outputs_from_patterns=True):
             hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden,
                                          **_cache_kwargs(model.model.decoder, cross_cache)
                                          ).last_hidden_state  # [batch, query, d_model]
@@ -650,8 +664,9 @@ class _Windows:
     """The observer's listener: each row's windows as they finish — replayed, results, plugins."""
 
     def __init__(self, tracer: Tracer, items: list[_Item], router: _Router, replay_points: list[HookPoint],
-                 max_frames: list[int]):
+                 max_frames: list[int], rejected_points: list[HookPoint] = ()):
         self.tracer, self.items, self.router, self.replay_points = tracer, items, router, replay_points
+        self.rejected_points = list(rejected_points)
         self.max_frames = max_frames  # per row: log-Mel frames generate() decodes up to
         self.temperatures = max(1, len(tracer.options.temperatures))
         self.pending: _Pending | None = None
@@ -715,15 +730,33 @@ class _Windows:
         pending.attempts.setdefault(row, []).append(attempt)
         if self._accepted(attempt):
             return
-        self.items[row].deferred.clear()  # a rejected attempt's captures are dropped
-        with self._phase("aside"):  # its per-token log-probabilities: teacher-forced, seen by nobody
-            hidden = self.pending.encoder_row(attempt.index, row)[None]  # [1, frame, d_model]
-            prompt = pending.prompts[row]
-            states = self.tracer.loaded.model.model.decoder(
-                input_ids=torch.tensor([prompt + attempt.sequence], device=hidden.device),
-                encoder_hidden_states=hidden, use_cache=False).last_hidden_state[0]
-            pending.rejected_logprobs[row, attempt.index] = self.tracer.emitted_logprobs(
-                states, len(prompt), attempt.sequence)
+        item = self.items[row]
+        item.deferred.clear()  # a rejected attempt's captures are dropped
+        # its per-token log-probabilities, teacher-forced; plugins that asked (probe_rejected_points)
+        # see this replay with ctx.phase == "rejected", everyone else sees nothing of it
+        hidden = pending.encoder_row(attempt.index, row)[None]  # [1, frame, d_model]
+        prompt = pending.prompts[row]
+        sequence = prompt + attempt.sequence
+        points = [p for p in self.rejected_points if p.name in item.run.state["_rejected"][1]]
+        if not points:
+            with self._phase("aside"):
+                states = self.tracer.loaded.model.model.decoder(
+                    input_ids=torch.tensor([sequence], device=hidden.device),
+                    encoder_hidden_states=hidden, use_cache=False).last_hidden_state[0]
+        else:
+            router, ctx = self.router, item.ctx
+            before_items, before_ctx = router.items, dataclasses.replace(ctx)
+            ctx.phase, ctx.tokens, ctx.prompt_length, ctx.step = "rejected", sequence, len(prompt), -1
+            router.items = [item]
+            try:
+                with self._phase("rejected"):
+                    states = self.tracer.replay(router, hidden, [sequence], points, capture=router.rejecting)[0]
+            finally:
+                router.items = before_items
+                for name in ("phase", "tokens", "prompt_length", "step"):
+                    setattr(ctx, name, getattr(before_ctx, name))
+        pending.rejected_logprobs[row, attempt.index] = self.tracer.emitted_logprobs(
+            states, len(prompt), attempt.sequence)
 
     def window_decoded(self) -> None:
         self._set_phase("aside")

@@ -71,6 +71,7 @@ HOOK_BODIES = {
     "probe_run_start": "def probe_run_start(run):\n    raise ValueError('bad start')",
     "probe_decode_points": "def probe_decode_points(run):\n    raise ValueError('bad points')",
     "probe_replay_points": "def probe_replay_points(run):\n    raise ValueError('bad replay')",
+    "probe_rejected_points": "def probe_rejected_points(run):\n    raise ValueError('bad rejected')",
     "probe_capture": "def probe_decode_points(run):\n    return ['encoder.hook_conv1']\n\n@hookimpl\n"
                      "def probe_capture(run, point, tensor, ctx):\n    raise ValueError('bad capture')",
     "probe_window_end": "def probe_window_end(run, window):\n    raise ValueError('bad window')",

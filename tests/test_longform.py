@@ -9,6 +9,7 @@ each window's seek, its attempts and why one was kept, its segments, words in or
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,14 +177,24 @@ def test_a_window_without_speech_is_skipped_as_plain_generate_skips_it(base, sto
     assert all(w["window"] != first["index"] for w in trace.words())
 
 
-def test_fallback_on_a_short_clip_under_beam_search(base, store):
-    """openai-whisper's settings reject the beam-search attempt and retry sampled, as plain
-    generate() does with the same settings and seed; the trace keeps both attempts and why."""
+@pytest.fixture(scope="module")
+def beam_fallback(base, tmp_path_factory):
+    """The Mandarin clip translated with 3 beams under openai-whisper's fallback settings, keeping
+    the cross-attention of rejected attempts: (clip, trace)."""
+    from probe.store import Store
     from tests.conftest import EXAMPLES
 
     clip = probe.load_audio(EXAMPLES / "zh_hello.flac")
-    trace = probe.run(clip, model=base, store=store, disable=["attention", "logit_lens"], num_beams=3,
-                      task="translate", language="zh", openai_defaults=True, seed=0)
+    trace = probe.run(clip, model=base, store=Store(tmp_path_factory.mktemp("beam") / "store"),
+                      disable=["attention", "logit_lens"], num_beams=3, task="translate", language="zh",
+                      openai_defaults=True, seed=0, plugin_options={"rejected_cross_attention": True})
+    return clip, trace
+
+
+def test_fallback_on_a_short_clip_under_beam_search(base, beam_fallback):
+    """openai-whisper's settings reject the beam-search attempt and retry sampled, as plain
+    generate() does with the same settings and seed; the trace keeps both attempts and why."""
+    clip, trace = beam_fallback
     features = base.processor(clip.samples, sampling_rate=16000, return_tensors="pt").input_features
     torch.manual_seed(0)
     with torch.inference_mode():
@@ -198,6 +209,43 @@ def test_fallback_on_a_short_clip_under_beam_search(base, store):
     assert window["tokens"] == rest[-1]["tokens"]
     # token_probs recorded the kept attempt only
     assert len(trace.table("token_probs.tokens")) == len(window["tokens"])
+    # what the rejected attempt attended to (asked for): the alignment heads' mean, equal to eager
+    # attention's cross-attention weights on the same tokens
+    rows = trace.table("cross_attention.rejected_tokens")
+    assert [r["token_id"] for r in rows] == first["tokens"] and {r["attempt"] for r in rows} == {0}
+    kept = trace.tensor("cross_attention.rejected")  # [token, frame]
+    assert kept.shape[0] == len(first["tokens"])
+    prompt, before = window["prompt"], base.attn_implementation
+    base.model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            encoded = base.model.model.encoder(features).last_hidden_state
+            out = base.model.model.decoder(input_ids=torch.tensor([prompt + first["tokens"]]),
+                                           encoder_hidden_states=encoded, output_attentions=True)
+    finally:
+        base.model.set_attn_implementation(before)
+    reference = torch.stack([out.cross_attentions[layer][0, head] for layer, head in base.alignment_heads]).mean(0)
+    reference = reference[len(prompt) - 1: len(prompt) - 1 + len(first["tokens"]), :kept.shape[1]]
+    assert np.abs(reference.numpy() - kept.astype(np.float32)).max() < 1e-3
+
+
+def test_dashboard_draws_where_the_rejected_attempt_listened(beam_fallback, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    import probe.dashboards
+
+    _, trace = beam_fallback
+    monkeypatch.setenv("WHISPER_PROBE_STORE", str(trace.path.parent))
+    st.cache_data.clear()
+    app = AppTest.from_file(str(Path(probe.dashboards.__file__).with_name("app.py")), default_timeout=120)
+    app.query_params["trace"] = trace.id
+    app.switch_page("views/windows.py")
+    app.run()
+    assert not app.exception and not app.error
+    assert [e.label.endswith("rejected") for e in app.expander] == [True, False]
+    assert len(app.image) == 2  # the windows timeline, then the rejected attempt's cross-attention
+    st.cache_data.clear()
 
 
 def test_cli_openai_defaults_and_show_list_attempts(capsys, tmp_path):

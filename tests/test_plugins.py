@@ -135,6 +135,46 @@ def test_run_hooks_see_windows_steps_and_beams(tiny, tone, store):
     assert hooks_left(tiny.model) == 0
 
 
+class RejectedRecorder:
+    """Asks for a decoder point on the replay of rejected attempts only."""
+
+    name = "rejected_recorder"
+
+    def __init__(self):
+        self.seen, self.windows = [], []
+
+    @probe.hookimpl
+    def probe_rejected_points(self, run):
+        return ["decoder.hook_ln_final"]
+
+    @probe.hookimpl
+    def probe_capture(self, run, point, tensor, ctx):
+        self.seen.append((ctx.phase, ctx.window, ctx.attempt, ctx.temperature, len(ctx.tokens), ctx.prompt_length,
+                          tuple(tensor.shape)))
+
+    @probe.hookimpl
+    def probe_window_end(self, run, window):
+        self.windows.append(window)
+
+
+def test_rejected_attempts_are_replayed_for_plugins_that_ask(tiny, tone, store):
+    """The random model fails the log-probability check at every temperature: every attempt but
+    the last is rejected, and each is replayed once, teacher-forced, for this plugin alone."""
+    recorder, other = RejectedRecorder(), Recorder(decode=(), replay=("decoder.hook_ln_final",))
+    probe.run(tone, model=tiny, plugins=[recorder, other], store=store, max_new_tokens=4, seed=0,
+              temperature=(0.0, 0.5, 1.0), logprob_threshold=-0.01, disable=list(DEFAULT_PLUGINS))
+    (window,) = recorder.windows
+    rejected = [a for a in window.attempts if a["verdict"] == "rejected"]
+    assert [a["attempt"] for a in rejected] == [0, 1] and window.attempts[-1]["verdict"] == "kept"
+    assert [(s[0], s[1], s[2], s[3]) for s in recorder.seen] == [("rejected", 0, a["attempt"], a["temperature"])
+                                                                 for a in rejected]
+    for seen, attempt in zip(recorder.seen, rejected):
+        assert seen[4] == len(window.prompt) + len(attempt["tokens"]) and seen[5] == len(window.prompt)
+        assert seen[6] == (1, seen[4], tiny.model.config.d_model)  # [batch, query, d_model]
+    assert {s[1] for s in other.seen} == {"replay"}  # a plugin that did not ask never sees them
+    assert hooks_left(tiny.model) == 0
+
+
 def test_long_audio_is_traced_window_by_window(tiny, store):
     samples = (0.1 * np.random.default_rng(0).standard_normal(16000 * 65)).astype(np.float32)
     recorder = Recorder(decode=("encoder.hook_embed",), replay=())

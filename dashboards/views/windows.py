@@ -44,6 +44,11 @@ if windows:
             st.markdown(f"> {attempt['text'] or '*(no text)*'}")
             if attempt.get("token_logprobs"):
                 st.line_chart({"log-probability of each token": attempt["token_logprobs"]}, height=160)
+            if attempt["verdict"] == "rejected":
+                if "cross_attention.rejected" in trace.records:
+                    context.show_figure(trace, "rejected_attention", window=chosen, attempt=attempt["attempt"])
+                else:
+                    st.caption("Trace with `--rejected-cross-attention` to see where this attempt listened.")
     left, right = st.columns(2)
     if left.button("Open this window's cross-attention", key="windows_to_cross"):
         st.session_state["cross_window"] = chosen
