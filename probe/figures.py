@@ -704,14 +704,21 @@ def _probability_css(probability: float) -> str:
     return f"rgb({red * 255:.0f},{green * 255:.0f},{blue * 255:.0f})"
 
 
-def transcript_html(trace) -> str:
+def transcript_html(trace, window: int | None = None) -> str:
     """The transcript as HTML spans coloured by each token's probability (red = unsure, green =
     sure), with probability, entropy and alternatives in each span's tooltip.  Self-contained
-    (inline styles only); special and timestamp tokens are left out."""
+    (inline styles only); special and timestamp tokens are left out.
+
+    ``window=None``: the tokens the transcript keeps (not a window skipped as no speech, nor the
+    tail after a window's last timestamp that the next window decodes again); a window: every
+    text token decoded in it."""
     require(trace, "token_probs.tokens")
+    kept = {w.get("index"): w.get("kept") for w in trace.manifest.get("windows") or []}  # None: all
     spans = []
     for row in trace.table("token_probs.tokens"):
-        if row["kind"] != "text":
+        in_window, limit = row.get("window", 0), kept.get(row.get("window", 0))
+        shown = in_window == window if window is not None else limit is None or row["step"] < limit
+        if row["kind"] != "text" or not shown:
             continue
         alternatives = ", ".join(f"{text!r} {p:.2f}" for text, p in zip(row["top_k_tokens"], row["top_k_probs"]))
         tooltip = f"p={row['prob']:.3f}, entropy={row['entropy']:.2f} nats; top: {alternatives}"

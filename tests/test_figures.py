@@ -4,6 +4,8 @@ languages, shapes), and a missing record is a one-line StoreError naming it and 
 
 from __future__ import annotations
 
+import html
+import re
 import subprocess
 import sys
 
@@ -158,6 +160,19 @@ def test_transcript_html_colours_every_text_token_and_escapes(english):
     assert page.count("<span title=") == len(rows)
     assert "fox" in page and "background:rgb(" in page and "p=" in page
     assert "<script" not in page
+
+
+def test_transcript_html_holds_the_transcripts_tokens_or_one_windows(dashboard_store):
+    trace = dashboard_store.retried  # window 1 is noise, skipped as no speech: its tokens are not in the transcript
+    rows = trace.table("token_probs.tokens")
+
+    def text(page):
+        return html.unescape("".join(re.findall(r'padding:1px 0">([^<]*)</span>', page)))
+
+    assert text(figures.transcript_html(trace)).strip() == trace.transcript
+    for window in (0, 1):
+        expected = "".join(row["token"] for row in rows if row["window"] == window and row["kind"] == "text")
+        assert expected and text(figures.transcript_html(trace, window)) == expected
 
 
 def test_record_heatmap_draws_any_tensor_record(english):
