@@ -227,13 +227,14 @@ def prompt_chips(prompt: list[dict], highlight: set[int] = frozenset()) -> str:
     return f'<div class="probe-prompt">{"".join(chips)}</div>'
 
 
-def pick_window(trace: CachedTrace, key: str) -> int:
-    """The 30 s window to show: a picker for long audio, window 0 otherwise."""
+def pick_window(trace: CachedTrace, key: str, default: int = 0) -> int:
+    """The 30 s window to show (0-based; labelled from 1): a picker for long audio, starting at
+    ``default``; window 0 otherwise."""
     windows = trace.manifest.get("windows") or []
     if len(windows) < 2:
         return 0
-    return st.selectbox("Window", range(len(windows)), key=key, format_func=lambda i: (
-        f"window {i + 1}: {windows[i]['start']:.1f}–{windows[i]['end']:.1f} s"))
+    return st.selectbox("Window", range(len(windows)), index=min(max(default, 0), len(windows) - 1), key=key,
+                        format_func=lambda i: f"window {i + 1}: {windows[i]['start']:.1f}–{windows[i]['end']:.1f} s")
 
 
 def audio_span(trace: CachedTrace, start: float, end: float) -> np.ndarray:

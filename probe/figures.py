@@ -133,6 +133,12 @@ def _window(trace, window: int) -> dict:
     return windows[window]
 
 
+def first_spoken_window(trace) -> int:
+    """The first window whose text the transcript keeps (not one skipped as no speech); 0 if none."""
+    spoken = [w["index"] for w in trace.manifest.get("windows") or [] if w.get("kept", 1) and not w.get("skipped")]
+    return spoken[0] if spoken else 0
+
+
 def window_span(trace, window: int = 0) -> tuple[float, float]:
     """(start, end) seconds of 30 s window ``window`` within the clip."""
     entry = _window(trace, window)
@@ -536,8 +542,7 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None, wi
     Boxes mark each word's DTW span over its tokens.
     """
     if window is None:
-        spoken = [w["index"] for w in trace.manifest.get("windows") or [] if w.get("kept", 1) and not w.get("skipped")]
-        window = spoken[0] if spoken else 0
+        window = first_spoken_window(trace)
     matrix, tokens = cross_attention_rows(trace, layer, head, window)  # [token, frame]
     start, end = window_span(trace, window)
     words = [word for word in trace.words() if word.get("window", 0) == window]

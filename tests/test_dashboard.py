@@ -284,6 +284,52 @@ def test_lesson_walks_every_step_forward_and_back(open_view, dashboard_store):
     assert not app.error
 
 
+def test_lesson_of_a_short_clip_has_one_window_and_no_picker(open_view, dashboard_store):
+    trace = dashboard_store.english
+    app = open_view("lesson", trace.id)
+    share = trace.manifest["audio"]["duration"] / 30 * 100
+    assert f"this clip fills {share:.0f}% of one and the rest is silence" in texts(app)
+    assert "lesson_window" not in [box.key for box in app.selectbox]
+
+
+def test_lesson_of_long_audio_shows_the_picked_window_in_every_step(open_view, dashboard_store):
+    trace = dashboard_store.retried
+    first, second = trace.manifest["windows"]
+    app = open_view("lesson", trace.id)
+    no_exception(app)
+    assert app.selectbox(key="lesson_window").value == 1  # the first window with speech; window 1 is noise
+    shown = texts(app)
+    assert "in **2 windows**" in shown and f"from **{second['start']:.2f} s to {second['end']:.2f} s**" in shown
+    assert "of one and the rest" not in shown
+    app.selectbox(key="lesson_window").select(0).run()
+    assert f"from **{first['start']:.2f} s to {first['end']:.2f} s**" in texts(app)
+    assert "skipped as no speech" in texts(app)
+    for _ in range(4):
+        app.button(key="lesson_next").click().run()
+    assert app.subheader[0].value == "The special-token prompt"
+    by_window = {}
+    for index, window in enumerate((first, second)):
+        app.selectbox(key="lesson_window").select(index).run()
+        no_exception(app)
+        by_window[index] = texts(app), image_urls(app)
+        assert f"**Window {index + 1}**: language token `<|{window['language']}|>`" in by_window[index][0]
+        assert f"p = {window['language_probability']:.3f}; no-speech p = " \
+               f"{window['no_speech_probability']:.3f}" in by_window[index][0]
+        assert all(token in by_window[index][0] for token in window["prompt_tokens"])
+    assert f"{first['no_speech_probability']:.3f}" not in by_window[1][0]
+    assert by_window[0][1] != by_window[1][1]  # each window's own language distribution
+    app.button(key="lesson_next").click().run()
+    cross = image_urls(app)
+    app.selectbox(key="lesson_window").select(0).run()
+    assert image_urls(app) != cross and not app.error
+    app.button(key="lesson_next").click().run()
+    first_tokens = texts(app)
+    app.selectbox(key="lesson_window").select(1).run()
+    second_tokens = texts(app)
+    assert " Whis" in second_tokens and " Whis" not in first_tokens
+    assert "not in the transcript" in first_tokens and "not in the transcript" not in second_tokens
+
+
 def test_plugin_records_view_browses_third_party_records_and_views(open_view, dashboard_store):
     trace = dashboard_store.english
     app = open_view("plugin_records", trace.id)
