@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", "-f", default="html", choices=["html", "png", "svg", "pdf", "json", "csv", "zip"])
     export.add_argument("--out", "-o", default=None, help="output file or folder")
     export.add_argument("--views", nargs="*", default=None, help="figures to include (default: all)")
+    export.add_argument("--windows", default=None, metavar="LIST",
+                        help="30 s windows of long audio to draw per-window figures for, numbered from 1 as the "
+                             "dashboard shows them: all, or e.g. 1,3-5 (default: all of up to 8 windows; of more, "
+                             "the first 4 and those retried, looping or skipped)")
 
     imp = sub.add_parser("import", help="import a trace bundle (.zip) into the store")
     imp.add_argument("bundle")
@@ -444,7 +448,7 @@ def cmd_export(args) -> int:
     from probe.store import Store
 
     trace = Store(args.store, create=False).resolve(args.trace)
-    for path in export_trace(trace, args.format, out=args.out, views=args.views):
+    for path in export_trace(trace, args.format, out=args.out, views=args.views, windows=args.windows):
         print(path)
     return 0
 

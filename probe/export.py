@@ -13,6 +13,11 @@ This module owns ``probe export`` and ``probe import`` (SPEC §3.7):
   was.  Bundles are untrusted: every member name, type, size and the manifest are checked before
   anything is extracted, and extraction goes through :meth:`probe.store.Store.import_dir`.
 
+Long audio is decoded in 30 s windows.  A figure that shows one window (its function takes
+``window=``) is drawn for each chosen window (:func:`chosen_windows`; numbered from 1, as the
+dashboard labels them): one page section per window, one ``<trace>-<view>-window-<n>.<ext>``
+file or handout page each.  Figures that do not depend on the window are drawn once.
+
 Every figure comes from :mod:`probe.figures` (the dashboard draws the same ones); this module only
 lays them out and writes them.  Output files are written to a temporary name and renamed, so an
 interrupted export never leaves a half file.
@@ -25,7 +30,9 @@ import contextlib
 import csv
 import datetime
 import html
+import inspect
 import io
+import itertools
 import json
 import os
 import secrets
@@ -36,7 +43,7 @@ import tempfile
 import textwrap
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import probe
 from probe.errors import OptionError, ProbeError, StoreError
@@ -50,6 +57,13 @@ PAGE_DPI = 110  # figures inlined in the html page: sharp on screen, small page
 TOKENS_RECORD = "token_probs.tokens"
 MULTITASK_RECORD = "token_probs.multitask"
 TABLES = ("tokens", "words", "languages")
+
+# Which windows get per-window figures by default: all of a trace of up to ALL_WINDOWS_UP_TO;
+# of a longer one, the first FIRST_WINDOWS and then those decoded again, looping or skipped as no
+# speech, up to MAX_DEFAULT_WINDOWS in all (a page per window of an hour would be ~120 sections).
+ALL_WINDOWS_UP_TO = 8
+FIRST_WINDOWS = 4
+MAX_DEFAULT_WINDOWS = 12
 
 # Bundle limits: far above any real trace, far below what would fill a disk.
 MAX_BUNDLE_MEMBERS = 20_000
@@ -130,20 +144,26 @@ mark(spans.filter(function(el){return el.dataset.start<=t&&t<el.dataset.end;})[0
 
 
 def export_trace(trace: Trace, fmt: str, out: str | os.PathLike | None = None,
-                 views: list[str] | None = None) -> list[Path]:
+                 views: list[str] | None = None,
+                 windows: str | Iterable[int] | None = None) -> list[Path]:
     """Export ``trace`` as ``fmt`` (one of :data:`FORMATS`); returns the files written.
 
     ``out`` is the file for single-file formats (html, pdf, json, zip; an existing folder gets
     ``<trace id>.<ext>`` inside it) and the folder for the others (png, svg, csv); by default
     ``./<trace id>.<ext>`` or ``./<trace id>-export/``.  ``views`` picks figures by their
-    :data:`probe.figures.FIGURES` name (default: all).
+    :data:`probe.figures.FIGURES` name (default: all).  ``windows`` picks the 30 s windows of a
+    long trace that per-window figures are drawn for, numbered from 1 as the dashboard shows
+    them: ``"all"``, ``"1,3-5"`` or ``[1, 3, 4, 5]`` (default: see :func:`chosen_windows`).
     """
     if fmt not in _EXPORTERS:
         raise OptionError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if views and fmt not in FIGURE_FORMATS:
-        raise OptionError(f"--views applies to {', '.join(FIGURE_FORMATS)} exports, not {fmt}; "
-                          "leave it out")
-    return _EXPORTERS[fmt](trace, out, views)
+    for option, value in (("--views", views), ("--windows", windows)):
+        if value and fmt not in FIGURE_FORMATS:
+            raise OptionError(f"{option} applies to {', '.join(FIGURE_FORMATS)} exports, not {fmt}; "
+                              "leave it out")
+    if fmt not in FIGURE_FORMATS:
+        return _EXPORTERS[fmt](trace, out, None)
+    return _EXPORTERS[fmt](trace, out, _FigurePlan.of(trace, views, windows))
 
 
 def import_bundle(bundle: str | os.PathLike, store: Store) -> Trace:
@@ -193,30 +213,156 @@ def _selected_views(views: list[str] | None) -> tuple[list[str], bool]:
     return (list(dict.fromkeys(picked)), True) if picked else (names, False)
 
 
-def _drawn_figures(trace: Trace, views: list[str] | None,
-                   skipped: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, Any]]:
-    """(name, figure) for each selected view, drawn one at a time as they are written.
+def chosen_windows(trace: Trace, windows: str | Iterable[int] | None = None) -> tuple[list[int], bool]:
+    """(the 0-based windows an export draws per-window figures for, whether that is all of them).
 
-    A view that cannot be drawn (the trace lacks its records) is an error when the user named
-    it; among all views it is left out and noted in ``skipped`` as (name, reason).
+    ``windows`` numbers windows from 1, as the dashboard labels them: ``"all"``, a list such as
+    ``"1,3-5"``, or numbers.  By default a trace of up to :data:`ALL_WINDOWS_UP_TO` windows gets
+    every window; a longer one its first :data:`FIRST_WINDOWS`, then the windows that were
+    decoded again, loop or were skipped as no speech, up to :data:`MAX_DEFAULT_WINDOWS` in all.
+    A number outside the trace or a list that does not parse raises a one-line
+    :class:`~probe.errors.OptionError`.
     """
-    names, picked = _selected_views(views)
-    figures = _figures()
-    for name in names:
-        try:
-            fig = figures.FIGURES[name](trace)
-        except ProbeError as err:
-            if picked:
-                raise
-            if skipped is not None:
-                skipped.append((name, str(err)))
-            continue
-        yield name, fig
+    entries = trace.manifest.get("windows") or []
+    total = max(1, len(entries))
+    if windows is None:
+        if total <= ALL_WINDOWS_UP_TO:
+            return list(range(total)), True
+        flagged = [w["index"] for w in entries[FIRST_WINDOWS:] if _flags(w)]
+        chosen = list(range(FIRST_WINDOWS)) + flagged[:MAX_DEFAULT_WINDOWS - FIRST_WINDOWS]
+        return chosen, len(chosen) == total
+    numbers = _window_numbers(windows, total)
+    if not numbers:
+        raise OptionError("--windows names no window; give all, or numbers such as 1,3-5")
+    bad = [n for n in numbers if not 1 <= n <= total]
+    if bad:
+        has = "1 window" if total == 1 else f"windows 1–{total}"
+        raise OptionError(f"--windows {bad[0]}: trace {trace.id} has {has} (numbered from 1, as "
+                          "the dashboard shows them)")
+    chosen = sorted({n - 1 for n in numbers})
+    return chosen, len(chosen) == total
 
 
-def _no_figures(trace: Trace, views: list[str] | None) -> StoreError:
-    return StoreError(f"trace {trace.id} has no records for {', '.join(views or ['any figure'])}; "
-                      "re-run it with the built-in plugins enabled")
+def _window_numbers(windows: str | Iterable[int], total: int) -> list[int]:
+    """The 1-based window numbers ``windows`` names (``all``, ``1,3-5`` or numbers)."""
+    if not isinstance(windows, str):
+        return [int(n) for n in windows]
+    text = windows.strip().lower()
+    if text == "all":
+        return list(range(1, total + 1))
+    numbers = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.strip().isdigit() or (dash and not last.strip().isdigit()):
+            raise OptionError(f"--windows {windows!r} is not a list of windows; give all, or window "
+                              "numbers and ranges counted from 1 such as 1,3-5")
+        first_n, last_n = int(first), int(last) if dash else int(first)
+        if last_n < first_n:
+            raise OptionError(f"--windows {part.strip()} runs backwards; write "
+                              f"{last_n}-{first_n}")
+        numbers += range(first_n, last_n + 1)
+    return numbers
+
+
+def _flags(window: dict) -> list[str]:
+    """Why a window deserves a look: decoded again, a repetition loop, skipped as no speech."""
+    attempts = len(window.get("attempts") or [])
+    return [flag for flag, on in ((f"decoded {attempts} times", attempts > 1),
+                                  ("repetition loop", (window.get("signals") or {}).get("looping")),
+                                  ("skipped: no speech", window.get("skipped"))) if on]
+
+
+def _window_list(windows: list[int]) -> str:
+    """0-based windows as the 1-based list a user would type: ``1-4, 9, 17``."""
+    runs: list[list[int]] = []
+    for n in (w + 1 for w in windows):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
+def _takes_window(name: str) -> bool:
+    """Whether figure ``name`` shows one window (its function has a ``window`` parameter)."""
+    return "window" in inspect.signature(_figures().FIGURES[name]).parameters
+
+
+class _FigurePlan:
+    """What a figure export draws: (view, window) pairs in the order pages show them, and why.
+
+    A trace of one window draws every view once, as before.  A longer one draws the views that
+    do not depend on the window once, then each chosen window's own views (window ``None``: the
+    figure's default)."""
+
+    def __init__(self, trace: Trace, names: list[str], picked: bool, windows: list[int],
+                 complete: bool, requested: bool):
+        self.trace, self.picked = trace, picked
+        self.windows, self.complete, self.requested = windows, complete, requested
+        self.total = len(trace.manifest.get("windows") or [])
+        if self.total <= 1:
+            self.pairs: list[tuple[str, int | None]] = [(name, None) for name in names]
+        else:
+            once = [name for name in names if not _takes_window(name)]
+            each = [name for name in names if _takes_window(name)]
+            self.pairs = [(name, None) for name in once] + [(name, w) for w in windows for name in each]
+
+    @classmethod
+    def of(cls, trace: Trace, views: list[str] | None, windows: str | Iterable[int] | None) \
+            -> "_FigurePlan":
+        names, picked = _selected_views(views)
+        chosen, complete = chosen_windows(trace, windows)
+        return cls(trace, names, picked, chosen, complete, windows is not None)
+
+    @property
+    def per_window(self) -> bool:
+        return self.total > 1
+
+    def note(self) -> str | None:
+        """What a default selection left out, and how to get it (None when nothing was)."""
+        if self.complete or self.requested or not self.per_window:
+            return None
+        return (f"Per-window figures are drawn for windows {_window_list(self.windows)} of "
+                f"{self.total}: the first {FIRST_WINDOWS} and those decoded again, looping or skipped "
+                f"as no speech. Export every window with `probe export {self.trace.id} --windows all`, "
+                "or pick some with e.g. `--windows 5-8`.")
+
+    def drawn(self, skipped: list[tuple[str, int | None, str]] | None = None) \
+            -> Iterator[tuple[str, int | None, Any]]:
+        """(name, window, figure) for each pair, drawn one at a time as they are written.
+
+        A view that cannot be drawn (the trace lacks its records) is an error when the user
+        named it; among all views it is left out and noted in ``skipped`` as (name, window,
+        reason)."""
+        figures = _figures()
+        for name, window in self.pairs:
+            try:
+                fig = (figures.FIGURES[name](self.trace) if window is None
+                       else figures.FIGURES[name](self.trace, window=window))
+            except ProbeError as err:
+                if self.picked:
+                    raise
+                if skipped is not None:
+                    skipped.append((name, window, str(err)))
+                continue
+            yield name, window, fig
+
+    def file_stem(self, name: str, window: int | None) -> str:
+        """``<trace>-<view>``, with ``-window-<n>`` (zero-padded to sort) for a window's figure."""
+        if window is None:
+            return f"{self.trace.id}-{name}"
+        return f"{self.trace.id}-{name}-window-{window + 1:0{len(str(self.total))}d}"
+
+    def no_figures(self) -> StoreError:
+        names = list(dict.fromkeys(name for name, _ in self.pairs))
+        return StoreError(f"trace {self.trace.id} has no records for "
+                          f"{', '.join(names) if self.picked else 'any figure'}; "
+                          "re-run it with the built-in plugins enabled")
+
+
+def _label(name: str, window: int | None) -> str:
+    """A figure's caption, led by its window (numbered from 1) when it shows one."""
+    return _caption(name) if window is None else f"Window {window + 1} · {_caption(name)}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -224,42 +370,43 @@ def _no_figures(trace: Trace, views: list[str] | None) -> StoreError:
 # ------------------------------------------------------------------------------------------
 
 
-def _export_html(trace: Trace, out, views) -> list[Path]:
-    page = render_html(trace, views)
+def _export_html(trace: Trace, out, plan: _FigurePlan) -> list[Path]:
+    page = _page(trace, plan)
     path = _out_file(trace, out, "html")
     _write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return [path]
 
 
-def _export_figure_files(trace: Trace, out, views, suffix: str) -> list[Path]:
+def _export_figure_files(trace: Trace, out, plan: _FigurePlan, suffix: str) -> list[Path]:
     folder = _out_dir(trace, out)
     written = []
-    for name, fig in _drawn_figures(trace, views):
-        path = folder / f"{trace.id}-{name}{suffix}"
+    for name, window, fig in plan.drawn():
+        path = folder / f"{plan.file_stem(name, window)}{suffix}"
         _write_atomic(path, lambda tmp, fig=fig: _figures().save(fig, tmp, dpi=PRINT_DPI))
         written.append(path)
     if not written:
-        raise _no_figures(trace, views)
+        raise plan.no_figures()
     return written
 
 
-def _export_pdf(trace: Trace, out, views) -> list[Path]:
+def _export_pdf(trace: Trace, out, plan: _FigurePlan) -> list[Path]:
     path = _out_file(trace, out, "pdf")
-    _write_atomic(path, lambda tmp: _write_handout(trace, views, tmp))
+    _write_atomic(path, lambda tmp: _write_handout(trace, plan, tmp))
     return [path]
 
 
-def _write_handout(trace: Trace, views, path: Path) -> None:
+def _write_handout(trace: Trace, plan: _FigurePlan, path: Path) -> None:
     from matplotlib.backends.backend_pdf import PdfPages
 
-    skipped: list[tuple[str, str]] = []
-    drawn = list(_drawn_figures(trace, views, skipped))  # first: the title page lists them
+    skipped: list[tuple[str, int | None, str]] = []
+    drawn = list(plan.drawn(skipped))  # first: the title page lists them
     if not drawn:
-        raise _no_figures(trace, views)
-    title = _title_page(trace, [name for name, _ in drawn], [name for name, _ in skipped])
+        raise plan.no_figures()
+    missing = list(dict.fromkeys(name for name, _, _ in skipped))
+    title = _title_page(trace, [(name, window) for name, window, _ in drawn], missing, plan.note())
     with PdfPages(path, metadata=_pdf_metadata(trace)) as pdf, _figures()._quiet_missing_glyphs():
         pdf.savefig(title)
-        for _, fig in drawn:
+        for _, _, fig in drawn:
             pdf.savefig(fig, dpi=PRINT_DPI)
 
 
@@ -291,8 +438,8 @@ def _export_zip(trace: Trace, out, views) -> list[Path]:
 
 _EXPORTERS: dict[str, Callable[[Trace, Any, Any], list[Path]]] = {
     "html": _export_html,
-    "png": lambda trace, out, views: _export_figure_files(trace, out, views, ".png"),
-    "svg": lambda trace, out, views: _export_figure_files(trace, out, views, ".svg"),
+    "png": lambda trace, out, plan: _export_figure_files(trace, out, plan, ".png"),
+    "svg": lambda trace, out, plan: _export_figure_files(trace, out, plan, ".svg"),
     "pdf": _export_pdf,
     "json": _export_json,
     "csv": _export_csv,
@@ -371,11 +518,17 @@ def _json_default(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
-def render_html(trace: Trace, views: list[str] | None = None) -> str:
-    """The self-contained page for ``trace``: nothing in it loads from the network."""
+def render_html(trace: Trace, views: list[str] | None = None,
+                windows: str | Iterable[int] | None = None) -> str:
+    """The self-contained page for ``trace``: nothing in it loads from the network.  ``views`` and
+    ``windows`` choose figures and windows as in :func:`export_trace`."""
+    return _page(trace, _FigurePlan.of(trace, views, windows))
+
+
+def _page(trace: Trace, plan: _FigurePlan) -> str:
     title = trace.name or trace.id
-    sections = [_listen_section(trace), _task_section(trace), _windows_section(trace),
-                _figures_section(trace, views), _tokens_section(trace)]
+    sections = [_listen_section(trace), _task_section(trace), _windows_section(trace, plan),
+                *_figure_sections(plan), _tokens_section(trace)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{_esc(title)} · whisper-probe</title><style>{_PAGE_STYLE}</style></head>"
@@ -428,6 +581,9 @@ def _word_buttons(words: list[dict]) -> str:
 
 def _task_section(trace: Trace) -> str:
     manifest = trace.manifest
+    windows = manifest.get("windows") or []
+    if len(windows) > 1:
+        return _task_by_window(trace, windows)
     prompt = "".join(f'<code class="tok">{_esc(str(t.get("token")))}</code>'
                      for t in _prompt(trace))
     task = (manifest.get("decode") or {}).get("task") or "transcribe"
@@ -443,21 +599,64 @@ def _task_section(trace: Trace) -> str:
             '</section>')
 
 
-def _windows_section(trace: Trace) -> str:
-    """Each window generate() decoded: where, in which language, its signals and its attempts."""
+def _task_by_window(trace: Trace, windows: list[dict], top: int = 3) -> str:
+    """Long audio: every window's own prompt, language token, top languages and no-speech."""
+    task = (trace.manifest.get("decode") or {}).get("task") or "transcribe"
+    languages: dict[int, list[dict]] = {}
+    for row in language_rows(trace):
+        languages.setdefault(row["window"], []).append(row)
+    rows = "".join(
+        f'<tr id="prompt-window-{w["index"] + 1}"><td class="num">{w["index"] + 1}</td>'
+        f'<td class="num">{w["start"]:.2f}–{w["end"]:.2f}</td><td>{_window_prompt(w)}</td>'
+        f'<td>{_esc(w["language"])} (p = {_number(w.get("language_probability"))})</td>'
+        f'<td>{_top_languages(languages.get(w["index"], []), top)}</td>'
+        f'<td class="num">{_number(w.get("no_speech_probability"))}</td></tr>' for w in windows)
+    return ('<section id="task"><h2>Prompt, language and no-speech, window by window</h2>'
+            f'<p>Task: {_esc(task)}. Each 30 s window is decoded from its own prompt: the language '
+            'token (detected, or given), the task and, when conditioning on previous text, the '
+            'text decoded so far after <code class="tok">&lt;|startofprev|&gt;</code>.</p>'
+            '<table><tr><th>window</th><th>seconds</th><th>prompt</th><th>language</th>'
+            f'<th>top languages</th><th>no-speech p</th></tr>{rows}</table></section>')
+
+
+def _top_languages(rows: list[dict], top: int) -> str:
+    return ", ".join(f"{_esc(row['language'])} {_number(row['probability'])}" for row in rows[:top])
+
+
+def _window_prompt(window: dict, max_previous: int = 80) -> str:
+    """A window's prompt as tokens, the previous text before ``<|startoftranscript|>`` quoted
+    (shortened from the front: its end is what the decoder reads last)."""
+    tokens = [str(token) for token in window.get("prompt_tokens") or []]
+    sot = int(window.get("sot_index") or 0)
+    previous = "".join(tokens[1:sot]) if sot > 0 else ""
+    if len(previous) > max_previous:
+        previous = "…" + previous[-max_previous:]
+    chips = [f'<code class="tok">{_esc(token)}</code>' for token in tokens[sot:]]
+    if sot > 0:
+        chips.insert(0, f'<code class="tok">{_esc(tokens[0])}</code><q>{_esc(previous.strip())}</q> ')
+    return "".join(chips) or "(none recorded)"
+
+
+def _windows_section(trace: Trace, plan: _FigurePlan) -> str:
+    """Each window generate() decoded: where, in which language, its signals and its attempts;
+    numbered from 1 as in the dashboard, linked to the window's figures where the page has them."""
     windows = trace.manifest.get("windows") or []
     if not windows:
         return ""
+    drawn = set(plan.windows) if plan.per_window and any(w is not None for _, w in plan.pairs) \
+        else set()
     rows = []
     for window in windows:
         signals = window.get("signals") or {}
         flags = ", ".join(flag for flag, on in (("skipped: no speech", window.get("skipped")),
                                                 ("repetition loop", signals.get("looping"))) if on)
+        number = window["index"] + 1
+        label = f'<a href="#window-{number}">{number}</a>' if window["index"] in drawn else str(number)
         attempts = "".join(
             f'<li><b>attempt {a["attempt"]}</b> (T = {a["temperature"]:.1f}, {a["num_beams"]} beam(s)): '
             f'{_esc(a["verdict"])} — {_esc(a["reason"])}<br><q>{_esc(a["text"][:200])}</q></li>'
             for a in window.get("attempts") or [])
-        rows.append(f'<tr><td class="num">{window["index"]}</td>'
+        rows.append(f'<tr><td class="num">{label}</td>'
                     f'<td class="num">{window["start"]:.2f}–{window.get("next_seek", 0) / 100:.2f}</td>'
                     f'<td>{_esc(window["language"])}</td><td class="num">{_number(window["no_speech_probability"])}</td>'
                     f'<td class="num">{_number(signals.get("avg_logprob"))}</td>'
@@ -468,7 +667,8 @@ def _windows_section(trace: Trace) -> str:
             'before ended. A window is decoded again at a higher temperature when its text looks repetitive '
             'or unsure, and dropped when it holds no speech.</p>'
             '<table><tr><th>window</th><th>seconds used</th><th>language</th><th>no-speech p</th>'
-            '<th>avg log-prob</th><th>compression</th><th>attempts</th></tr>' + "".join(rows) + "</table></section>")
+            '<th>avg log-prob</th><th>compression</th><th>attempts</th></tr>' + "".join(rows) + "</table>"
+            + (f'<p class="note">{_esc(plan.note())}</p>' if plan.note() else "") + "</section>")
 
 
 def _language_table(trace: Trace, top: int = 5) -> str:
@@ -480,18 +680,36 @@ def _language_table(trace: Trace, top: int = 5) -> str:
     return f"<table><tr><th>top languages</th><th>p</th></tr>{body}</table>"
 
 
-def _figures_section(trace: Trace, views: list[str] | None) -> str:
-    figures, skipped = [], []
-    for name, fig in _drawn_figures(trace, views, skipped):
+def _figure_sections(plan: _FigurePlan) -> list[str]:
+    """"Inside the model" with the figures drawn once, then one section per chosen window with
+    that window's figures (long traces only)."""
+    figures: dict[int | None, list[str]] = {None: []}
+    figures.update((window, []) for window in plan.windows if plan.per_window)
+    skipped: list[tuple[str, int | None, str]] = []
+    for name, window, fig in plan.drawn(skipped):
         png = _figures().png_bytes(fig, dpi=PAGE_DPI)
-        caption = _caption(name)
-        figures.append(f'<figure id="figure-{_esc(name)}"><div class="scroll">'
-                       f'<img alt="{_esc(caption)}" style="{_image_width(png)}" '
-                       f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-                       f'</div><figcaption>{_esc(caption)}</figcaption></figure>')
-    notes = "".join(f'<p class="note">Not drawn: {_esc(_caption(name))} ({_esc(reason)})</p>'
-                    for name, reason in skipped)
-    return f'<section id="figures"><h2>Inside the model</h2>{"".join(figures)}{notes}</section>'
+        caption = _label(name, window)
+        anchor = name if window is None else f"{name}-window-{window + 1}"
+        figures[window].append(f'<figure id="figure-{_esc(anchor)}"><div class="scroll">'
+                               f'<img alt="{_esc(caption)}" style="{_image_width(png)}" '
+                               f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+                               f'</div><figcaption>{_esc(caption)}</figcaption></figure>')
+    for name, window, reason in skipped:
+        figures[window].append(f'<p class="note">Not drawn: {_esc(_caption(name))} ({_esc(reason)})</p>')
+    sections = [f'<section id="figures"><h2>Inside the model</h2>{"".join(figures[None])}</section>']
+    windows = plan.trace.manifest.get("windows") or []
+    for window, parts in figures.items():
+        if window is not None and parts:
+            sections.append(f'<section id="window-{window + 1}"><h2>{_esc(_window_heading(windows[window], len(windows)))}'
+                            f'</h2>{"".join(parts)}</section>')
+    return sections
+
+
+def _window_heading(window: dict, total: int) -> str:
+    flags = _flags(window)
+    return (f"Window {window['index'] + 1} of {total}: {window['start']:.2f}–{window['end']:.2f} s, "
+            f"<|{window['language']}|>, no-speech p = {_number(window.get('no_speech_probability'))}"
+            + (f" ({', '.join(flags)})" if flags else ""))
 
 
 def _image_width(png: bytes, min_scale: float = 0.75) -> str:
@@ -509,13 +727,16 @@ def _tokens_section(trace: Trace) -> str:
     rows = _optional_record(trace, TOKENS_RECORD, [])
     if not rows:
         return ""
+    by_window = len(trace.manifest.get("windows") or []) > 1  # steps count from 0 in each window
     body = "".join(
-        f'<tr><td class="num">{_esc(str(row.get("step")))}</td>'
+        (f'<tr><td class="num">{row.get("window", 0) + 1}</td>' if by_window else '<tr>')
+        + f'<td class="num">{_esc(str(row.get("step")))}</td>'
         f'<td><code>{_esc(repr(row.get("token"))[1:-1])}</code></td>'
         f'<td class="num">{_number(row.get("prob"))}</td>'
         f'<td class="num">{_number(row.get("entropy"), 2)}</td>'
         f'<td>{_alternatives(row)}</td></tr>' for row in rows)
-    return ('<section id="tokens"><h2>Tokens, step by step</h2><table><tr><th>step</th>'
+    return ('<section id="tokens"><h2>Tokens, step by step</h2><table><tr>'
+            + ('<th>window</th>' if by_window else '') + '<th>step</th>'
             '<th>token</th><th>p</th><th>entropy</th><th>top alternatives</th></tr>'
             f'{body}</table></section>')
 
@@ -553,15 +774,31 @@ def _today() -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def _title_page(trace: Trace, contents: list[str], missing: list[str]) -> Any:
+def _title_page(trace: Trace, contents: list[tuple[str, int | None]], missing: list[str],
+                note: str | None = None) -> Any:
     """An A4-landscape page of text: title, transcript, model, language, prompt, the pages that
-    follow and the figures the trace could not give; set in the fonts :mod:`probe.figures`
+    follow ((view, window) pairs; a window's pages on one line), the figures the trace could not
+    give and what a default choice of windows left out; set in the fonts :mod:`probe.figures`
     uses, so any script it covers shows."""
-    return _figures()._draws(_title_text)(trace, contents, missing)
+    return _figures()._draws(_title_text)(trace, contents, missing, note)
 
 
-def _title_text(trace: Trace, contents: list[str], missing: list[str],
-                max_transcript_lines: int = 10) -> Any:
+def _contents_lines(contents: list[tuple[str, int | None]]) -> list[str]:
+    """``page 2: <caption>`` for figures drawn once; ``pages 9–11: window 2 (log_mel, ...)``."""
+    lines, number = [], 2
+    for window, pages in itertools.groupby(contents, key=lambda pair: pair[1]):
+        names = [name for name, _ in pages]
+        if window is None:
+            lines += [f"page {number + i}: {_caption(name)}" for i, name in enumerate(names)]
+        else:
+            span = f"page {number}" if len(names) == 1 else f"pages {number}–{number + len(names) - 1}"
+            lines.append(f"{span}: window {window + 1} ({', '.join(names)})")
+        number += len(names)
+    return lines
+
+
+def _title_text(trace: Trace, contents: list[tuple[str, int | None]], missing: list[str],
+                note: str | None = None, max_transcript_lines: int = 10) -> Any:
     from matplotlib.figure import Figure
 
     manifest = trace.manifest
@@ -576,8 +813,9 @@ def _title_text(trace: Trace, contents: list[str], missing: list[str],
              "prompt: " + " ".join(str(t.get("token")) for t in _prompt(trace)),
              f"audio: {trace.audio_source or 'array'}",
              f"trace {trace.id}, exported by whisper-probe {probe.__version__} on {_today()}"]
-    pages = [f"page {number}: {_caption(name)}" for number, name in enumerate(contents, start=2)]
+    pages = _contents_lines(contents)
     pages += [f"not in this trace (its plugin did not run): {', '.join(missing)}"] if missing else []
+    pages += textwrap.wrap(note, 150) if note else []
     lines = ([(trace.name or trace.id, 26, "bold"), ("whisper-probe handout", 13, "normal"),
               ("", 8, "normal")]
              + [(line, 16, "normal") for line in transcript] + [("", 8, "normal")]

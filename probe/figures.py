@@ -784,7 +784,8 @@ def _window_concern(window: dict) -> float:
 def windows_timeline(trace) -> Figure:
     """Every window generate() decoded, on the clip's time axis: the span its transcript used
     (seek to the next seek), coloured from calm to suspect by its hallucination signals, with its
-    fallback attempts marked (× rejected, ○ kept, ■ skipped as no speech) and the no-speech
+    fallback attempts marked (× rejected, ○ kept, ■ skipped as no speech), numbered from 1 as the
+    window pickers label them, and the no-speech
     probability and average log-probability below."""
     windows = trace.manifest.get("windows") or []
     if not windows:
@@ -800,7 +801,7 @@ def windows_timeline(trace) -> Figure:
         concern = _window_concern(window)
         top.barh(0, end - start, left=start, height=0.6, color=cmap(0.1 + 0.8 * concern), edgecolor="0.2",
                  hatch="//" if window.get("skipped") else None)
-        top.text((start + end) / 2, 0, str(window["index"]), ha="center", va="center", fontsize=9,
+        top.text((start + end) / 2, 0, str(window["index"] + 1), ha="center", va="center", fontsize=9,
                  color="black" if concern < 0.7 else "white")
         for attempt in window.get("attempts") or []:
             marker = {"rejected": "x", "kept": "o", "skipped": "s"}.get(attempt.get("verdict"), ".")

@@ -16,6 +16,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import types
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -28,9 +29,10 @@ import pytest
 import probe
 import probe.export
 from probe.errors import OptionError, StoreError
-from probe.export import export_tables, export_trace, figure_names, import_bundle, language_rows
+from probe.export import chosen_windows, export_tables, export_trace, figure_names, import_bundle, language_rows
 from probe.store import Store, Trace
 from tests.conftest import EXAMPLES, store_snapshot
+from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fixture)
 
 HOSTILE = "<script>alert('pwned')</script>"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -83,6 +85,20 @@ def hostile(tmp_path_factory, fox) -> Trace:
 def page(tmp_path_factory, fox) -> tuple[Path, str]:
     path, = export_trace(fox, "html", out=tmp_path_factory.mktemp("html") / "fox.html")
     return path, path.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def long_trace(dashboard_store) -> Trace:
+    """31 s of noise then speech: two windows, the first skipped as no speech."""
+    trace = dashboard_store.retried
+    assert len(trace.manifest["windows"]) == 2
+    return trace
+
+
+@pytest.fixture(scope="session")
+def long_page(tmp_path_factory, long_trace) -> str:
+    path, = export_trace(long_trace, "html", out=tmp_path_factory.mktemp("long") / "long.html")
+    return path.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
@@ -152,6 +168,101 @@ def test_html_escapes_trace_text(hostile, tmp_path):
     assert HOSTILE not in text
     assert "&lt;script&gt;" in text
     assert text.count("<script") == 1
+
+
+def figure_png(page: str, anchor: str) -> bytes | None:
+    match = re.search(rf'<figure id="figure-{anchor}">(?:(?!</figure>).)*?'
+                      r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    return base64.b64decode(match.group(1)) if match else None
+
+
+def section(page: str, name: str) -> str:
+    match = re.search(rf'<section id="{name}">.*?</section>', page, flags=re.S)
+    assert match, f"no section {name}"
+    return match.group(0)
+
+
+def test_html_of_long_audio_draws_each_windows_figures_and_prompt(long_page, long_trace):
+    windows = long_trace.manifest["windows"]
+    drawn = {}
+    for number, window in enumerate(windows, start=1):
+        part = section(long_page, f"window-{number}")
+        assert f"Window {number} of 2: {window['start']:.2f}–{window['end']:.2f} s" in part
+        for view in ("log_mel", "cross_attention", "language_probs"):
+            drawn[view, number] = figure_png(part, f"{view}-window-{number}")
+            assert drawn[view, number], f"{view} of window {number} missing"
+        row = re.search(rf'<tr id="prompt-window-{number}">.*?</tr>', section(long_page, "task")).group(0)
+        assert f"(p = {window['language_probability']:.3f})" in row
+        assert f"{window['no_speech_probability']:.3f}" in row
+        assert all(probe.export._esc(token) in row for token in window["prompt_tokens"])
+        assert f'<a href="#window-{number}">{number}</a>' in section(long_page, "windows")
+    assert all(drawn[view, 1] != drawn[view, 2] for view in ("log_mel", "cross_attention", "language_probs"))
+    assert "skipped: no speech" in section(long_page, "window-1") and "skipped" not in section(long_page, "window-2")
+    # figures that do not depend on the window are drawn once, in "Inside the model"
+    once = section(long_page, "figures")
+    assert figure_png(once, "waveform") and figure_png(once, "windows") and figure_png(once, "token_probs")
+    assert 'id="figure-log_mel"' not in long_page and long_page.count('id="figure-waveform') == 1
+    assert "<th>window</th><th>step</th>" in section(long_page, "tokens")
+    assert 'class="note">Per-window figures' not in long_page  # two windows: all of them, nothing to say
+
+
+def test_windows_option_picks_the_windows_of_every_figure_format(long_trace, tmp_path):
+    page = probe.export.render_html(long_trace, views=["waveform", "log_mel"], windows="2")
+    assert 'id="window-2"' in page and 'id="window-1"' not in page
+    assert figure_png(page, "log_mel-window-2") and figure_png(page, "waveform")
+    assert '<a href="#window-2">2</a>' in page and '<a href="#window-1">' not in page
+    assert 'id="prompt-window-1"' in page  # the prompt table still lists every window
+    paths = export_trace(long_trace, "png", out=tmp_path / "png", views=["log_mel", "waveform"])
+    assert [p.name for p in paths] == [f"{long_trace.id}-waveform.png", f"{long_trace.id}-log_mel-window-1.png",
+                                       f"{long_trace.id}-log_mel-window-2.png"]
+    paths = export_trace(long_trace, "svg", out=tmp_path / "svg", views=["language_probs"], windows=[2])
+    assert [p.name for p in paths] == [f"{long_trace.id}-language_probs-window-2.svg"]
+    pdf, = export_trace(long_trace, "pdf", out=tmp_path / "long.pdf", views=["log_mel", "language_probs"],
+                        windows="1-2")
+    subprocess.run(["pdftoppm", "-r", "20", "-png", str(pdf), str(tmp_path / "page")], check=True,
+                   capture_output=True)
+    assert len(list(tmp_path.glob("page*.png"))) == 1 + 2 * 2
+    text = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True, text=True).stdout
+    if text:
+        assert "pages 4–5: window 2 (log_mel, language_probs)" in text
+
+
+def test_long_traces_draw_their_first_and_flagged_windows_by_default(long_trace, monkeypatch):
+    def trace_of(n, retried=(), looping=(), skipped=()):
+        return types.SimpleNamespace(id="fake", manifest={"windows": [
+            {"index": i, "attempts": [{}, {}] if i in retried else [{}], "signals": {"looping": i in looping},
+             "skipped": i in skipped} for i in range(n)]})
+
+    assert chosen_windows(trace_of(8)) == (list(range(8)), True)
+    assert chosen_windows(trace_of(40, retried={30}, looping={6}, skipped={2, 9})) == ([0, 1, 2, 3, 6, 9, 30], False)
+    assert chosen_windows(trace_of(40, retried=set(range(40))))[0] == list(range(12))
+    assert chosen_windows(trace_of(40), "all") == (list(range(40)), True)
+    assert chosen_windows(trace_of(40), " 3,1-2 ,2") == ([0, 1, 2], False)
+    # a trace longer than the limit says in the page what it left out and how to get it
+    monkeypatch.setattr(probe.export, "ALL_WINDOWS_UP_TO", 1)
+    monkeypatch.setattr(probe.export, "FIRST_WINDOWS", 1)
+    page = probe.export.render_html(long_trace, views=["log_mel"])
+    assert 'id="window-1"' in page and 'id="window-2"' not in page
+    assert "windows 1 of 2" in page and f"probe export {long_trace.id} --windows all" in page
+    assert 'id="window-2"' in probe.export.render_html(long_trace, views=["log_mel"], windows="all")
+
+
+@pytest.mark.parametrize("value,message", [("0", "has windows 1–2"), ("3", "has windows 1–2"),
+                                           ("1-x", "not a list of windows"), ("2-1", "runs backwards"),
+                                           ("", "not a list of windows")])
+def test_bad_windows_are_one_line_errors(long_trace, tmp_path, capsys, value, message):
+    from probe.cli import main
+
+    code = main(["export", long_trace.id, "--store", str(long_trace.path.parent), "--windows", value,
+                 "-o", str(tmp_path / "x.html")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("probe: error:")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_windows_are_refused_for_table_formats(long_trace, tmp_path):
+    with pytest.raises(OptionError, match="--windows applies to html"):
+        export_trace(long_trace, "csv", out=tmp_path, windows="1")
 
 
 # --- figure files ------------------------------------------------------------------------------
