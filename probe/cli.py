@@ -411,7 +411,7 @@ def window_line(window: dict) -> str:
     if len(window.get("attempts", [])) > 1:
         flags.append(f"{len(window['attempts'])} attempts")
     logprob = signals.get("avg_logprob")
-    return (f"[{window['index']}] {window['start']:7.2f}-{window['end']:7.2f} s  seek {window.get('seek', 0)}"
+    return (f"window {window['index'] + 1:>3} {window['start']:7.2f}-{window['end']:7.2f} s  seek {window.get('seek', 0)}"
             f"  <|{window['language']}|>  no-speech {window['no_speech_probability']:.2f}"
             f"  avg logprob {logprob if logprob is None else round(logprob, 2)}"
             f"  compression {signals.get('compression_ratio', 0):.2f}/{signals.get('text_compression_ratio', 0):.2f}"

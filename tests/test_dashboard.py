@@ -206,7 +206,7 @@ def test_windows_view_shows_each_window_its_attempts_and_why(open_view, dashboar
     app = open_view("windows", trace.id)
     no_exception(app)
     table = app.dataframe[0].value
-    assert list(table["window"]) == [0, 1] and list(table["skipped"]) == ["no speech", ""]
+    assert list(table["window"]) == [1, 2] and list(table["skipped"]) == ["no speech", ""]
     assert "1 skipped as no speech" in texts(app) or len(app.image) == 1
     assert any("skipped" in e.label for e in app.expander)  # window 1 of 2 is picked first
     assert "no speech: p=" in texts(app)

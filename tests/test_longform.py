@@ -229,6 +229,30 @@ def test_fallback_on_a_short_clip_under_beam_search(base, beam_fallback):
     assert np.abs(reference.numpy() - kept.astype(np.float32)).max() < 1e-3
 
 
+def test_a_clip_that_loops_under_beam_search_is_rejected_by_its_compression_ratio(base, store):
+    """6 s of 120 Hz mains hum: beam search loops ("I'm sorry. I'm sorry. ..."); openai-whisper's
+    settings reject that attempt by its compression ratio, as plain generate() with the same
+    settings and seed does, and the trace shows both attempts and why."""
+    hum = (0.05 * np.sin(2 * np.pi * 120 * np.arange(16000 * 6) / 16000)).astype(np.float32)
+    options = dict(num_beams=3, task="translate", language="zh", max_new_tokens=60)
+    trace = probe.run(hum, model=base, store=store, disable=["attention", "logit_lens", "activations"],
+                      openai_defaults=True, seed=0, **options)
+    features = base.processor(hum, sampling_rate=16000, return_tensors="pt").input_features
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        plain = base.model.generate(features, **options, **OPENAI_DEFAULTS)
+    assert trace.manifest["sequence"] == plain[0].tolist()
+    (window,) = trace.manifest["windows"]
+    looping, *rest = window["attempts"]
+    assert looping["num_beams"] == 3 and looping["verdict"] == "rejected"
+    assert looping["compression_ratio"] > OPENAI_DEFAULTS["compression_ratio_threshold"]
+    assert "compression ratio" in looping["reason"] and "retried" in looping["reason"]
+    text = looping["text"]
+    assert len(text) > 40 and text.count(text.split(".")[0] + ".") >= 4  # one sentence, over and over
+    assert rest and rest[0]["temperature"] > 0 and rest[-1]["verdict"] in ("kept", "skipped")
+    assert rest[-1]["tokens"] != looping["tokens"]
+
+
 def test_dashboard_draws_where_the_rejected_attempt_listened(beam_fallback, monkeypatch):
     import streamlit as st
     from streamlit.testing.v1 import AppTest

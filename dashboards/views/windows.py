@@ -19,7 +19,7 @@ context.show_figure(trace, "windows")
 
 st.subheader("Every window")
 st.dataframe([{
-    "window": w["index"], "start (s)": w["start"], "used to (s)": round(w.get("next_seek", 0) / 100, 2),
+    "window": w["index"] + 1, "start (s)": w["start"], "used to (s)": round(w.get("next_seek", 0) / 100, 2),
     "language": w["language"], "no-speech p": round(w["no_speech_probability"], 3),
     "avg log-prob": (w.get("signals") or {}).get("avg_logprob"),
     "compression (tokens)": (w.get("signals") or {}).get("compression_ratio"),
