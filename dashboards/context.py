@@ -200,12 +200,13 @@ def _figure_png(store_path: str, trace_id: str, name: str, options: tuple) -> by
     return figures.png_bytes(draw(trace, **dict(options)))
 
 
-def show_figure(trace: CachedTrace, name: str, **options) -> bool:
-    """Draw ``probe.figures.<name>(trace, **options)`` (no options: its :data:`~probe.figures.FIGURES`
-    defaults); a :class:`StoreError` (missing or corrupt record) is shown in its place."""
+def show_figure(trace: CachedTrace, figure: str, /, **options) -> bool:
+    """Draw ``probe.figures.<figure>(trace, **options)`` (no options: its :data:`~probe.figures.FIGURES`
+    defaults); a :class:`StoreError` (missing or corrupt record) is shown in its place.  ``figure``
+    is positional-only, so any option name (``name=`` of a record) passes through."""
     try:
-        with st.spinner(f"Drawing {name.replace('_', ' ')}…"):
-            png = _figure_png(trace.store_path, trace.id, name, tuple(sorted(options.items())))
+        with st.spinner(f"Drawing {figure.replace('_', ' ')}…"):
+            png = _figure_png(trace.store_path, trace.id, figure, tuple(sorted(options.items())))
     except StoreError as err:
         st.error(str(err))
         return False

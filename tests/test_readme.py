@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,30 @@ def test_plugin_example_records_appear_in_show_json(tmp_path, capsys):
     record = shown["records"]["conv_energy.rms"]
     assert record["plugin"] == "conv_energy" and record["shape"] == [1, 1500]
     assert shown["plugins"]["conv_energy"] == "0.1"
+
+
+@pytest.mark.integration
+def test_plugin_example_renders_in_the_dashboard(tmp_path, capsys, monkeypatch):
+    """The README's plugin writes a [window, frame] tensor: Plugin records draws it as a heatmap
+    (a 2-D plugin tensor used to raise TypeError in show_figure)."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    import probe.dashboards
+
+    path = tmp_path / "conv_energy.py"
+    path.write_text(plugin_example())
+    store = tmp_path / "store"
+    assert main(["run", str(EXAMPLES / "en_fox.flac"), "-p", str(path), "--store", str(store), "--json",
+                 "-p", "no:attention", "-p", "no:logit_lens"]) == 0
+    trace_id = json.loads(capsys.readouterr().out)["trace"]
+    monkeypatch.setenv("WHISPER_PROBE_STORE", str(store))
+    st.cache_data.clear()
+    app = AppTest.from_file(str(Path(probe.dashboards.__file__).with_name("app.py")), default_timeout=120)
+    app.query_params["trace"] = trace_id
+    app.switch_page("views/plugin_records.py")
+    app.run()
+    assert not app.exception and not app.error
+    assert app.selectbox(key="plugin_record").value == "conv_energy.rms"
+    assert len(app.image) == 1  # the heatmap of conv_energy.rms
+    st.cache_data.clear()
