@@ -15,15 +15,12 @@ class PluginView:
 
 def plugin_views(pm) -> list[PluginView]:
     """Every view registered by a plugin, in plugin call order.  A plugin that raises is named."""
-    from probe.plugin_manager import implementations
-    from probe.errors import PluginError
+    from probe.plugin_manager import current_plugin
 
     views: list[PluginView] = []
-    for name, function, argnames in implementations(pm, "probe_dashboard_views"):
-        def register(title: str, render: Callable, _plugin=name) -> None:
-            views.append(PluginView(str(title), render, _plugin))
-        try:
-            function(register)
-        except Exception as exc:
-            raise PluginError(f"plugin {name!r} raised in probe_dashboard_views: {type(exc).__name__}: {exc}") from exc
+
+    def register(title: str, render: Callable) -> None:
+        views.append(PluginView(str(title), render, current_plugin() or "unknown"))
+
+    pm.hook.probe_dashboard_views(register=register)
     return views

@@ -3,20 +3,38 @@
 Built-in features are ordinary plugins listed in :data:`DEFAULT_PLUGINS` (modules of
 :mod:`probe.plugins`), each removable with ``-p no:NAME``.  Third-party plugins come from the
 entry-point group ``whisper_probe`` (skipped when :data:`DISABLE_AUTOLOAD_ENV` is set), from
-``-p MODULE`` or ``-p path/to/file.py``, or as objects passed from Python.  :func:`call_each` calls a
-hook one implementation at a time so that a plugin that raises or returns the wrong type is named
-in a one-line :class:`~probe.errors.PluginError`.
+``-p MODULE`` or ``-p path/to/file.py``, or as objects passed from Python.
+
+Every call goes through pluggy (``pm.hook.<name>(...)``), so hook wrappers (``@hookimpl(wrapper=True)``),
+``tryfirst``/``trylast`` and pluggy's call monitoring work as they do in pytest.  Naming the plugin
+that raised and timing each plugin are done once, here: when a plugin is registered each of its
+hook implementations is wrapped (:func:`_named`) so that
+
+* an exception becomes a one-line :class:`~probe.errors.PluginError` naming the plugin and hook
+  (user errors, :class:`~probe.errors.ProbeError`, pass through);
+* its time is added to the per-plugin seconds of the run being traced (:func:`plugin_timing`);
+* with ``WHISPER_PROBE_TRACE_PLUGINS=1`` every call is printed to stderr with its plugin and
+  duration (datasette's ``DATASETTE_TRACE_PLUGINS`` habit).
+
+:func:`ask` calls a hook whose answer differs per plugin (the hook points each wants) and returns
+each plugin's own result by name; :func:`plugin_caller` is the hook restricted to some plugins
+(``probe_capture`` goes only to the plugins that asked for the point that fired).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Callable, Iterable, Iterator
 
 import pluggy
 
@@ -26,6 +44,14 @@ from probe.errors import PluginError, ProbeError
 DEFAULT_PLUGINS = ("activations", "attention", "cross_attention", "token_probs", "logit_lens")
 ENTRY_POINT_GROUP = "whisper_probe"
 DISABLE_AUTOLOAD_ENV = "WHISPER_PROBE_DISABLE_PLUGIN_AUTOLOAD"
+TRACE_ENV = "WHISPER_PROBE_TRACE_PLUGINS"
+
+# per-plugin seconds of the run whose hooks are being called (plugin_timing), if any
+_SECONDS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("probe_plugin_seconds", default=None)
+# (hook, plugin, result) of every implementation called while ask() collects
+_ANSWERS: contextvars.ContextVar[list | None] = contextvars.ContextVar("probe_plugin_answers", default=None)
+# the plugin whose hook implementation is running (for callbacks such as probe_dashboard_views' register)
+_CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("probe_current_plugin", default=None)
 
 
 def plugin_version(plugin) -> str:
@@ -132,6 +158,124 @@ def _register(pm: pluggy.PluginManager, plugin, name: str) -> None:
         if pm.is_registered(plugin):
             pm.unregister(plugin)
         raise PluginError(f"plugin {name!r} is invalid: {exc}; hook names are listed in probe.hookspecs") from exc
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin:
+                impl.function = _named(name, caller.name, impl)
+
+
+def _named(plugin: str, hook: str, impl) -> Callable:
+    """``impl.function``, calling it the same way, with the plugin named in its errors, its time
+    counted for the current run, and the call printed when :data:`TRACE_ENV` is set."""
+    function = impl.function
+    where = impl.argnames.index("point") if "point" in impl.argnames else None
+
+    def failure(exc: Exception, args) -> PluginError:
+        at = f" at {args[where].name}" if where is not None and where < len(args) else ""
+        return PluginError(f"plugin {plugin!r} raised in {hook}{at}: {type(exc).__name__}: {exc}"
+                           f" (run with --debug for the traceback, or disable it with -p no:{plugin})")
+
+    def finish(started: float) -> None:
+        elapsed = time.perf_counter() - started
+        seconds = _SECONDS.get()
+        if seconds is not None:
+            seconds[plugin] = seconds.get(plugin, 0.0) + elapsed
+        if os.environ.get(TRACE_ENV):
+            print(f"probe: plugin {plugin} {hook} {elapsed * 1000:.2f} ms", file=sys.stderr)
+
+    if impl.wrapper or impl.hookwrapper:  # a hook wrapper: name and time it around its yield
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            started, token = time.perf_counter(), _CURRENT.set(plugin)
+            try:
+                return (yield from function(*args, **kwargs))
+            except (ProbeError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                if _passes_through(exc):
+                    raise
+                raise failure(exc, args) from exc
+            finally:
+                _CURRENT.reset(token)
+                finish(started)
+        return wrapper
+
+    @functools.wraps(function)
+    def named(*args, **kwargs):
+        started, token = time.perf_counter(), _CURRENT.set(plugin)
+        try:
+            result = function(*args, **kwargs)
+        except (ProbeError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if _passes_through(exc):
+                raise
+            raise failure(exc, args) from exc
+        finally:
+            _CURRENT.reset(token)
+            finish(started)
+        answers = _ANSWERS.get()
+        if answers is not None:
+            answers.append((hook, plugin, result))
+        return result
+    return named
+
+
+def _passes_through(exc: BaseException) -> bool:
+    # running out of device memory is the machine's limit, not the plugin's bug: the memory-budget
+    # message says what to do; a PluginError is already named (a plugin calling another hook)
+    return isinstance(exc, PluginError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+@contextlib.contextmanager
+def plugin_timing(seconds: dict) -> Iterator[dict]:
+    """Add each plugin's time in the hooks called inside the block to ``seconds`` (name → s)."""
+    token = _SECONDS.set(seconds)
+    try:
+        yield seconds
+    finally:
+        _SECONDS.reset(token)
+
+
+def current_plugin() -> str | None:
+    """The plugin whose hook implementation is running now (None outside one)."""
+    return _CURRENT.get()
+
+
+def ask(pm: pluggy.PluginManager, hook_name: str, expect=None, seconds: dict | None = None, **kwargs) -> dict:
+    """``pm.hook.<hook_name>(**kwargs)``; each plugin's own result by plugin name (None dropped).
+
+    A result that fails ``expect(result)`` is a one-line :class:`PluginError` naming the plugin.
+    ``seconds``, when given, accumulates each plugin's time.
+    """
+    answers: list = []
+    token = _ANSWERS.set(answers)
+    try:
+        with plugin_timing(seconds) if seconds is not None else contextlib.nullcontext():
+            getattr(pm.hook, hook_name)(**kwargs)
+    finally:
+        _ANSWERS.reset(token)
+    results = {}
+    for hook, name, result in answers:
+        if hook != hook_name or result is None:
+            continue
+        if expect is not None and not expect(result):
+            raise PluginError(f"plugin {name!r} returned {type(result).__name__} from {hook_name},"
+                              " which is not what the hook expects; see probe.hookspecs")
+        results[name] = result
+    return results
+
+
+def plugin_caller(pm: pluggy.PluginManager, hook_name: str, plugins: Iterable[str]):
+    """``pm.hook.<hook_name>`` restricted to the named plugins (pluggy's subset hook caller)."""
+    keep = set(plugins)
+    others = [plugin for name, plugin in pm.list_name_plugin() if name not in keep]
+    return pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+
+def implementers(pm: pluggy.PluginManager, hook_name: str) -> list[str]:
+    """Names of the plugins implementing ``hook_name``, in pluggy's call order."""
+    return [impl.plugin_name for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls())]
 
 
 def describe(pm: pluggy.PluginManager) -> list[dict]:
@@ -143,40 +287,3 @@ def describe(pm: pluggy.PluginManager) -> list[dict]:
         rows.append({"name": name, "version": plugin_version(plugin), "builtin": name in DEFAULT_PLUGINS,
                      "hooks": hooks})
     return rows
-
-
-def implementations(pm: pluggy.PluginManager, hook_name: str):
-    """(plugin name, function) pairs implementing ``hook_name``, in pluggy's call order."""
-    caller = getattr(pm.hook, hook_name)
-    return [(impl.plugin_name, impl.function, impl.argnames) for impl in reversed(caller.get_hookimpls())]
-
-
-def call_each(pm: pluggy.PluginManager, hook_name: str, expect=None, seconds: dict | None = None, **kwargs) -> dict:
-    """Call every implementation of ``hook_name``; map plugin name → result (None results dropped).
-
-    A plugin that raises, or returns something that fails ``expect(result)``, becomes a one-line
-    :class:`PluginError` naming it.  User errors raised by plugins (ProbeError) pass through.
-    ``seconds`` (plugin name → float), when given, accumulates the time each plugin took.
-    """
-    results = {}
-    for name, function, argnames in implementations(pm, hook_name):
-        started = time.perf_counter()
-        try:
-            result = function(*[kwargs[a] for a in argnames])
-        except (ProbeError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            raise PluginError(f"plugin {name!r} raised in {hook_name}: {type(exc).__name__}: {exc}"
-                              " (run with --debug for the traceback, or disable it with -p no:"
-                              f"{name})") from exc
-        finally:
-            if seconds is not None:
-                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
-        if result is None:
-            continue
-        if expect is not None and not expect(result):
-            raise PluginError(f"plugin {name!r} returned {type(result).__name__} from {hook_name},"
-                              " which is not what the hook expects; see probe.hookspecs")
-        results[name] = result
-    return results
-

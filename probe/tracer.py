@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from probe import hooks as hooks_mod
 from probe.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioClip
-from probe.errors import MemoryBudgetError, OptionError, PluginError, ProbeError
+from probe.errors import MemoryBudgetError, OptionError, PluginError
 from probe.longform import Attempt, GenerateObserver, check_supported
 from probe.models import quiet_transformers
-from probe.plugin_manager import call_each, implementations, plugin_version
+from probe.plugin_manager import ask, implementers, plugin_caller, plugin_timing, plugin_version
 from probe.points import HookPoint, select_points
 from probe.spill import Spill
 
@@ -349,7 +349,7 @@ class _Router:
         rows = tensor.shape[0] // len(self.items)
         for i, item in enumerate(self.items):
             routes = item.run.state[table][1].get(point.name)
-            if not routes:
+            if routes is None:
                 continue
             part = tensor if len(self.items) == 1 else tensor[i * rows:(i + 1) * rows]
             if hold:
@@ -363,21 +363,12 @@ class _Router:
         for point, tensor, ctx, routes in deferred:
             self._dispatch(item.run, point, tensor, ctx, routes)
 
-    def _dispatch(self, run: Run, point: HookPoint, tensor: torch.Tensor, ctx: CaptureContext, routes) -> None:
+    def _dispatch(self, run: Run, point: HookPoint, tensor: torch.Tensor, ctx: CaptureContext, capture) -> None:
+        """``capture``: pm.hook.probe_capture restricted to the plugins that asked for ``point``."""
         self.busy = True
         try:
-            for name, function, argnames in routes:
-                values = {"run": run, "point": point, "tensor": tensor, "ctx": ctx}
-                started = time.perf_counter()
-                try:
-                    function(*[values[a] for a in argnames])
-                except (ProbeError, torch.OutOfMemoryError):  # OOM: the memory-budget message, below
-                    raise
-                except Exception as exc:
-                    raise PluginError(f"plugin {name!r} raised in probe_capture at {point.name}:"
-                                      f" {type(exc).__name__}: {exc} (disable it with -p no:{name})") from exc
-                finally:
-                    run.plugin_seconds[name] = run.plugin_seconds.get(name, 0.0) + time.perf_counter() - started
+            with plugin_timing(run.plugin_seconds):
+                capture(run=run, point=point, tensor=tensor, ctx=ctx)
         finally:
             self.busy = False
 
@@ -388,20 +379,26 @@ def _is_patterns(result) -> bool:
 
 def _requested(pm, run: Run, hook_name: str) -> dict[str, list[HookPoint]]:
     """Plugin name → the hook points it asked for via ``hook_name``."""
-    asked = call_each(pm, hook_name, expect=_is_patterns, run=run)
+    asked = ask(pm, hook_name, expect=_is_patterns, run=run)
     return {name: select_points(run.config, list(patterns)) for name, patterns in asked.items()}
 
 
-def _routes(pm, requested: dict[str, list[HookPoint]]) -> tuple[list[HookPoint], dict[str, list]]:
-    capture_impls = {name: (name, fn, args) for name, fn, args in implementations(pm, "probe_capture")}
+def _routes(pm, requested: dict[str, list[HookPoint]]) -> tuple[list[HookPoint], dict[str, Any]]:
+    """(every point some plugin asked for, point name → ``probe_capture`` of the plugins that asked)."""
+    capturing = set(implementers(pm, "probe_capture"))
     points: dict[str, HookPoint] = {}
-    routes: dict[str, list] = {}
+    askers: dict[str, list[str]] = {}
     for plugin, wanted in requested.items():
-        if plugin not in capture_impls:
+        if plugin not in capturing:
             raise PluginError(f"plugin {plugin!r} asks for hook points but implements no probe_capture")
         for point in wanted:
             points[point.name] = point
-            routes.setdefault(point.name, []).append(capture_impls[plugin])
+            askers.setdefault(point.name, []).append(plugin)
+    callers: dict[frozenset, Any] = {}  # one subset caller per set of plugins
+    for plugins in askers.values():
+        if frozenset(plugins) not in callers:
+            callers[frozenset(plugins)] = plugin_caller(pm, "probe_capture", plugins)
+    routes = {name: callers[frozenset(plugins)] for name, plugins in askers.items()}
     return list(points.values()), routes
 
 
@@ -465,7 +462,8 @@ class Tracer:
             options = dataclasses.replace(options, timestamps=True)
         run = Run(loaded=self.loaded, clip=clip, options=options, points=self.points,
                   plugin_options=self.plugin_options, window_spans=estimated_spans(clip))
-        call_each(self.pm, "probe_run_start", seconds=run.plugin_seconds, run=run)
+        with plugin_timing(run.plugin_seconds):
+            self.pm.hook.probe_run_start(run=run)
         run.state["_decode"] = _routes(self.pm, _requested(self.pm, run, "probe_decode_points"))
         replay_requested = _requested(self.pm, run, "probe_replay_points")
         for plugin, wanted in replay_requested.items():
@@ -483,7 +481,7 @@ class Tracer:
                                "replay": [p.name for p in run.state["_replay"][0]],
                                "rejected": [p.name for p in run.state["_rejected"][0]]}
         run.state["estimate"] = estimate = {}
-        for sizes in call_each(self.pm, "probe_estimate", expect=lambda r: isinstance(r, dict), run=run).values():
+        for sizes in ask(self.pm, "probe_estimate", expect=lambda r: isinstance(r, dict), run=run).values():
             estimate.update({str(name): int(size) for name, size in sizes.items()})
         total = sum(estimate.values())
         if total > WARN_BYTES:
@@ -630,7 +628,8 @@ class Tracer:
         """Let every plugin write its records for ``run`` into ``writer``."""
         for key in ("_decode", "_replay"):
             run.state.pop(key, None)
-        call_each(self.pm, "probe_run_end", seconds=run.plugin_seconds, run=run, writer=writer)
+        with plugin_timing(run.plugin_seconds):
+            self.pm.hook.probe_run_end(run=run, writer=writer)
 
     def trace(self, clip: AudioClip, writer=None) -> Run:
         """Decode one clip with every plugin watching; records go to ``writer`` (a TraceWriter)."""
@@ -834,7 +833,8 @@ class _Windows:
         for i, (item, row) in enumerate(zip(items, rows)):
             result = self._result(pending, row, hidden[i], sot_index[i], detected[i], timings)
             item.run.windows.append(result)
-            call_each(tracer.pm, "probe_window_end", seconds=item.run.plugin_seconds, run=item.run, window=result)
+            with plugin_timing(item.run.plugin_seconds):
+                tracer.pm.hook.probe_window_end(run=item.run, window=result)
 
     def _result(self, pending: _Pending, row: int, hidden: torch.Tensor, sot: int, detected, timings) -> WindowResult:
         from probe.signals import attempt_record, window_signals

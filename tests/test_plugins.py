@@ -401,3 +401,72 @@ def test_attention_plugin_takes_each_windows_frames_from_its_context(tiny):
     plugin.probe_capture(run, point, probs, CaptureContext(phase="encode", window=3, n_frames=700))
     assert run.state["attention"]["n_frames"] == {3: 700}
     assert 3 in run.state["attention"]["summaries"]
+
+
+class WindowWrapper:
+    """A new-style hook wrapper around every plugin's probe_window_end (pluggy's wrapper=True)."""
+
+    name = "window_wrapper"
+
+    def __init__(self):
+        self.order = []
+
+    @probe.hookimpl(wrapper=True)
+    def probe_window_end(self, run, window):
+        self.order.append(("before", window.index))
+        result = yield
+        self.order.append(("after", window.index))
+        return result
+
+
+class WindowSeen:
+    name = "window_seen"
+
+    def __init__(self, order):
+        self.order = order
+
+    @probe.hookimpl
+    def probe_window_end(self, run, window):
+        self.order.append(("inner", window.index))
+
+
+def test_a_hook_wrapper_wraps_every_plugins_call_and_is_timed(tiny, tone, store, monkeypatch, capsys):
+    """Plugins are called through pluggy: a wrapper runs around the other implementations, its
+    time is counted for the run, and WHISPER_PROBE_TRACE_PLUGINS prints every call."""
+    monkeypatch.setenv("WHISPER_PROBE_TRACE_PLUGINS", "1")
+    wrapper = WindowWrapper()
+    trace = probe.run(tone, model=tiny, plugins=[WindowSeen(wrapper.order), wrapper], store=store,
+                      max_new_tokens=3, disable=["attention", "logit_lens"])
+    assert wrapper.order == [("before", 0), ("inner", 0), ("after", 0)]
+    timed = trace.manifest["timings"]["plugins"]
+    assert {"window_wrapper", "window_seen", "cross_attention", "token_probs"} <= set(timed)
+    printed = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("probe: plugin window_wrapper probe_window_end ") and line.endswith(" ms")
+               for line in printed)
+    assert any(line.startswith("probe: plugin cross_attention probe_capture ") for line in printed)
+
+
+class FailingWrapper:
+    name = "failing_wrapper"
+
+    @probe.hookimpl(wrapper=True)
+    def probe_run_end(self, run, writer):
+        yield
+        raise ValueError("bad teardown")
+
+
+def test_a_wrapper_that_raises_is_named_and_leaves_nothing(tiny, tone, store):
+    with pytest.raises(PluginError) as err:
+        probe.run(tone, model=tiny, plugins=[FailingWrapper()], store=store, max_new_tokens=3)
+    message = str(err.value)
+    assert "'failing_wrapper' raised in probe_run_end" in message and "bad teardown" in message
+    assert "\n" not in message and store.list() == [] and hooks_left(tiny.model) == 0
+
+
+def test_plugin_calls_have_one_home():
+    """Every call goes through pm.hook: no module outside the plugin manager walks the hook
+    implementations and calls them itself."""
+    for path in list((ROOT / "probe").rglob("*.py")) + list((ROOT / "dashboards").rglob("*.py")):
+        text = path.read_text()
+        if path.name != "plugin_manager.py":
+            assert "get_hookimpls" not in text and "call_each" not in text, path
