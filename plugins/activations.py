@@ -48,6 +48,11 @@ class Plugin:
     __version__ = __version__
 
     @hookimpl
+    def probe_addoption(self, parser):
+        parser.addoption("--activations", dest="activations_mode", choices=["full", "summary"], default="full",
+                         help="keep --points whole (float16) or as per-position norms")
+
+    @hookimpl
     def probe_run_start(self, run):
         mode = run.option("activations_mode", "full")
         if run.points:

@@ -46,6 +46,11 @@ class Plugin:
     __version__ = __version__
 
     @hookimpl
+    def probe_addoption(self, parser):
+        parser.addoption("--rejected-cross-attention", action="store_true",
+                         help="also keep where each attempt temperature fallback rejected listened (alignment heads)")
+
+    @hookimpl
     def probe_run_start(self, run):
         run.state[self.name] = {"layers": {}, "windows": [], "rejected": {}, "rejected_rows": []}
 

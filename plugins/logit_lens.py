@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
-from probe.plugins.token_probs import top_k
+from probe.plugins.token_probs import add_top_k, check_top_k, top_k
 from probe.transfer import to_device
 
 __version__ = "1.0"
@@ -29,7 +29,12 @@ class Plugin:
     __version__ = __version__
 
     @hookimpl
+    def probe_addoption(self, parser):
+        add_top_k(parser)
+
+    @hookimpl
     def probe_run_start(self, run):
+        check_top_k(run)
         run.state[self.name] = {"layers": {}, "windows": []}
 
     @hookimpl

@@ -21,15 +21,27 @@ import functools
 import numpy as np
 import torch
 
+from probe.errors import OptionError
 from probe.hookspecs import hookimpl
 from probe.transfer import to_device, to_host
 
 __version__ = "1.0"
 
 
+def add_top_k(parser) -> None:
+    """``--top-k``: declared by token_probs and logit_lens alike, so either one alone still has it."""
+    parser.addoption("--top-k", type=int, default=5, help="alternatives kept per token (token_probs, logit_lens)")
+
+
 def top_k(run) -> int:
-    """Alternatives to keep per token: ``plugin_options["top_k"]`` (default 5), within 1 … vocab."""
+    """Alternatives to keep per token: ``--top-k`` / ``plugin_options["top_k"]`` (default 5), within 1 … vocab."""
     return max(1, min(int(run.option("top_k", 5)), run.config.vocab_size))
+
+
+def check_top_k(run) -> None:
+    vocab, k = run.config.vocab_size, run.option("top_k", 5)
+    if not isinstance(k, int) or not 0 <= k <= vocab:
+        raise OptionError(f"--top-k must be between 0 and the vocabulary size {vocab} (got {k!r})")
 
 
 def token_kind(token_id: int, eot: int, first_timestamp: int) -> str:
@@ -56,7 +68,12 @@ class Plugin:
     __version__ = __version__
 
     @hookimpl
+    def probe_addoption(self, parser):
+        add_top_k(parser)
+
+    @hookimpl
     def probe_run_start(self, run):
+        check_top_k(run)
         # per window: (chosen log-prob, entropy, top ids, top probs); "steps": greedy logits rows [vocab]
         run.state[self.name] = {"windows": [], "steps": []}
 

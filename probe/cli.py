@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from probe.errors import OptionError, ProbeError
+from probe.errors import ProbeError
 
 DEBUG_ENV = "WHISPER_PROBE_DEBUG"
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="decode audio with hooks and record a trace per input")
+    parser.run_parser = run  # plugins add their options here (probe_addoption)
     run.add_argument("audio", nargs="*", help="audio files (wav, flac, mp3, ogg, m4a, ...)")
     _common_model_args(run)
     _store_arg(run)
@@ -97,11 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--channel", default="mix", help="mix (downmix), left or right")
     run.add_argument("--points", action="append", default=[],
                      help="hook points for the activations plugin (globs, comma-separated or repeated)")
-    run.add_argument("--activations", choices=["full", "summary"], default="full",
-                     help="keep --points whole (float16) or as per-position norms")
-    run.add_argument("--top-k", type=int, default=5, help="alternatives kept per token")
-    run.add_argument("--rejected-cross-attention", action="store_true",
-                     help="also keep the cross-attention of attempts temperature fallback rejected (alignment heads)")
     run.add_argument("-p", dest="plugins", action="append", default=[],
                      help="load a plugin (module name or .py file), or disable one with no:NAME")
     run.add_argument("--name", default=None, help="trace name (default: the audio file name)")
@@ -243,7 +239,7 @@ def _print_result(result: dict, out) -> None:
     print(f"== {result['source']}", file=out)
     multi = len(result["windows"]) > 1
     for i, window in enumerate(result["windows"]):
-        prefix = f"[window {i}: {window['start']:.1f}-{window['end']:.1f} s] " if multi else ""
+        prefix = f"[window {i + 1}: {window['start']:.1f}-{window['end']:.1f} s] " if multi else ""
         notes = (" skipped as no speech" if window["skipped"] else "") + (
             f" ({window['attempts']} attempts)" if window["attempts"] > 1 else "")
         print(f"{prefix}language: {window['language']} (p={window['language_probability']:.2f})  "
@@ -262,7 +258,6 @@ def cmd_run(args) -> int:
 
     from probe.malloc import keep_freed_memory
     from probe.models import load_model
-    from probe.plugin_manager import get_plugin_manager
     from probe.runner import trace_clips
     from probe.store import Store
     from probe.tracer import Tracer
@@ -272,17 +267,9 @@ def cmd_run(args) -> int:
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     if loaded.note:
         print(f"probe: {loaded.note}", file=sys.stderr)
-    vocab = loaded.model.config.vocab_size
-    if not 0 <= args.top_k <= vocab:
-        raise OptionError(f"--top-k must be between 0 and the vocabulary size {vocab} (got {args.top_k})")
     options = decode_options(args)
-    plugin_refs = args.plugins if not args.no_store else args.plugins + [
-        f"no:{name}" for name in ("activations", "attention", "cross_attention", "token_probs", "logit_lens")
-        if f"no:{name}" not in args.plugins]
-    pm = get_plugin_manager(plugins=plugin_refs)
-    tracer = Tracer(loaded, pm, options, points=_split_points(args.points),
-                    plugin_options={"top_k": args.top_k, "activations_mode": args.activations,
-                                    "rejected_cross_attention": args.rejected_cross_attention},
+    pm, plugin_options = args.plugin_manager, args.plugin_options.values(args)
+    tracer = Tracer(loaded, pm, options, points=_split_points(args.points), plugin_options=plugin_options,
                     progress=sys.stderr.isatty())
     if args.dry_run:
         return _dry_run(tracer, clips, args.json)
@@ -467,11 +454,47 @@ COMMANDS = {"run": cmd_run, "points": cmd_points, "plugins": cmd_plugins, "ls": 
             "import": cmd_import}
 
 
+def plugin_refs(argv: list[str]) -> list[str]:
+    """The ``-p`` values of a ``probe run`` command line (``--no-store`` disables the built-ins), read
+    before parsing so that the plugins' own options (``probe_addoption``) can be parsed and listed."""
+    from probe.plugin_manager import DEFAULT_PLUGINS
+
+    refs, tokens = [], iter(argv)
+    for token in tokens:
+        if token == "--":
+            break
+        if token == "-p":
+            refs.append(next(tokens, ""))
+        elif token.startswith("-p") and not token.startswith("--"):
+            refs.append(token[2:].lstrip("="))
+    if "--no-store" in argv:
+        refs += [f"no:{name}" for name in DEFAULT_PLUGINS if f"no:{name}" not in refs]
+    return refs
+
+
+def _with_plugin_options(parser: argparse.ArgumentParser, argv: list[str]):
+    """For ``probe run``: the plugin manager of its ``-p`` options, and its plugins' options added to
+    the ``run`` parser."""
+    from probe.plugin_manager import get_plugin_manager
+    from probe.plugin_options import collect_options
+
+    pm = get_plugin_manager(plugins=plugin_refs(argv))
+    options = collect_options(pm)
+    options.add_to(parser.run_parser)
+    return pm, options
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = args.debug or bool(os.environ.get(DEBUG_ENV))
+    debug = "--debug" in argv or bool(os.environ.get(DEBUG_ENV))
     try:
+        pm = options = None
+        if next((token for token in argv if not token.startswith("-")), None) == "run":
+            pm, options = _with_plugin_options(parser, argv)
+        args = parser.parse_args(argv)
+        args.plugin_manager, args.plugin_options = pm, options
+        debug = args.debug or debug
         return COMMANDS[args.command](args)
     except ProbeError as exc:
         if debug:

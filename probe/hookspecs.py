@@ -5,11 +5,12 @@ below.  The core calls them in this order for each traced input::
 
     probe_run_start → probe_decode_points, probe_replay_points, probe_rejected_points → probe_estimate
       per window: probe_capture (for each requested hook point as it fires) → probe_window_end
-    probe_run_end (write records) 
+    probe_run_end (write records)
 
-``probe_dashboard_views`` is called by the dashboard, not during a run.  Hooks are called one
-implementation at a time so a plugin that raises is named in the error; a hook implementation
-whose name is not below fails loudly when the plugin is registered.
+``probe_addoption`` is called when options are collected (the CLI, ``probe.run``);
+``probe_dashboard_views`` by the dashboard, not during a run.  Every call goes through pluggy
+(:mod:`probe.plugin_manager`), so a plugin that raises is named in the error; a hook
+implementation whose name is not below fails loudly when the plugin is registered.
 
 API version: :data:`PROBE_API_VERSION`.
 """
@@ -23,6 +24,22 @@ PROBE_API_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def probe_addoption(parser):
+    """Declare this plugin's options of ``probe run`` (pytest's ``pytest_addoption``).
+
+    Call ``parser.addoption("--my-flag", type=float, default=0.5, help="...")`` with long flags
+    and argparse's keyword arguments.  ``probe run --help`` lists them under the plugin's name;
+    the value reaches the plugin as ``run.option("my_flag")`` (``dest``: the flag without dashes,
+    ``-`` as ``_``).  From Python, ``probe.run(..., plugin_options={"my_flag": 0.7})``; an option
+    not given has its declared default.  ``-p no:NAME`` removes the plugin's options too.
+
+    :param parser: a :class:`probe.plugin_options.OptionParser`.
+
+    .. versionadded:: 1.1
+    """
 
 
 @hookspec

@@ -419,7 +419,10 @@ class Tracer:
         self.progress = progress  # a progress bar (stderr) for clips longer than one window
         self.loaded, self.pm, self.options = loaded, pm, options
         self.points = list(points)
-        self.plugin_options = dict(plugin_options or {})
+        from probe.plugin_options import collect_options
+
+        # every option a plugin declared (probe_addoption) has its default unless given
+        self.plugin_options = {**collect_options(pm).defaults(), **dict(plugin_options or {})}
         gen = loaded.model.generation_config
         tokenizer = loaded.processor.tokenizer
         self.sot = gen.decoder_start_token_id

@@ -4,6 +4,7 @@ In datasette's manner, every hookspec must be documented and exercised by a test
 """
 
 import copy
+import json
 import inspect
 import re
 import textwrap
@@ -470,3 +471,76 @@ def test_plugin_calls_have_one_home():
         text = path.read_text()
         if path.name != "plugin_manager.py":
             assert "get_hookimpls" not in text and "call_each" not in text, path
+
+
+OPTION_PLUGIN = '''
+from probe import hookimpl
+
+__version__ = "0.2"
+
+
+@hookimpl
+def probe_addoption(parser):
+    parser.addoption("--loud-threshold", type=float, default=0.5, help="frames louder than this count as speech")
+
+
+@hookimpl
+def probe_run_end(run, writer):
+    writer.add_json("loud_option.seen", {"threshold": run.option("loud_threshold")}, plugin="loud_option")
+'''
+
+
+def _cli(capsys, *argv):
+    from probe.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse: --help, or an unknown option
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_plugin_adds_an_option_to_probe_run(tiny, tone, store, tmp_path, capsys, monkeypatch):
+    """probe_addoption: listed in --help under the plugin, parsed, seen as run.option(); gone when
+    the plugin is not loaded; its default (and plugin_options=) from Python."""
+    import soundfile
+
+    import probe.models
+
+    path = tmp_path / "loud_option.py"
+    path.write_text(OPTION_PLUGIN)
+    monkeypatch.setattr(probe.models, "load_model", lambda *a, **k: tiny)
+    wav = tmp_path / "tone.wav"
+    soundfile.write(wav, tone, 16000)
+    code, out, _ = _cli(capsys, "run", "--help", "-p", path)
+    assert code == 0 and "options of plugin loud_option:" in out and "--loud-threshold" in out
+    assert "options of plugin token_probs:" in out and "--top-k" in out
+    code, out, err = _cli(capsys, "run", wav, "-p", path, "--loud-threshold", "0.9", "--store", store.path,
+                          "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    trace = store.open(json.loads(out.splitlines()[-1])["trace"])
+    assert trace.json("loud_option.seen") == {"threshold": 0.9}
+    code, _, err = _cli(capsys, "run", wav, "--loud-threshold", "0.9", "--store", store.path)
+    assert code == 2 and "unrecognized arguments: --loud-threshold" in err and len(err.strip().splitlines()) == 1
+    # a removed built-in takes its options along: --top-k belongs to token_probs and logit_lens
+    code, _, err = _cli(capsys, "run", wav, "-p", "no:token_probs", "-p", "no:logit_lens", "--top-k", "3",
+                        "--store", store.path)
+    assert code == 2 and "unrecognized arguments: --top-k" in err
+    assert probe.run(tone, model=tiny, plugins=[str(path)], store=store, max_new_tokens=2
+                     ).json("loud_option.seen") == {"threshold": 0.5}
+    assert probe.run(tone, model=tiny, plugins=[str(path)], store=store, max_new_tokens=2,
+                     plugin_options={"loud_threshold": 0.7}).json("loud_option.seen") == {"threshold": 0.7}
+
+
+def test_a_plugin_option_that_clashes_is_named(tmp_path, capsys):
+    path = tmp_path / "clash.py"
+    path.write_text("from probe import hookimpl\n\n@hookimpl\ndef probe_addoption(parser):\n"
+                    "    parser.addoption('--language', help='mine')\n")
+    code, _, err = _cli(capsys, "run", "x.wav", "-p", path)
+    assert code == 2 and "plugin 'clash' declared option --language that probe run cannot take" in err
+    path.write_text("from probe import hookimpl\n\n@hookimpl\ndef probe_addoption(parser):\n"
+                    "    parser.addoption('-x')\n")
+    code, _, err = _cli(capsys, "run", "x.wav", "-p", path)
+    assert code == 2 and "plugin options are long flags" in err
