@@ -183,28 +183,11 @@ def _named(plugin: str, hook: str, impl) -> Callable:
         if os.environ.get(TRACE_ENV):
             print(f"probe: plugin {plugin} {hook} {elapsed * 1000:.2f} ms", file=sys.stderr)
 
-    if impl.wrapper or impl.hookwrapper:  # a hook wrapper: name and time it around its yield
-        @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            started, token = time.perf_counter(), _CURRENT.set(plugin)
-            try:
-                return (yield from function(*args, **kwargs))
-            except (ProbeError, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                if _passes_through(exc):
-                    raise
-                raise failure(exc, args) from exc
-            finally:
-                _CURRENT.reset(token)
-                finish(started)
-        return wrapper
-
-    @functools.wraps(function)
-    def named(*args, **kwargs):
+    @contextlib.contextmanager
+    def calling(args):
         started, token = time.perf_counter(), _CURRENT.set(plugin)
         try:
-            result = function(*args, **kwargs)
+            yield
         except (ProbeError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -214,6 +197,18 @@ def _named(plugin: str, hook: str, impl) -> Callable:
         finally:
             _CURRENT.reset(token)
             finish(started)
+
+    if impl.wrapper or impl.hookwrapper:  # a hook wrapper: name and time it around its yield
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            with calling(args):
+                return (yield from function(*args, **kwargs))
+        return wrapper
+
+    @functools.wraps(function)
+    def named(*args, **kwargs):
+        with calling(args):
+            result = function(*args, **kwargs)
         answers = _ANSWERS.get()
         if answers is not None:
             answers.append((hook, plugin, result))

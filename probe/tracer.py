@@ -377,10 +377,15 @@ def _is_patterns(result) -> bool:
     return isinstance(result, (list, tuple, set, frozenset)) and all(isinstance(p, str) for p in result)
 
 
-def _requested(pm, run: Run, hook_name: str) -> dict[str, list[HookPoint]]:
-    """Plugin name → the hook points it asked for via ``hook_name``."""
+def _requested(pm, run: Run, hook_name: str, decoder_only: bool = False) -> dict[str, list[HookPoint]]:
+    """Plugin name → the hook points it asked for via ``hook_name`` (only decoder points, if so)."""
     asked = ask(pm, hook_name, expect=_is_patterns, run=run)
-    return {name: select_points(run.config, list(patterns)) for name, patterns in asked.items()}
+    requested = {name: select_points(run.config, list(patterns)) for name, patterns in asked.items()}
+    for plugin, wanted in requested.items():
+        if decoder_only and any(p.side == "encoder" for p in wanted):
+            raise PluginError(f"plugin {plugin!r} asks for encoder points in {hook_name}; it replays the"
+                              " decoder only, so encoder points belong in probe_decode_points")
+    return requested
 
 
 def _routes(pm, requested: dict[str, list[HookPoint]]) -> tuple[list[HookPoint], dict[str, Any]]:
@@ -468,18 +473,10 @@ class Tracer:
         with plugin_timing(run.plugin_seconds):
             self.pm.hook.probe_run_start(run=run)
         run.state["_decode"] = _routes(self.pm, _requested(self.pm, run, "probe_decode_points"))
-        replay_requested = _requested(self.pm, run, "probe_replay_points")
-        for plugin, wanted in replay_requested.items():
-            if any(p.side == "encoder" for p in wanted):
-                raise PluginError(f"plugin {plugin!r} asks for encoder points in probe_replay_points;"
-                                  " encoder points belong in probe_decode_points")
-        run.state["_replay"] = _routes(self.pm, replay_requested)
-        rejected_requested = _requested(self.pm, run, "probe_rejected_points")
-        for plugin, wanted in rejected_requested.items():
-            if any(p.side == "encoder" for p in wanted):
-                raise PluginError(f"plugin {plugin!r} asks for encoder points in probe_rejected_points;"
-                                  " a rejected attempt is replayed through the decoder only")
-        run.state["_rejected"] = _routes(self.pm, rejected_requested)
+        # replays run the decoder only: encoder points belong in probe_decode_points
+        run.state["_replay"] = _routes(self.pm, _requested(self.pm, run, "probe_replay_points", decoder_only=True))
+        run.state["_rejected"] = _routes(self.pm, _requested(self.pm, run, "probe_rejected_points",
+                                                             decoder_only=True))
         run.state["hooked"] = {"decode": [p.name for p in run.state["_decode"][0]],
                                "replay": [p.name for p in run.state["_replay"][0]],
                                "rejected": [p.name for p in run.state["_rejected"][0]]}

@@ -544,3 +544,13 @@ def test_a_plugin_option_that_clashes_is_named(tmp_path, capsys):
                     "    parser.addoption('-x')\n")
     code, _, err = _cli(capsys, "run", "x.wav", "-p", path)
     assert code == 2 and "plugin options are long flags" in err
+
+
+@pytest.mark.parametrize("hook", ["probe_replay_points", "probe_rejected_points"])
+def test_replays_take_decoder_points_only(tiny, tone, store, tmp_path, hook):
+    path = tmp_path / "encoder_replay.py"
+    path.write_text(f"from probe import hookimpl\n\n@hookimpl\ndef {hook}(run):\n    return ['encoder.hook_conv1']\n\n"
+                    "@hookimpl\ndef probe_capture(run, point, tensor, ctx):\n    pass\n")
+    with pytest.raises(PluginError, match=f"'encoder_replay' asks for encoder points in {hook}"):
+        probe.run(tone, model=tiny, plugins=[str(path)], store=store, max_new_tokens=2)
+    assert store.list() == [] and hooks_left(tiny.model) == 0
