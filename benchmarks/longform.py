@@ -13,7 +13,10 @@ fallback — transformers' defaults) in one process, warmed up once, then altern
 
 ``--rss-minutes 10 30 60`` also traces recordings of those lengths, each in a fresh subprocess
 (the lecture profile, written to a temporary store), and reports each one's peak resident memory
-(``ru_maxrss``).  Output: JSON with the machine, versions, medians, ratios and tokens-equal checks.
+(``ru_maxrss``).  ``--dashboard-minutes 60`` traces such a recording into a kept store and then
+opens each dashboard view on it the way a browser does — a fresh process each time, Streamlit's
+AppTest running the app with ``?trace=`` and the page — and times that first view (imports apart).
+Output: JSON with the machine, versions, medians, ratios and tokens-equal checks.
 Usage: ``python benchmarks/longform.py --minutes 5 --repeats 3 --rss-minutes 10 30 60 --out FILE``.
 """
 
@@ -78,7 +81,7 @@ def plain_tokens(loaded, samples: np.ndarray) -> tuple[float, list[int]]:
     return seconds, tokens
 
 
-def traced(loaded, samples: np.ndarray, store: Store) -> tuple[float, list[int], dict]:
+def traced(loaded, samples: np.ndarray, store: Store, keep: bool = False) -> tuple[float, list[int], dict]:
     tracer = Tracer(loaded, get_plugin_manager(disabled=LECTURE_DISABLED, autoload=False),
                     DecodeOptions(language="en", timestamps=True))
     clip = audio_from_array(samples, 16000, source="lecture")
@@ -91,24 +94,84 @@ def traced(loaded, samples: np.ndarray, store: Store) -> tuple[float, list[int],
     info = {"windows": len(run.windows), "phases_s": phases,
             "plugins_s": {k: round(v, 3) for k, v in run.plugin_seconds.items()},
             "trace_bytes": sum(f.stat().st_size for f in trace.path.rglob("*") if f.is_file())}
-    store.delete(trace.id)
+    if keep:
+        info["trace_id"] = trace.id
+    else:
+        store.delete(trace.id)
     return seconds, run.sequence, info
 
 
-def rss_child(minutes: float, cache: Path, threads: int) -> dict:
-    """Run in a fresh process: trace ``minutes`` of audio with the lecture profile; peak RSS."""
+def rss_child(minutes: float, cache: Path, threads: int, keep: Path | None = None) -> dict:
+    """Run in a fresh process: trace ``minutes`` of audio with the lecture profile; peak RSS.  The
+    trace is kept in store ``keep`` when given."""
     torch.set_num_threads(threads)
     keep_freed_memory()
     loaded = load_model(None, device="cpu", dtype="float32")
     samples = recording(minutes, cache)
-    store_dir = Path(tempfile.mkdtemp(prefix="whisper-probe-longform-"))
+    store_dir = keep or Path(tempfile.mkdtemp(prefix="whisper-probe-longform-"))
     try:
-        seconds, tokens, info = traced(loaded, samples, Store(store_dir))
+        seconds, tokens, info = traced(loaded, samples, Store(store_dir), keep=keep is not None)
     finally:
-        shutil.rmtree(store_dir, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(store_dir, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"minutes": minutes, "seconds": round(seconds, 2), "tokens": len(tokens), "peak_rss_bytes": peak,
             "peak_rss_gib": round(peak / 2**30, 3), **info}
+
+
+FIRST_VIEW_CODE = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+from streamlit.testing.v1 import AppTest
+import probe.dashboards
+from pathlib import Path
+# what a running dashboard server has imported already (views import these on their first run)
+import importlib
+for module in ("pandas", "matplotlib.pyplot", "probe.figures", "probe.dashboards.context", "probe.export",
+               "probe.store", "probe.alignment"):
+    importlib.import_module(module)
+t1 = time.perf_counter()
+store, trace_id, view = sys.argv[1:4]
+os.environ["WHISPER_PROBE_STORE"] = store
+app = AppTest.from_file(str(Path(probe.dashboards.__file__).with_name("app.py")), default_timeout=600)
+app.query_params["trace"] = trace_id
+app.switch_page(f"views/{view}.py")
+t2 = time.perf_counter()
+app.run()
+t3 = time.perf_counter()
+errors = [str(e.value)[:200] for e in app.exception] + [str(e.value)[:200] for e in app.error]
+print(json.dumps({"import_s": t1 - t0, "first_view_s": t3 - t2, "images": len(app.image), "errors": errors}))
+"""
+DASHBOARD_VIEWS = ("overview", "windows", "audio", "multitask", "tokens", "cross_attention", "lesson")
+
+
+def dashboard_first_views(store: Path, trace_id: str, repeats: int) -> dict:
+    """Each dashboard view's first render of ``trace_id``, in a fresh process every time (AppTest
+    runs the app as a browser session would: the sidebar's trace list, then the page).  The modules
+    a running server has already imported are imported first and timed apart (``import_s``); no
+    cache holds anything of the trace."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    views = {}
+    for view in DASHBOARD_VIEWS:
+        runs = []
+        for _ in range(repeats):
+            proc = subprocess.run([sys.executable, "-c", FIRST_VIEW_CODE, str(store), trace_id, view],
+                                  capture_output=True, text=True, env=env, cwd=ROOT)
+            if proc.returncode != 0:
+                runs.append({"errors": [proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"]})
+                break
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        times = [r["first_view_s"] for r in runs if "first_view_s" in r]
+        views[view] = {"median_first_view_s": round(statistics.median(times), 3) if times else None,
+                       "runs_s": [round(t, 3) for t in times],
+                       "median_import_s": round(statistics.median(r["import_s"] for r in runs if "import_s" in r), 3)
+                       if times else None,
+                       "images": runs[-1].get("images"), "errors": runs[-1].get("errors")}
+        print(f"  dashboard {view:<16} {views[view]['median_first_view_s']} s {views[view]['errors'] or ''}",
+              file=sys.stderr, flush=True)
+    done = [v["median_first_view_s"] for v in views.values() if v["median_first_view_s"] is not None]
+    return {"views": views, "slowest_first_view_s": max(done) if done else None, "target_s": 2.0,
+            "page_cache": "warm (the trace was just written)"}
 
 
 def main(argv=None) -> int:
@@ -120,11 +183,16 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-ratio", action="store_true", help="only the peak-RSS runs")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "whisper-probe-bench-audio")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--dashboard-minutes", type=float, default=None,
+                        help="trace this many minutes into a kept store, then time each dashboard view's first render")
+    parser.add_argument("--dashboard-store", type=Path, default=None,
+                        help="where to keep that trace (default: a temporary folder, removed at the end)")
     parser.add_argument("--rss-child", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--keep", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.rss_child is not None:
-        print(json.dumps(rss_child(args.rss_child, args.cache, args.threads)))
+        print(json.dumps(rss_child(args.rss_child, args.cache, args.threads, keep=args.keep)))
         return 0
 
     import transformers
@@ -173,6 +241,19 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
     if rss:
         result["peak_rss"] = {"runs": rss, "target_gib_at_60_min": 3.0}
+    if args.dashboard_minutes:
+        store = args.dashboard_store or Path(tempfile.mkdtemp(prefix="whisper-probe-dashboard-"))
+        try:
+            child = subprocess.run([sys.executable, __file__, "--rss-child", str(args.dashboard_minutes),
+                                    "--threads", str(args.threads), "--cache", str(args.cache), "--keep", str(store)],
+                                   capture_output=True, text=True, check=True)
+            made = json.loads(child.stdout.strip().splitlines()[-1])
+            print(f"{args.dashboard_minutes:g} min traced in {made['seconds']} s ({made['windows']} windows)",
+                  file=sys.stderr, flush=True)
+            result["dashboard"] = {"trace": made, **dashboard_first_views(store, made["trace_id"], args.repeats)}
+        finally:
+            if args.dashboard_store is None:
+                shutil.rmtree(store, ignore_errors=True)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n")

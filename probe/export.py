@@ -1,6 +1,6 @@
 """Export for lectures: a trace as a page, figures, tables or a bundle, and bundles back in.
 
-This module owns ``probe export`` and ``probe import`` (SPEC §3.7):
+This module owns ``probe export`` and ``probe import`` (the README's *Export* section):
 
 - ``html``: one self-contained page (audio embedded as a data URI, transcript coloured by token
   probability with clickable word timings, prompt, language and no-speech probabilities, the

@@ -248,8 +248,9 @@ class WriteQueue:
 
     Trace writers given the queue (``store.writer(name, queue=q)``) return from ``add_*`` as soon
     as the record is registered, and their commit is queued too, so decoding goes on while the
-    files are written, fsynced and published.  Only file I/O runs on the thread, never plugin
-    code, so Ctrl-C still lands in the code that was running.  :meth:`close` (or leaving the
+    files are written, fsynced and published.  The thread runs file I/O and the record functions
+    plugins hand over (``add_json(name, function)``: the cross_attention plugin's DTW, the audio's
+    FLAC encoding), never a plugin hook, so Ctrl-C still lands in the code that was running.  :meth:`close` (or leaving the
     ``with`` block) waits for every queued job: finished traces are published, aborted ones removed.
     """
 
