@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FRAMES_PER_SECOND = 50
+from probe.constants import ENCODER_FRAMES_PER_SECOND
+
 MEDIAN_FILTER_WIDTH = 7
 NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "yue"}
 PREPEND_PUNCTUATION = "\"'“¿([{-"
@@ -170,7 +171,7 @@ def words_from_alignment(matrix: np.ndarray, text_tokens: list[int], tokenizer, 
     words = split_words(tokenizer, text_tokens + [eot], language, eot)
     boundaries = np.pad(np.cumsum([len(ids) for _, ids in words[:-1]]), (1, 0))
     jumps = np.pad(np.diff(token_index), (1, 0), constant_values=1).astype(bool)
-    jump_times = frame_index[jumps] / FRAMES_PER_SECOND
+    jump_times = frame_index[jumps] / ENCODER_FRAMES_PER_SECOND
     starts, ends = jump_times[boundaries[:-1]], jump_times[boundaries[1:]]
     timed = [{"word": text, "tokens": ids, "start": float(s), "end": float(e)}
              for (text, ids), s, e in zip(words[:-1], starts, ends)]

@@ -28,10 +28,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from probe.constants import SAMPLE_RATE, WINDOW_SECONDS  # noqa: F401  (re-exported: probe.audio.SAMPLE_RATE)
 from probe.errors import AudioError, DatasetError, OptionError
 
-SAMPLE_RATE = 16000
-WINDOW_SECONDS = 30
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS  # 480000
 
 # FFmpeg's default stereo -> mono downmix is (L + R) / sqrt(2); scaling by this gives the mean.

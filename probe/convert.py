@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from probe.constants import N_TIMESTAMP_TOKENS, TIMESTAMP_SECONDS
 from probe.errors import ModelError
 
 CT2_BINARY_VERSION = 6
@@ -37,7 +38,7 @@ _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float1
 _MAX_RANK = 8
 # openai-whisper's vocabulary sizes: English-only, multilingual, and large-v3's (adds <|yue|>).
 ENGLISH_VOCAB, MULTILINGUAL_VOCAB, V3_VOCAB = 51864, 51865, 51866
-TIMESTAMP_COUNT = 1501  # <|0.00|> ... <|30.00|> in 0.02 s steps
+TIMESTAMP_COUNT = N_TIMESTAMP_TOKENS  # <|0.00|> ... <|30.00|> in 0.02 s steps
 MAX_TARGET_POSITIONS = 448
 MAX_INITIAL_TIMESTAMP_INDEX = 50  # openai-whisper's max_initial_timestamp of 1.0 s
 Format = Literal["hf", "ctranslate2", "openai"]
@@ -272,7 +273,7 @@ def language_token_ids(tokenizer) -> dict[str, int]:
 
 
 def _timestamp_token(index: int) -> str:
-    return f"<|{index * 0.02:.2f}|>"
+    return f"<|{index * TIMESTAMP_SECONDS:.2f}|>"
 
 
 def whisper_tokenizer(tokenizer_json: Path | dict):

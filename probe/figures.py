@@ -38,13 +38,8 @@ from matplotlib.patches import Rectangle
 
 from probe.errors import StoreError
 
-SAMPLE_RATE = 16000
-N_FFT = 400  # 25 ms analysis windows
-HOP_LENGTH = 160  # 10 ms between log-Mel frames
-MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
-ENCODER_FRAMES_PER_SECOND = 50  # after the stride-2 conv
-WINDOW_SECONDS = 30
-N_TIMESTAMP_TOKENS = 1501  # <|0.00|> ... <|30.00|>, the last ids of every Whisper vocabulary
+from probe.constants import (ENCODER_FRAMES_PER_SECOND, HOP_LENGTH, MEL_FRAMES_PER_SECOND,  # noqa: F401
+                             N_FFT, N_TIMESTAMP_TOKENS, SAMPLE_RATE, TIMESTAMP_SECONDS, WINDOW_SECONDS)
 MAX_COLUMNS = 1500  # widest image drawn; wider arrays are mean-pooled along time
 MAX_WAVEFORM_POINTS = 4000  # longer audio is drawn as a min/max envelope
 TOKENS_PER_PAGE = 40  # token-by-token figures show this many tokens at a time
@@ -208,7 +203,7 @@ def token_label(trace, vocab: dict[int, str], token_id: int) -> str:
     """A short, visible label for a token: timestamps as ``<|1.20|>``, unknown ids as ``#id``."""
     first_timestamp = _config(trace, "vocab_size", 51865) - N_TIMESTAMP_TOKENS
     if token_id >= first_timestamp:
-        return f"<|{(token_id - first_timestamp) * 0.02:.2f}|>"
+        return f"<|{(token_id - first_timestamp) * TIMESTAMP_SECONDS:.2f}|>"
     text = vocab.get(int(token_id))
     if text is None:
         return f"#{token_id}"

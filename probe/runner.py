@@ -23,7 +23,7 @@ import probe
 from probe.audio import AudioClip, audio_from_array, encode_flac, load_audio
 from probe.errors import StoreError
 from probe.plugin_manager import get_plugin_manager
-from probe.store import Store, TraceWriter, WriteQueue
+from probe.store import Store, Trace, TraceWriter, WriteQueue
 from probe.tracer import DecodeOptions, Run, Tracer, plugin_versions
 
 
@@ -123,7 +123,7 @@ def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None)
 
 
 def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store, name: str | None = None,
-                batch_size: int = 1) -> Iterator[tuple[Run, "Trace"]]:
+                batch_size: int = 1) -> Iterator[tuple[Run, Trace]]:
     """Trace clips (``batch_size`` windows decoded together) and store each: yields (run, trace).
 
     Each trace's files are written on a background thread (:class:`~probe.store.WriteQueue`) while

@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from probe import hooks as hooks_mod
-from probe.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioClip
+from probe.audio import AudioClip
+from probe.constants import (ENCODER_FRAMES_PER_WINDOW, HOP_LENGTH, MEL_FRAMES_PER_SECOND, SAMPLE_RATE,
+                             WINDOW_SECONDS)
 from probe.errors import MemoryBudgetError, OptionError, PluginError
 from probe.longform import Attempt, GenerateObserver, check_supported
 from probe.models import quiet_transformers
@@ -37,8 +39,6 @@ from probe.plugin_manager import ask, implementers, plugin_caller, plugin_timing
 from probe.points import HookPoint, select_points
 from probe.spill import Spill
 
-FRAMES_PER_SECOND = 50  # encoder frames: 1500 per 30 s window, 20 ms each
-MEL_FRAMES_PER_SECOND = 100  # log-Mel frames (hop 160 samples); seek counts these
 TASKS = ("transcribe", "translate")
 SPILL_SECONDS = 120  # runs longer than this keep big per-window records on disk while decoding
 CHUNKED_FEATURES_SECONDS = 120  # longer single clips get their log-Mel in chunks (probe.features)
@@ -144,12 +144,12 @@ class DecodeOptions:
         return data
 
 
-def audio_frames(seconds: float, max_frames: int = 1500) -> int:
+def audio_frames(seconds: float, max_frames: int = ENCODER_FRAMES_PER_WINDOW) -> int:
     """Encoder frames (20 ms each) that hold ``seconds`` of audio, at least 1.
 
     As openai-whisper counts them: log-Mel frames (hop 160 samples) halved by the conv stem.
     """
-    return max(1, min(round(seconds * SAMPLE_RATE) // 160 // 2, max_frames))
+    return max(1, min(round(seconds * SAMPLE_RATE) // HOP_LENGTH // 2, max_frames))
 
 
 def language_codes(loaded) -> dict[str, int]:

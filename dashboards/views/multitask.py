@@ -26,8 +26,8 @@ shown = windows[window] if windows else {}
 prompt = ([{"id": t, "token": s} for t, s in zip(shown.get("prompt", []), shown.get("prompt_tokens", []))]
           if shown.get("prompt_tokens") else manifest.get("prompt") or [])
 if len(windows) > 1:
-    st.caption(f"Each window has its own prompt: with conditioning on previous text it starts with "
-               f"`<|startofprev|>` and the text before; languages by window: "
+    st.caption("Each window has its own prompt: with conditioning on previous text it starts with "
+               "`<|startofprev|>` and the text before; languages by window: "
                + ", ".join(f"{w['index'] + 1}: <|{w['language']}|>" for w in windows))
 columns = st.columns(3)
 columns[0].metric("Language token", f"<|{shown.get('language', trace.language)}|>")
