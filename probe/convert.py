@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from probe.constants import N_TIMESTAMP_TOKENS, TIMESTAMP_SECONDS
+from probe.embedded import EMBEDDED, ct2_model_files
 from probe.errors import ModelError
+from probe.quiet import quiet_transformers
 
 CT2_BINARY_VERSION = 6
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
@@ -556,15 +558,6 @@ def _check_ct2_is_plain_whisper(table: _VariableTable, variables: dict[str, np.n
         raise ModelError(f"{shown} is not a pre-norm GELU transformer, so it is not a Whisper model")
 
 
-def ct2_model_files(src_dir: Path) -> list[Path]:
-    """``model.bin``, or its ``model.bin.partN`` pieces in numeric order, inside ``src_dir``."""
-    src_dir = Path(src_dir)
-    if (src_dir / "model.bin").is_file():
-        return [src_dir / "model.bin"]
-    parts = [p for p in src_dir.glob("model.bin.part*") if p.name[len("model.bin.part"):].isdigit()]
-    return sorted(parts, key=lambda p: int(p.name[len("model.bin.part"):]))
-
-
 def convert_ctranslate2(src_dir: Path, dest_dir: Path, model_bin_parts: list[Path] | None = None) -> Path:
     """Convert a CTranslate2 / faster-whisper directory into a transformers directory at ``dest_dir``.
 
@@ -692,8 +685,6 @@ def _openai_alignment_heads(state: dict, dims: WhisperDims) -> list[list[int]]:
 
 def _donor_tokenizer_dir(vocab_size: int) -> Path:
     """The embedded model whose tokenizer matches ``vocab_size`` (large-v3's is derived from base's)."""
-    from probe.models import EMBEDDED  # the registry of pip-installed weights
-
     name = {ENGLISH_VOCAB: "tiny.en", MULTILINGUAL_VOCAB: "base", V3_VOCAB: "base"}.get(vocab_size)
     if name is None:
         raise ModelError(
@@ -787,8 +778,6 @@ def read_hf_config(src_dir: Path) -> dict:
 def convert_hf(src_dir: Path, dest_dir: Path) -> Path:
     """Re-save a transformers Whisper directory (weights, configs, tokenizer, feature extractor)."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from probe.models import quiet_transformers
 
     src_dir = Path(src_dir).resolve()
     read_hf_config(src_dir)

