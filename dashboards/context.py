@@ -75,7 +75,9 @@ class CachedTrace(Trace):
     def json(self, name: str):
         return _read_record(self.store_path, self.id, name)
 
-    def audio(self) -> tuple[np.ndarray, int] | None:
+    def audio(self, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int] | None:
+        if start is not None or end is not None:
+            return super().audio(start, end)  # a span: decoded alone (seeking in the FLAC), not cached
         return _read_audio(self.store_path, self.id)
 
 
@@ -240,9 +242,8 @@ def pick_window(trace: CachedTrace, key: str, default: int = 0) -> int:
 
 def audio_span(trace: CachedTrace, start: float, end: float) -> np.ndarray:
     """The samples between ``start`` and ``end`` seconds: float32 [sample] at 16 kHz."""
-    samples = figures.audio_samples(trace)
     rate = figures.SAMPLE_RATE
-    return samples[int(start * rate): max(int(end * rate), int(start * rate) + 1)]
+    return figures.audio_samples(trace, start, max(end, start + 1 / rate))
 
 
 def export_available() -> bool:

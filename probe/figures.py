@@ -103,9 +103,10 @@ def _config(trace, key: str, default: int) -> int:
     return int(config.get(key) or default)
 
 
-def audio_samples(trace) -> np.ndarray:
-    """The trace's audio as float32 [sample] at 16 kHz; StoreError if it kept none."""
-    audio = trace.audio()
+def audio_samples(trace, start: float | None = None, end: float | None = None) -> np.ndarray:
+    """The trace's audio (or its ``start``–``end`` seconds) as float32 [sample] at 16 kHz;
+    StoreError if it kept none."""
+    audio = trace.audio() if start is None and end is None else trace.audio(start, end)
     if audio is None:
         raise StoreError(f"trace {trace.id} kept no audio; re-run the trace to keep it")
     samples, _ = audio
@@ -159,7 +160,7 @@ def log_mel_array(trace, window: int = 0) -> np.ndarray:
     from transformers.audio_utils import spectrogram, window_function
 
     start, end = window_span(trace, window)
-    samples = audio_samples(trace)[round(start * SAMPLE_RATE): round(end * SAMPLE_RATE)]
+    samples = audio_samples(trace, start, end)  # only this window's span is decoded
     padded = np.zeros(WINDOW_SECONDS * SAMPLE_RATE, dtype=np.float32)  # [sample]
     padded[: len(samples)] = samples[: len(padded)]
     power = spectrogram(padded, window_function(N_FFT, "hann"), frame_length=N_FFT, hop_length=HOP_LENGTH,

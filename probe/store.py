@@ -20,7 +20,6 @@ import datetime
 import difflib
 import hashlib
 import html
-import io
 import json
 import os
 import re
@@ -642,18 +641,30 @@ class Trace:
             raise StoreError(f"could not read the audio of trace {self.id}: {_reason(err)}; "
                              "re-run the trace") from err
 
-    def audio(self) -> tuple[np.ndarray, int] | None:
-        """The stored audio decoded to ``(samples, sample_rate)``, or ``None`` without audio."""
-        data = self.audio_bytes()
-        if data is None:
+    def audio(self, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int] | None:
+        """The stored audio decoded to ``(samples, sample_rate)``, or ``None`` without audio.
+
+        ``start`` / ``end`` (seconds) decode only that span — one window of an hour-long trace is
+        read by seeking in the FLAC, not by decoding the hour.
+        """
+        rel = _section(self.manifest, "audio").get("file")
+        if rel is None:
             return None
         import soundfile  # libsndfile reads the FLAC without torch, so drawing a waveform stays quick
 
         try:
-            samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32")  # [n] or [n, channel]
+            with soundfile.SoundFile(self._member_path(rel, "audio")) as flac:
+                rate = flac.samplerate
+                first = min(max(0, round((start or 0.0) * rate)), flac.frames)
+                last = flac.frames if end is None else min(max(first, round(end * rate)), flac.frames)
+                flac.seek(first)
+                samples = flac.read(last - first, dtype="float32")  # [n] or [n, channel]
         except (RuntimeError, soundfile.LibsndfileError) as err:
             raise StoreError(f"the audio of trace {self.id} is corrupt ({err}); re-run the trace") from err
-        return (samples.mean(axis=1) if samples.ndim > 1 else samples), int(sample_rate)
+        except OSError as err:
+            raise StoreError(f"could not read the audio of trace {self.id}: {_reason(err)}; "
+                             "re-run the trace") from err
+        return (samples.mean(axis=1) if samples.ndim > 1 else samples), int(rate)
 
     def __repr__(self) -> str:
         text = self.transcript

@@ -199,6 +199,21 @@ def test_token_view_colours_the_transcript_and_lists_every_token(open_view, dash
     assert len(app.dataframe[0].value) == len(trace.table("token_probs.tokens"))
 
 
+def test_token_view_of_long_audio_shows_one_window_at_a_time(open_view, dashboard_store):
+    """Long audio: a window picker (first spoken window first); transcript, figure and table are
+    that window's, so an hour-long trace does not draw all of its tokens at once."""
+    trace = dashboard_store.retried
+    rows = trace.table("token_probs.tokens")
+    app = open_view("tokens", trace.id)
+    no_exception(app)
+    assert app.selectbox(key="tokens_window").value == 1  # window 1 was skipped as no speech
+    assert list(app.dataframe[0].value["window"]) == [2] * sum(r["window"] == 1 for r in rows)
+    assert len(app.image) == 1
+    app.selectbox(key="tokens_window").select(0).run()
+    no_exception(app)
+    assert list(app.dataframe[0].value["window"]) == [1] * sum(r["window"] == 0 for r in rows)
+
+
 def test_windows_view_shows_each_window_its_attempts_and_why(open_view, dashboard_store):
     trace = dashboard_store.retried
     windows = trace.manifest["windows"]

@@ -703,6 +703,27 @@ def test_audio_decodes_without_torch(tmp_path):
     assert result.stdout.strip() == "False"
 
 
+def test_a_span_of_the_audio_is_read_alone(tmp_path):
+    """One window of a long trace: audio(start, end) seeks in the FLAC, sample for sample what the
+    whole decode holds there; spans past either end are clipped."""
+    import io
+
+    import soundfile
+
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 70).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, 16000, format="FLAC", subtype="PCM_16")
+    store = Store(tmp_path / "s")
+    with store.writer(name="long") as writer:
+        writer.add_audio(buffer.getvalue(), 16000)
+    trace = store.open(writer.id)
+    whole, _ = trace.audio()
+    span, rate = trace.audio(31.37, 61.37)
+    assert rate == 16000 and np.array_equal(span, whole[round(31.37 * 16000): round(61.37 * 16000)])
+    assert np.array_equal(trace.audio(65.0, 90.0)[0], whole[65 * 16000:])
+    assert len(trace.audio(-1.0, 0.5)[0]) == 8000 and len(trace.audio(80.0, 90.0)[0]) == 0
+
+
 def test_corrupt_audio_is_a_store_error(tmp_path):
     store = Store(tmp_path / "s")
     with store.writer(name="tone") as writer:
