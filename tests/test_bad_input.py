@@ -740,7 +740,10 @@ def test_ctrl_c_during_a_run(tmp_path, tiny_dir, audio, phase):
         [sys.executable, "-m", "probe", "run", str(audio["long"]), "--model", str(tiny_dir), "--device", "cpu",
          "--store", str(store), "--max-new-tokens", "2", "-p", str(plugin)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env=_env(STALL_MARKER=str(marker), STALL_PHASE=phase))
+        env=_env(STALL_MARKER=str(marker), STALL_PHASE=phase),
+        # a suite started in the background (`cmd &`) ignores SIGINT, and children inherit that:
+        # give the child the default, so Python turns Ctrl-C into KeyboardInterrupt as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -209,24 +209,42 @@ def test_fallback_on_a_short_clip_under_beam_search(base, beam_fallback):
     assert window["tokens"] == rest[-1]["tokens"]
     # token_probs recorded the kept attempt only
     assert len(trace.table("token_probs.tokens")) == len(window["tokens"])
-    # what the rejected attempt attended to (asked for): the alignment heads' mean, equal to eager
-    # attention's cross-attention weights on the same tokens
+    # what the rejected attempt attended to (asked for): the alignment heads' mean, equal to the
+    # softmax(q·kᵀ) of those heads computed by hand from each layer's cross-attention input.
+    # (Not output_attentions=True: transformers leaves its recording hooks on the shared model.)
     rows = trace.table("cross_attention.rejected_tokens")
     assert [r["token_id"] for r in rows] == first["tokens"] and {r["attempt"] for r in rows} == {0}
     kept = trace.tensor("cross_attention.rejected")  # [token, frame]
     assert kept.shape[0] == len(first["tokens"])
-    prompt, before = window["prompt"], base.attn_implementation
-    base.model.set_attn_implementation("eager")
+    prompt, decoder = window["prompt"], base.model.model.decoder
+    layers = sorted({layer for layer, _ in base.alignment_heads})
+    queries = {}
+
+    def keep_query_input(layer):
+        def keep(module, args, kwargs):
+            queries[layer] = kwargs.get("hidden_states", args[0] if args else None)  # [1, query, d_model]
+        return keep
+
+    handles = [decoder.layers[layer].encoder_attn.register_forward_pre_hook(keep_query_input(layer), with_kwargs=True)
+               for layer in layers]
     try:
         with torch.inference_mode():
-            encoded = base.model.model.encoder(features).last_hidden_state
-            out = base.model.model.decoder(input_ids=torch.tensor([prompt + first["tokens"]]),
-                                           encoder_hidden_states=encoded, output_attentions=True)
+            encoded = base.model.model.encoder(features).last_hidden_state  # [1, frame, d_model]
+            decoder(input_ids=torch.tensor([prompt + first["tokens"]]), encoder_hidden_states=encoded,
+                    use_cache=False)
+            heads = []
+            for layer, head in base.alignment_heads:
+                attn = decoder.layers[layer].encoder_attn
+                size = attn.head_dim
+                q = (attn.q_proj(queries[layer]) * attn.scaling)[0, :, head * size:(head + 1) * size]  # [query, d]
+                k = attn.k_proj(encoded)[0, :, head * size:(head + 1) * size]  # [frame, d]
+                heads.append((q @ k.T).softmax(-1))  # [query, frame]
     finally:
-        base.model.set_attn_implementation(before)
-    reference = torch.stack([out.cross_attentions[layer][0, head] for layer, head in base.alignment_heads]).mean(0)
-    reference = reference[len(prompt) - 1: len(prompt) - 1 + len(first["tokens"]), :kept.shape[1]]
+        for handle in handles:
+            handle.remove()
+    reference = torch.stack(heads).mean(0)[len(prompt) - 1: len(prompt) - 1 + len(first["tokens"]), :kept.shape[1]]
     assert np.abs(reference.numpy() - kept.astype(np.float32)).max() < 1e-3
+    assert hooks_left(base.model) == 0
 
 
 def test_a_clip_that_loops_under_beam_search_is_rejected_by_its_compression_ratio(base, store):
@@ -262,6 +280,7 @@ def test_dashboard_draws_where_the_rejected_attempt_listened(beam_fallback, monk
     _, trace = beam_fallback
     monkeypatch.setenv("WHISPER_PROBE_STORE", str(trace.path.parent))
     st.cache_data.clear()
+    st.cache_resource.clear()
     app = AppTest.from_file(str(Path(probe.dashboards.__file__).with_name("app.py")), default_timeout=120)
     app.query_params["trace"] = trace.id
     app.switch_page("views/windows.py")
@@ -270,6 +289,7 @@ def test_dashboard_draws_where_the_rejected_attempt_listened(beam_fallback, monk
     assert [e.label.endswith("rejected") for e in app.expander] == [True, False]
     assert len(app.image) == 2  # the windows timeline, then the rejected attempt's cross-attention
     st.cache_data.clear()
+    st.cache_resource.clear()
 
 
 def test_cli_openai_defaults_and_show_list_attempts(capsys, tmp_path):

@@ -59,6 +59,7 @@ def test_plugin_example_renders_in_the_dashboard(tmp_path, capsys, monkeypatch):
     trace_id = json.loads(capsys.readouterr().out)["trace"]
     monkeypatch.setenv("WHISPER_PROBE_STORE", str(store))
     st.cache_data.clear()
+    st.cache_resource.clear()
     app = AppTest.from_file(str(Path(probe.dashboards.__file__).with_name("app.py")), default_timeout=120)
     app.query_params["trace"] = trace_id
     app.switch_page("views/plugin_records.py")
@@ -67,3 +68,4 @@ def test_plugin_example_renders_in_the_dashboard(tmp_path, capsys, monkeypatch):
     assert app.selectbox(key="plugin_record").value == "conv_energy.rms"
     assert len(app.image) == 1  # the heatmap of conv_energy.rms
     st.cache_data.clear()
+    st.cache_resource.clear()
