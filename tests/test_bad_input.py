@@ -678,7 +678,7 @@ def _disk_full(*args, **kwargs):
 
 @pytest.mark.parametrize("target", ["tensor", "audio"])
 def test_disk_full_during_a_run(capsys, tiny_dir, seeded, audio, monkeypatch, target):
-    where = {"tensor": (probe.store, "save_file"), "audio": (Path, "write_bytes")}[target]
+    where = {"tensor": (probe.store.writer, "save_file"), "audio": (Path, "write_bytes")}[target]
     before = store_snapshot(seeded.path)
     run_tiny(capsys, tiny_dir, seeded, audio["tone"], "--no-store")  # load the model before the disk "fills"
     monkeypatch.setattr(*where, _disk_full)
@@ -817,8 +817,16 @@ def test_reading_while_another_trace_is_written(store):
 # --------------------------------------------------------------------------- untrusted files
 
 
-LOAD_PATH = [ROOT / "probe" / name for name in ("store.py", "export.py", "models.py", "convert.py")] + sorted(
-    (ROOT / "dashboards").rglob("*.py"))
+def _modules(*names: str) -> list[Path]:
+    """``probe/<name>.py``, or every module of the package ``probe/<name>/``."""
+    files = []
+    for name in names:
+        package = ROOT / "probe" / name
+        files += sorted(package.rglob("*.py")) if package.is_dir() else [package.with_suffix(".py")]
+    return files
+
+
+LOAD_PATH = _modules("store", "export", "models", "convert") + sorted((ROOT / "dashboards").rglob("*.py"))
 _PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 _HARMLESS_PICKLE_NAMES = {"UnpicklingError", "PicklingError"}  # exception classes, for `except`
 

@@ -212,7 +212,7 @@ def test_open_and_list_do_not_read_record_files(store, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a tensor file was opened")
 
-    monkeypatch.setattr(probe.store, "safe_open", refuse)
+    monkeypatch.setattr(probe.store.safety, "safe_open", refuse)
     reopened = store.open(trace.id)
     assert reopened.transcript == "hello world"
     assert store.list()[0].error is None
@@ -255,10 +255,10 @@ def _disk_full(*args, **kwargs):
 
 @pytest.mark.parametrize("target", ["save_file", "write_table", "write_text", "rename"])
 def test_disk_full_gives_store_error_and_no_leftovers(store, monkeypatch, target, queue):
-    where = {"save_file": (probe.store, "save_file"),
-             "write_table": (probe.store.pq, "write_table"),
+    where = {"save_file": (probe.store.writer, "save_file"),
+             "write_table": (probe.store.writer.pq, "write_table"),
              "write_text": (Path, "write_text"),
-             "rename": (probe.store.os, "rename")}[target]
+             "rename": (os, "rename")}[target]
     with pytest.raises(StoreError, match="No space left on device; free space or use --store"):
         with store.writer(queue=queue) as writer:
             monkeypatch.setattr(*where, _disk_full)
@@ -273,14 +273,14 @@ def test_disk_full_gives_store_error_and_no_leftovers(store, monkeypatch, target
 def test_queued_writer_returns_before_the_files_are_written(store, monkeypatch):
     """add_* only register the record; the queue's thread writes, and the trace appears at the end."""
     release, writing_threads = threading.Event(), set()
-    original = probe.store.save_file
+    original = probe.store.writer.save_file
 
     def held_save_file(*args, **kwargs):
         writing_threads.add(threading.get_ident())
         assert release.wait(30)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(probe.store, "save_file", held_save_file)
+    monkeypatch.setattr(probe.store.writer, "save_file", held_save_file)
     with WriteQueue() as queue:
         with store.writer(name="queued", queue=queue) as writer:
             writer.add_tensor("t", torch.arange(6, dtype=torch.float16).reshape(2, 3), "p")
@@ -458,7 +458,7 @@ def test_corrupt_manifest_is_refused(store, content):
 
 def test_missing_or_oversized_manifest_is_refused(store, monkeypatch):
     trace = write_trace(store)
-    monkeypatch.setattr(probe.store, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(probe.store.trace, "MAX_MANIFEST_BYTES", 100)
     with pytest.raises(StoreError, match="larger than 16 MB"):
         store.open(trace.id)
     (trace.path / "manifest.json").unlink()
@@ -547,9 +547,10 @@ def test_missing_audio_file_is_refused(store):
 
 
 def test_store_source_never_unpickles():
-    source = Path(probe.store.__file__).read_text()
-    for banned in ("pickle", "torch.load", "allow_pickle=True"):
-        assert banned not in source
+    for module in Path(probe.store.__file__).parent.glob("*.py"):
+        source = module.read_text()
+        for banned in ("pickle", "torch.load", "allow_pickle=True"):
+            assert banned not in source, module
 
 
 # --- store operations --------------------------------------------------------------------------
