@@ -1,9 +1,11 @@
 """The Streamlit dashboard: :func:`serve` runs it for a store (``probe dashboard``).
 
-The app itself is ``app.py`` (router and sidebar) with one script per view under ``views/``;
-``context.py`` holds what views share (store, trace picker, cached reads, figures as images) and
-``registry.py`` collects views that plugins add through ``probe_dashboard_views``.  Every picture
-comes from :mod:`probe.figures`, the module the lecture export draws with too.
+The app itself is ``app.py`` (router and sidebar) with one script per core view under ``views/``
+(Overview, Audio, Windows, Lesson, Compare, Plugin records, New trace) and the core's lesson steps
+in ``steps.py``; ``context.py`` holds what views share (store, trace picker, cached reads, figures
+as images, plugin pages).  Every other page is a plugin's (``probe_dashboard_views``, collected
+by :mod:`probe.contributions`), the built-ins' too; every picture is a figure of
+:mod:`probe.figures` or a plugin's, the same the lecture export draws.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from probe.errors import ProbeError
 APP = Path(__file__).with_name("app.py")
 
 
-def serve(store: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8501) -> int:
+def serve(store: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8501,
+          plugins: list[str] = ()) -> int:
     """Serve the dashboard for ``store`` (default: the user store) at ``http://host:port`` until
-    interrupted; returns Streamlit's exit code (0 after Ctrl-C)."""
+    interrupted; returns Streamlit's exit code (0 after Ctrl-C).  ``plugins``: ``-p`` references
+    (modules, ``.py`` files, ``no:NAME``) whose pages and figures it shows beside the built-ins
+    and entry points."""
     from probe.store import Store
 
     if importlib.util.find_spec("streamlit") is None:
@@ -29,10 +34,15 @@ def serve(store: str | os.PathLike | None = None, host: str = "127.0.0.1", port:
     if not 0 < int(port) < 65536:
         raise ProbeError(f"--port must be between 1 and 65535 (got {port})")
     store_path = Store(store).path  # fails here, in one line, if the folder cannot be used
+    plugins = [str(Path(ref).expanduser().resolve()) if str(ref).endswith(".py") else str(ref) for ref in plugins]
+    from probe.plugin_manager import get_plugin_manager
+
+    get_plugin_manager(plugins, presentation=True)  # a bad -p fails here, in one line, not in the browser
     command = [sys.executable, "-m", "streamlit", "run", str(APP),
                "--server.address", host, "--server.port", str(port), "--server.headless", "true",
                "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-               "--client.toolbarMode", "minimal", "--", "--store", str(store_path)]
+               "--client.toolbarMode", "minimal", "--", "--store", str(store_path),
+               *[arg for ref in plugins for arg in ("--plugin", ref)]]
     print(f"probe: dashboard for {store_path} at http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
     process = subprocess.Popen(command)
     try:

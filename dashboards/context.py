@@ -23,24 +23,42 @@ import zipfile
 import numpy as np
 import streamlit as st
 
-from probe import figures
-from probe.errors import StoreError
+from probe import contributions, figures
+from probe.errors import PluginError, ProbeError, StoreError
 from probe.store import Store, Trace
 
 TRACE_KEY = "trace"  # session-state key of the sidebar picker and the URL query parameter
 _PENDING_KEY = "trace_to_select"  # set by select_trace(), applied before the picker is drawn
 _CURRENT_KEY = "current_trace"  # (trace or None, why it could not be opened or None), set each run
+_PAGES_KEY = "plugin_pages"  # title → st.Page of the plugin pages listed in this run
 EXPORT_FORMATS = ("html", "zip", "png", "svg", "pdf", "json", "csv")
 
 
 # --------------------------------------------------------------------------- store and traces
 
 
-def store_argument(argv: list[str]) -> str | None:
-    """The ``--store DIR`` that :func:`probe.dashboards.serve` passes after ``--``, if any."""
+def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--store", default=None)
-    return parser.parse_known_args(argv)[0].store
+    parser.add_argument("--plugin", action="append", default=[])
+    return parser.parse_known_args(argv)[0]
+
+
+def store_argument(argv: list[str]) -> str | None:
+    """The ``--store DIR`` that :func:`probe.dashboards.serve` passes after ``--``, if any."""
+    return _arguments(argv).store
+
+
+_PRESENTED: list[tuple] = []
+
+
+def present_plugins(argv: list[str]) -> None:
+    """Present the plugins ``probe dashboard -p ...`` named (``--plugin`` after ``--``), beside the
+    built-ins and entry points; done once per process, not on every rerun."""
+    plugins = tuple(_arguments(argv).plugin)
+    if _PRESENTED != [plugins]:
+        contributions.configure(plugins)
+        _PRESENTED[:] = [plugins]
 
 
 @st.cache_resource(show_spinner=False)
@@ -180,6 +198,11 @@ def sidebar() -> None:
     st.session_state[_CURRENT_KEY] = (trace, problem)
 
 
+def picked_trace() -> CachedTrace | None:
+    """The trace picked in the sidebar this run, or None (the router lists pages by it)."""
+    return st.session_state.get(_CURRENT_KEY, (None, None))[0]
+
+
 def current_trace() -> CachedTrace:
     """The trace picked in the sidebar; stops the view with the reason if there is none."""
     trace, problem = st.session_state.get(_CURRENT_KEY, (None, None))
@@ -198,22 +221,59 @@ def current_trace() -> CachedTrace:
 @st.cache_data(show_spinner=False, max_entries=128)
 def _figure_png(store_path: str, trace_id: str, name: str, options: tuple) -> bytes:
     trace = open_trace(store_path, trace_id)
-    draw = getattr(figures, name) if options else figures.FIGURES[name]
-    return figures.png_bytes(draw(trace, **dict(options)))
+    return figures.png_bytes(figures.figure(name)(trace, **dict(options)))
 
 
 def show_figure(trace: CachedTrace, figure: str, /, **options) -> bool:
-    """Draw ``probe.figures.<figure>(trace, **options)`` (no options: its :data:`~probe.figures.FIGURES`
-    defaults); a :class:`StoreError` (missing or corrupt record) is shown in its place.  ``figure``
-    is positional-only, so any option name (``name=`` of a record) passes through."""
+    """Draw figure ``figure`` (the core's or a plugin's, :func:`probe.figures.figure`) of ``trace``
+    with ``options``; a :class:`ProbeError` (missing or corrupt record, no such figure) is shown in
+    its place, and so is a plugin figure's bug, naming the plugin.  ``figure`` is positional-only,
+    so any option name (``name=`` of a record) passes through."""
     try:
         with st.spinner(f"Drawing {figure.replace('_', ' ')}…"):
             png = _figure_png(trace.store_path, trace.id, figure, tuple(sorted(options.items())))
-    except StoreError as err:
+    except ProbeError as err:
         st.error(str(err))
+        return False
+    except Exception as exc:  # a plugin's figure must not take the page down
+        plugin = contributions.current().figures.get(figure)
+        st.error(str(PluginError(f"plugin {plugin.plugin if plugin else '?'!r} raised drawing figure {figure!r}: "
+                                 f"{type(exc).__name__}: {exc}")))
         return False
     st.image(png, width="stretch")
     return True
+
+
+# --------------------------------------------------------------------------- plugin pages
+
+
+def render_view(view: contributions.View) -> None:
+    """Draw a plugin's page for the picked trace; its errors stay in the page, naming the plugin."""
+    trace = current_trace()
+    try:
+        view.render(trace, st)
+    except ProbeError as err:
+        st.error(str(err))
+    except Exception as exc:  # a plugin view's bug must not take the dashboard down
+        st.error(str(PluginError(f"plugin {view.plugin!r} raised in its dashboard view {view.title!r}: "
+                                 f"{type(exc).__name__}: {exc}")))
+
+
+def remember_pages(pages: dict) -> None:
+    st.session_state[_PAGES_KEY] = pages
+
+
+def window_pages(trace: CachedTrace) -> list[contributions.View]:
+    """The plugin pages listed now that show one window at a time (``window_key``)."""
+    listed = st.session_state.get(_PAGES_KEY, {})
+    return [v for v in contributions.current().views if v.window_key and v.title in listed and v.available(trace)]
+
+
+def open_page(view: contributions.View, window: int | None = None) -> None:
+    """Switch to a plugin's page, at ``window`` if it shows one window at a time."""
+    if window is not None and view.window_key:
+        st.session_state[view.window_key] = window
+    st.switch_page(st.session_state[_PAGES_KEY][view.title])
 
 
 # --------------------------------------------------------------------------- shared pieces

@@ -7,8 +7,20 @@ below.  The core calls them in this order for each traced input::
       per window: probe_capture (for each requested hook point as it fires) → probe_window_end
     probe_run_end (write records)
 
-``probe_addoption`` is called when options are collected (the CLI, ``probe.run``);
-``probe_dashboard_views`` by the dashboard, not during a run.  Every call goes through pluggy
+``probe_addoption`` is called when options are collected (the CLI, ``probe.run``).  What a plugin
+shows is declared by four more hooks, called by the dashboard, ``probe export`` and
+:mod:`probe.figures` (never during a run), each with a ``register`` callback:
+
+    probe_describe_records (names, dims and units of the records it writes)
+    probe_figures (named figure functions over its records)
+    probe_dashboard_views (pages in the dashboard's navigation)
+    probe_export_sections (sections of the HTML export, tables of the json/csv export)
+    probe_lesson_steps (steps of the dashboard's guided Lesson)
+
+Everything registered may name the records it needs (``requires``): it is shown only for traces
+that hold them, so a trace made with ``-p no:NAME`` shows nothing of that plugin and nothing
+broken.  These hooks are called on plugins loaded without torch where a plugin allows it (see
+:mod:`probe.contributions`).  Every call goes through pluggy
 (:mod:`probe.plugin_manager`), so a plugin that raises is named in the error; a hook
 implementation whose name is not below fails loudly when the plugin is registered.
 
@@ -20,7 +32,7 @@ from __future__ import annotations
 import pluggy
 
 PROJECT_NAME = "whisper_probe"
-PROBE_API_VERSION = "1.1"
+PROBE_API_VERSION = "1.2"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -166,11 +178,79 @@ def probe_estimate(run):
 
 
 @hookspec
-def probe_dashboard_views(register):
-    """Add views to the dashboard.
+def probe_describe_records():
+    """Describe the records this plugin writes, for generic views and axis labels.
 
-    :param register: call ``register(title, render)`` where ``render(trace, st)`` draws with the
-        Streamlit module ``st`` for the selected :class:`probe.store.Trace`.
+    :return: a dict mapping a record name (or a glob pattern such as
+        ``"my_plugin.layer_*"``) to a dict with any of ``dims`` (the axis names, e.g.
+        ``["layer", "head", "token", "frame"]``), ``units`` (of the values, e.g. ``"probability"``)
+        and ``description`` (one sentence); or ``None``.  The records browser labels sliders and
+        axes with ``dims``; a record's own ``meta["axes"]`` (given to ``writer.add_tensor``) wins.
+
+    .. versionadded:: 1.2
+    """
+
+
+@hookspec
+def probe_figures(register):
+    """Add named figures over this plugin's records.
+
+    Call ``register(name, function, caption="...", requires=("my_plugin.stat",))``.  ``function``
+    takes the :class:`probe.store.Trace` (plus keyword choices with defaults) and returns a
+    matplotlib :class:`~matplotlib.figure.Figure` (build it with :func:`probe.figures.new_figure`,
+    not pyplot).  A figure with a ``window`` parameter shows one 30 s window (the export draws it
+    per window); one with an ``attempt`` parameter shows a rejected attempt (the *Windows* view
+    draws it inside that attempt).  The dashboard (``context.show_figure(trace, name)``), every
+    export format and ``probe.figures.FIGURES[name](trace)`` draw the same function.
+
+    .. versionadded:: 1.2
+    """
+
+
+@hookspec
+def probe_dashboard_views(register):
+    """Add pages to the dashboard's navigation.
+
+    :param register: call ``register(title, render, requires=(...), icon=":material/...:",
+        section="Plugins", window_key=None)``; ``render(trace, st)`` draws with the Streamlit module
+        ``st`` for the :class:`probe.store.Trace` picked in the sidebar.  A page that shows one 30 s
+        window at a time names the session-state key of its window picker (``window_key``, e.g. the
+        ``key`` given to ``probe.dashboards.context.pick_window``), so the *Windows* page can open
+        it at a window.  The page is listed only while the picked
+        trace holds every record in ``requires``; an exception in ``render`` is shown in the page,
+        naming the plugin.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.2 a page of its own in the navigation; ``requires``, ``icon``, ``section``.
+    """
+
+
+@hookspec
+def probe_export_sections(register):
+    """Add sections to the HTML export and tables to the json/csv exports.
+
+    :param register: call ``register(title, render, requires=(...), order=50, tables=None,
+        replaces=(), id="")``.  ``render(trace, windows)`` returns the section's inner HTML (escape what
+        you insert; ``windows`` are the 0-based windows the export draws); ``None`` or ``""`` leaves the
+        section out.  ``tables(trace)`` returns ``{table_name: [row dict, ...]}`` for the json and
+        csv exports.  ``order`` places the section: the core's *Listen* section is 0, *Prompt* 20,
+        *Windows* 40, figures 60.  ``replaces=("transcript",)`` takes the place of the core's plain
+        transcript under the player (rendered there, not as a section of its own).  ``id``: the
+        section's HTML id (default: made from the title).
+
+    .. versionadded:: 1.2
+    """
+
+
+@hookspec
+def probe_lesson_steps(register):
+    """Add steps to the dashboard's Lesson (a guided walk through one trace).
+
+    :param register: call ``register(title, explain, requires=(...), order=50)``.
+        ``explain(trace, st, window)`` writes the step's text with ``st`` and returns a function of
+        no arguments that draws the step's picture (or ``None``); ``window`` is the 0-based window
+        the lesson shows.  The core's steps are the sound (10), the log-Mel spectrogram (20) and the
+        prompt (50).
+
+    .. versionadded:: 1.2
     """

@@ -63,10 +63,13 @@ def plugin_version(plugin) -> str:
     return "unknown"
 
 
-def _load_builtin(name: str):
-    module = importlib.import_module(f"probe.plugins.{name}")
+def _load_builtin(name: str, presentation: bool = False):
+    """Built-in ``name``: its package's ``capture.Plugin`` (every hook), or for presentation only its
+    torch-free ``present.Presentation`` (figures, pages, export sections, descriptions)."""
+    if presentation:
+        return importlib.import_module(f"probe.plugins.{name}.present").Presentation()
     # Built-ins keep per-run state, so each manager gets a fresh instance.
-    return module.Plugin() if hasattr(module, "Plugin") else module
+    return importlib.import_module(f"probe.plugins.{name}.capture").Plugin()
 
 
 def _load_file(path: Path) -> ModuleType:
@@ -82,7 +85,7 @@ def _load_file(path: Path) -> ModuleType:
     return module
 
 
-def load_plugin(ref):
+def load_plugin(ref, presentation: bool = False):
     """A plugin object from a module name, a ``.py`` path, or an object (returned as is)."""
     if not isinstance(ref, (str, Path)):
         return ref
@@ -90,7 +93,7 @@ def load_plugin(ref):
     if text.endswith(".py") or os.sep in text or Path(text).suffix == ".py":
         return _load_file(Path(text).expanduser().resolve())
     if text in DEFAULT_PLUGINS:
-        return _load_builtin(text)
+        return _load_builtin(text, presentation)
     try:
         return importlib.import_module(text)
     except ModuleNotFoundError as exc:
@@ -107,8 +110,13 @@ def plugin_name(plugin) -> str:
     return str(name).rsplit(".", 1)[-1].removeprefix("whisper_probe_plugin_")
 
 
-def get_plugin_manager(plugins=(), disabled=(), autoload: bool | None = None) -> pluggy.PluginManager:
+def get_plugin_manager(plugins=(), disabled=(), autoload: bool | None = None,
+                       presentation: bool = False) -> pluggy.PluginManager:
     """A plugin manager with the built-ins (minus ``disabled``), entry points, and ``plugins``.
+
+    :param presentation: for showing traces, not running them (the dashboard, exports, figures):
+        the core's own contributions (:mod:`probe.present`, plugin ``core``) come first and the
+        built-ins are loaded without torch.
 
     :param plugins: extra plugins: module names, ``.py`` paths or objects.  ``"no:NAME"`` entries
         disable a plugin like ``disabled`` does.
@@ -123,9 +131,13 @@ def get_plugin_manager(plugins=(), disabled=(), autoload: bool | None = None) ->
     if unknown:
         raise PluginError(f"cannot disable unknown plugin(s) {', '.join(sorted(unknown))};"
                           f" `probe plugins` lists the names")
+    if presentation:
+        from probe import present
+
+        _register(pm, present, "core")
     for name in DEFAULT_PLUGINS:
         if name not in disabled:
-            _register(pm, _load_builtin(name), name)
+            _register(pm, _load_builtin(name, presentation), name)
     if autoload is None:
         autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
     if autoload:
@@ -139,7 +151,7 @@ def get_plugin_manager(plugins=(), disabled=(), autoload: bool | None = None) ->
                                   f" uninstall it or set {DISABLE_AUTOLOAD_ENV}=1") from exc
             _register(pm, plugin, entry_point.name)
     for ref in extra:
-        plugin = load_plugin(ref)
+        plugin = load_plugin(ref, presentation)
         _register(pm, plugin, plugin_name(plugin))
     return pm
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from probe import figures
+from probe import contributions
 from probe.dashboards import context
 
 trace = context.current_trace()
@@ -14,8 +14,10 @@ twins = [twin for twin in context.traces_of_audio(trace.store_path, trace.manife
          if twin != trace.id]
 
 st.title("Compare traces")
-figure = st.selectbox("Figure", list(figures.FIGURES), index=list(figures.FIGURES).index("cross_attention"),
-                      format_func=lambda name: name.replace("_", " "), key="compare_figure")
+# every figure this trace can draw from itself; plugins' first (the core's audio figures look alike)
+drawable = [f for f in contributions.current().available_figures(trace) if f.by_default]
+names = [f.name for f in drawable if f.plugin != "core"] + [f.name for f in drawable if f.plugin == "core"]
+figure = st.selectbox("Figure", names, format_func=lambda name: name.replace("_", " "), key="compare_figure")
 left, right = st.columns(2)
 with left:
     st.markdown(f"**Sidebar trace:** {trace.name or trace.id}")

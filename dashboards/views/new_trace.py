@@ -18,7 +18,7 @@ AUDIO_TYPES = ["wav", "flac", "mp3", "ogg", "m4a", "opus", "webm"]
 @st.cache_resource(show_spinner=False)
 def load_model(spec: str | None):
     """One loaded model per spec, shared by every session (loading takes seconds)."""
-    from probe.models import load_model as load  # torch loads here, and only here
+    from probe.runner import load  # torch loads here, and only here
 
     return load(spec)
 

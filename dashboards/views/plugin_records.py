@@ -1,49 +1,46 @@
-"""Plugin records: every record a non-built-in plugin stored in the trace — tables as dataframes,
-1-D series as line charts, 2-D (or slices of larger) tensors as heatmaps, JSON as a tree — and
-the views plugins register through the ``probe_dashboard_views`` hook."""
+"""Plugin records: every record in the trace, whatever plugin wrote it — tables as dataframes,
+1-D series as line charts, 2-D (or slices of larger) tensors as heatmaps, JSON as a tree —
+labelled with the dims, units and description the plugin gave (``probe_describe_records``) or
+the record's ``meta["axes"]``.  Records of plugins that draw no page of their own come first."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from probe import contributions
 from probe.dashboards import context
-from probe.dashboards.registry import plugin_views
-from probe.errors import PluginError
-from probe.plugin_manager import DEFAULT_PLUGINS, get_plugin_manager
 
 trace = context.current_trace()
+found = contributions.current()
 st.title("Plugin records")
-records = {name: entry for name, entry in trace.records.items() if entry.get("plugin") not in DEFAULT_PLUGINS}
+with_pages = {view.plugin for view in found.views if view.available(trace)}
+plugin_of = {name: entry.get("plugin") or "?" for name, entry in trace.records.items()}
+records = sorted(trace.records, key=lambda name: (plugin_of[name] in with_pages, plugin_of[name]))
 if not records:
-    st.info("This trace holds no records from third-party plugins. Write one in a few lines (see the README) "
-            "and run it with `probe run AUDIO -p my_plugin.py`.")
+    st.info("This trace holds no records. Write a plugin in a few lines (see the README) and run it with "
+            "`probe run AUDIO -p my_plugin.py`.")
+    st.stop()
+name = st.selectbox("Record", records, key="plugin_record",
+                    format_func=lambda n: f"{n} ({trace.records[n]['kind']}, plugin {plugin_of[n]})")
+entry = trace.records[name]
+described = found.describe(name, entry)
+shape = entry.get("shape") or []
+dims = list(described.get("dims") or [])
+dims = dims if len(dims) == len(shape) else [f"axis {i}" for i in range(len(shape))]
+if described.get("description"):
+    st.markdown(described["description"])
+st.caption(f"kind {entry['kind']} · shape {shape}" + (f" [{', '.join(dims)}]" if dims else "")
+           + f" · dtype {entry.get('dtype')}" + (f" · units: {described['units']}" if described.get("units") else "")
+           + f" · meta {entry.get('meta') or {}}")
+if entry["kind"] == "table":
+    st.dataframe(trace.table(name), hide_index=True)
+elif entry["kind"] == "json":
+    st.json(trace.json(name))
+elif len(shape) == 1:
+    st.line_chart(trace.tensor(name), x_label=dims[0], y_label=described.get("units") or name)
+elif len(shape) >= 2:
+    index = tuple(st.slider(dims[i], 0, shape[i] - 1, 0, key=f"plugin_index_{name}_{i}")
+                  if shape[i] > 1 else 0 for i in range(len(shape) - 2))
+    context.show_figure(trace, "record_heatmap", name=name, index=index)
 else:
-    name = st.selectbox("Record", list(records), key="plugin_record",
-                        format_func=lambda n: f"{n} ({records[n]['kind']}, plugin {records[n].get('plugin')})")
-    entry = records[name]
-    shape = entry.get("shape") or []
-    st.caption(f"kind {entry['kind']} · shape {shape} · dtype {entry.get('dtype')} · meta {entry.get('meta') or {}}")
-    if entry["kind"] == "table":
-        st.dataframe(trace.table(name), hide_index=True)
-    elif entry["kind"] == "json":
-        st.json(trace.json(name))
-    elif len(shape) == 1:
-        st.line_chart(trace.tensor(name), x_label="index", y_label=name)
-    elif len(shape) >= 2:
-        axes = (entry.get("meta") or {}).get("axes") or [f"axis {i}" for i in range(len(shape))]
-        index = tuple(st.slider(f"{axes[i]}", 0, shape[i] - 1, 0, key=f"plugin_index_{name}_{i}")
-                      if shape[i] > 1 else 0 for i in range(len(shape) - 2))
-        context.show_figure(trace, "record_heatmap", name=name, index=index)
-    else:
-        st.write(trace.tensor(name))
-
-# Built-ins register no views; leaving them out keeps torch out of the dashboard.
-views = plugin_views(get_plugin_manager(disabled=DEFAULT_PLUGINS))
-for view in views:
-    st.subheader(view.title)
-    st.caption(f"A view from the {view.plugin} plugin.")
-    try:
-        view.render(trace, st)
-    except Exception as exc:  # a third-party view's bug must not take the dashboard down
-        st.error(str(PluginError(f"plugin {view.plugin!r} raised in its dashboard view {view.title!r}: "
-                                 f"{type(exc).__name__}: {exc}")))
+    st.write(trace.tensor(name))

@@ -1,11 +1,13 @@
 """Windows and retries: how generate() walked through the clip — each window's seek, its fallback
 attempts and why one was kept, and the hallucination signals (no-speech, log-probability,
-compression, loops) — with a way into that window's cross-attention and token probabilities."""
+compression, loops) — with a way into the pages that show that window.  Inside a rejected attempt
+it draws every figure a plugin registered for one attempt (an ``attempt`` parameter)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from probe import contributions
 from probe.dashboards import context
 
 trace = context.current_trace()
@@ -28,6 +30,7 @@ st.dataframe([{
     "attempts": len(w.get("attempts") or []), "skipped": "no speech" if w.get("skipped") else "",
     "text": w["text"]} for w in windows], hide_index=True)
 
+attempt_figures = [f for f in contributions.current().figures.values() if f.per_attempt]
 if windows:
     chosen = context.pick_window(trace, "windows_window") if len(windows) > 1 else 0
     window = windows[chosen]
@@ -45,13 +48,14 @@ if windows:
             if attempt.get("token_logprobs"):
                 st.line_chart({"log-probability of each token": attempt["token_logprobs"]}, height=160)
             if attempt["verdict"] == "rejected":
-                if "cross_attention.rejected" in trace.records:
-                    context.show_figure(trace, "rejected_attention", window=chosen, attempt=attempt["attempt"])
-                else:
-                    st.caption("Trace with `--rejected-cross-attention` to see where this attempt listened.")
-    left, right = st.columns(2)
-    if left.button("Open this window's cross-attention", key="windows_to_cross"):
-        st.session_state["cross_window"] = chosen
-        st.switch_page("views/cross_attention.py")
-    if right.button("Open the token probabilities", key="windows_to_tokens"):
-        st.switch_page("views/tokens.py")
+                for figure in attempt_figures:
+                    if figure.available(trace):
+                        context.show_figure(trace, figure.name, window=chosen, attempt=attempt["attempt"])
+                    elif figure.plugin in (trace.manifest.get("plugins") or {}):  # ran, but not asked for it
+                        st.caption(f"Not kept in this trace: {figure.caption or figure.name} The "
+                                   f"{figure.plugin} plugin keeps it when asked (`probe run --help` lists its "
+                                   "options).")
+    pages = context.window_pages(trace)
+    for column, view in zip(st.columns(max(1, len(pages))), pages):
+        if column.button(f"Open this window in {view.title}", key=f"windows_to_{view.url_path}"):
+            context.open_page(view, chosen)

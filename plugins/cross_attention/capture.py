@@ -38,12 +38,13 @@ from probe.signals import flag_words
 from probe.spill import Concatenated, Spilled
 from probe.transfer import to_host
 
-__version__ = "1.0"
+from probe.plugins.cross_attention.present import Presentation
+
+__version__ = Presentation.__version__
 
 
-class Plugin:
-    name = "cross_attention"
-    __version__ = __version__
+class Plugin(Presentation):
+    """Every hook of cross_attention: the run hooks here, what it shows from :class:`Presentation`."""
 
     @hookimpl
     def probe_addoption(self, parser):

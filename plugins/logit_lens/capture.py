@@ -18,15 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
-from probe.plugins.token_probs import add_top_k, check_top_k, top_k
+from probe.plugins.token_probs.capture import add_top_k, check_top_k, top_k
 from probe.transfer import to_device
 
-__version__ = "1.0"
+from probe.plugins.logit_lens.present import Presentation
+
+__version__ = Presentation.__version__
 
 
-class Plugin:
-    name = "logit_lens"
-    __version__ = __version__
+class Plugin(Presentation):
+    """Every hook of logit_lens: the run hooks here, what it shows from :class:`Presentation`."""
 
     @hookimpl
     def probe_addoption(self, parser):

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
 
-__version__ = "1.0"
+from probe.plugins.attention.present import Presentation
+
+__version__ = Presentation.__version__
 MAX_SIDE = 375
 
 
@@ -46,9 +48,8 @@ def head_summaries(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return entropy, distance
 
 
-class Plugin:
-    name = "attention"
-    __version__ = __version__
+class Plugin(Presentation):
+    """Every hook of attention: the run hooks here, what it shows from :class:`Presentation`."""
 
     @hookimpl
     def probe_run_start(self, run):

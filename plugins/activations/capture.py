@@ -28,7 +28,9 @@ from probe.hookspecs import hookimpl
 from probe.points import select_points
 from probe.transfer import HostCopy, to_host
 
-__version__ = "1.0"
+from probe.plugins.activations.present import Presentation
+
+__version__ = Presentation.__version__
 LECTURE_FULL = ["encoder.hook_conv1", "encoder.hook_conv2"]
 LECTURE_SUMMARY = ["encoder.blocks.*.hook_resid_post", "decoder.blocks.*.hook_resid_post"]
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -43,9 +45,8 @@ def point_bytes(point, n_windows: int, n_tokens: int, num_beams: int, dtype_byte
     return per_query * n_tokens * n_windows * num_beams * dtype_bytes
 
 
-class Plugin:
-    name = "activations"
-    __version__ = __version__
+class Plugin(Presentation):
+    """Every hook of activations: the run hooks here, what it shows from :class:`Presentation`."""
 
     @hookimpl
     def probe_addoption(self, parser):

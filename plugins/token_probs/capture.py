@@ -25,7 +25,9 @@ from probe.errors import OptionError
 from probe.hookspecs import hookimpl
 from probe.transfer import to_device, to_host
 
-__version__ = "1.0"
+from probe.plugins.token_probs.present import Presentation
+
+__version__ = Presentation.__version__
 
 
 def add_top_k(parser) -> None:
@@ -63,9 +65,8 @@ def token_stats(logits: torch.Tensor, tokens: list[int], k: int) -> tuple[torch.
     return chosen, entropy, top_ids, top_log_probs.exp()
 
 
-class Plugin:
-    name = "token_probs"
-    __version__ = __version__
+class Plugin(Presentation):
+    """Every hook of token_probs: the run hooks here, what it shows from :class:`Presentation`."""
 
     @hookimpl
     def probe_addoption(self, parser):

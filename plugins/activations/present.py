@@ -1,0 +1,50 @@
+"""What activations shows, registered through the same hooks a third-party plugin uses: the conv
+stem figure and page, two lesson steps and the description of its records.  Torch-free: the
+dashboard and the export load this module, not :mod:`.capture`."""
+
+from __future__ import annotations
+
+from probe.hookspecs import hookimpl
+
+NAME = "activations"
+__version__ = "1.0"
+CONV1, CONV2 = "activations.encoder.hook_conv1", "activations.encoder.hook_conv2"
+NORMS = "activations.encoder.blocks.*.hook_resid_post.norm"
+
+
+class Presentation:
+    name = NAME
+    __version__ = __version__
+
+    @hookimpl
+    def probe_describe_records(self):
+        return {
+            "activations.encoder.hook_conv*": {"dims": ["window", "channel", "frame"], "units": "activation (after GELU)",
+                                               "description": "the conv stem's feature maps"},
+            "activations.*.norm": {"dims": ["window", "position"], "units": "L2 norm over d_model",
+                                   "description": "the residual stream's norm at each position"},
+            "activations.encoder.*": {"dims": ["window", "frame", "d_model"],
+                                      "description": "an encoder hook point's tensor, per window"},
+            "activations.steps": {"description": "which window and step each decoder query position came from"},
+        }
+
+    @hookimpl
+    def probe_figures(self, register):
+        from probe.plugins.activations import figures
+
+        register("conv_stem", figures.conv_stem, requires=(CONV1, CONV2),
+                 caption="Conv stem: feature maps after the two convolutions (the second halves time).")
+
+    @hookimpl
+    def probe_dashboard_views(self, register):
+        from probe.plugins.activations import views
+
+        register("Conv stem", views.conv_stem_page, requires=(CONV1, CONV2), icon=":material/compress:",
+                 section="Inside the model")
+
+    @hookimpl
+    def probe_lesson_steps(self, register):
+        from probe.plugins.activations import views
+
+        register("The conv stem: 3000 → 1500", views.conv_stem_step, requires=(CONV1, CONV2), order=30)
+        register("The encoder's output", views.encoder_output_step, requires=NORMS, order=40)

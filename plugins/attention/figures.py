@@ -1,0 +1,91 @@
+"""attention's pictures: encoder and decoder self-attention of a layer (every head, or one), and
+every encoder head's entropy and attention distance at a glance."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colors
+from matplotlib.figure import Figure
+
+from probe.constants import ENCODER_FRAMES_PER_SECOND
+from probe.figures import (ATTENTION_CMAP, draws, head_grid, heads_of, imshow, layer_slice, middle_layer,
+                           new_figure, require, tick_tokens, token_label, vocabulary, window_sequence)
+
+
+@draws
+def encoder_attention(trace, layer: int | None = None, head: int | None = None) -> Figure:
+    """Encoder self-attention of one layer (default: the middle one) over the frames holding audio;
+    ``head=None`` draws a grid of every head.  Patterns are stored pooled (see the attention
+    plugin), rows sum to 1."""
+    layer = middle_layer(trace, "encoder_layers") if layer is None else layer
+    layer, pattern = layer_slice(trace, "attention.encoder", layer)  # [head, query_cell, key_cell]
+    meta = trace.records["attention.encoder"].get("meta") or {}
+    cell_seconds = int(meta.get("pool", 1)) / ENCODER_FRAMES_PER_SECOND
+    seconds = pattern.shape[-1] * cell_seconds
+    norm = colors.PowerNorm(0.5, vmin=0, vmax=max(float(pattern.max()), 1e-6))
+    heads = heads_of(pattern.shape[0], head)
+    fig = new_figure(10, 7.5) if head is None else new_figure(6.5, 5.5)
+    which = "all heads" if head is None else f"head {head}"
+    head_grid(fig, heads,
+               lambda ax, h: imshow(ax, pattern[h], (0, seconds, 0, seconds), ATTENTION_CMAP, norm),
+               f"Encoder self-attention, layer {layer}, {which} (first window, {seconds:.2f} s of audio)",
+               "attention weight (√ scale)", "key time (s)", "query time (s)")
+    return fig
+
+
+@draws
+def decoder_attention(trace, layer: int | None = None, head: int | None = None) -> Figure:
+    """Decoder (causal) self-attention of one layer (default: the middle one) over the prompt and
+    emitted tokens of the first window, token texts on both axes; ``head=None`` draws a grid of
+    every head."""
+    layer = middle_layer(trace, "decoder_layers") if layer is None else layer
+    layer, pattern = layer_slice(trace, "attention.decoder", layer)  # [head, query, key]
+    n_tokens = pattern.shape[-1]
+    vocab = vocabulary(trace)
+    labels = [token_label(trace, vocab, t) for t in window_sequence(trace, 0)][:n_tokens]
+    labels += ["?"] * (n_tokens - len(labels))
+    heads = heads_of(pattern.shape[0], head)
+    norm = colors.Normalize(0, 1)
+
+    def draw(ax, h):
+        image = ax.imshow(pattern[h], cmap=ATTENTION_CMAP, norm=norm, interpolation="nearest", aspect="auto")
+        if head is not None or n_tokens <= 24:
+            tick_tokens(ax, labels, "x")
+            tick_tokens(ax, labels, "y")
+        return image
+
+    size = (11, 9) if head is None else (7.5, 6.5)
+    fig = new_figure(*size)
+    which = "all heads" if head is None else f"head {head}"
+    head_grid(fig, heads, draw, f"Decoder self-attention, layer {layer}, {which} (first window)",
+               "attention weight", "key token (attended to)", "query token (reading)")
+    return fig
+
+
+@draws
+def attention_summary(trace) -> Figure:
+    """Per encoder layer and head: attention entropy (nats) and mean attention distance (ms),
+    averaged over windows.  Low entropy and distance: sharp, local heads; high: diffuse, global."""
+    for name in ("attention.encoder_entropy", "attention.encoder_distance"):
+        require(trace, name)
+    entropy = trace.tensor("attention.encoder_entropy").astype(np.float32).mean(0)  # [layer, head]
+    distance_ms = trace.tensor("attention.encoder_distance").astype(np.float32).mean(0) * 1000 / \
+        ENCODER_FRAMES_PER_SECOND  # [layer, head]
+    fig = new_figure(11, 0.45 * entropy.shape[0] + 2.4)
+    for ax, values, cmap, label, fmt in zip(
+            fig.subplots(1, 2), (entropy, distance_ms), ("viridis", "cividis"),
+            ("entropy (nats)", "mean attention distance (ms)"), ("{:.1f}", "{:.0f}")):
+        image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
+        if values.size <= 200:
+            threshold = (values.max() + values.min()) / 2
+            for (layer, head), value in np.ndenumerate(values):
+                ax.text(head, layer, fmt.format(value), ha="center", va="center", fontsize=7,
+                        color="black" if value > threshold else "white")
+        ax.set_xlabel("head")
+        ax.set_ylabel("encoder layer")
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]))
+        ax.set_title(label.capitalize(), fontsize=10)
+        fig.colorbar(image, ax=ax, label=label)
+    fig.suptitle("Encoder self-attention per layer and head")
+    return fig

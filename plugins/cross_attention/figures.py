@@ -1,0 +1,166 @@
+"""cross_attention's pictures: where each decoded token listened in the audio, under the log-Mel
+with the word timings, and where a rejected fallback attempt listened; plus the reads the
+dashboard's playback uses (:func:`cross_attention_rows`, :func:`attended_span`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib import colors
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from probe.constants import ENCODER_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
+from probe.errors import StoreError
+from probe.figures import (draws, first_spoken_window, heads_of, imshow, layer_index, log_mel_array, new_figure,
+                           require, tick_tokens, token_label, vocabulary, window_entry, window_span)
+
+WORDS = "cross_attention.words"
+
+
+def timed_words(trace) -> list[dict]:
+    """The trace's word timings (word, start, end in seconds of the clip, window, tokens); [] if none."""
+    return trace.json(WORDS) if WORDS in trace.records else []
+
+
+def cross_attention_rows(trace, layer: int | None = None, head: int | None = None, window: int = 0) \
+        -> tuple[np.ndarray, list[dict]]:
+    """What each token decoded in ``window`` attended to, and those tokens' rows.
+
+    Returns (matrix [token, frame] over the window's audio, 50 frames/s from the window's start;
+    the ``cross_attention.tokens`` rows of those tokens).  ``layer=None``: the alignment-head
+    average the word timings come from (text tokens only); otherwise layer ``layer``'s
+    cross-attention for every emitted token, of one head or the mean of all heads.
+    """
+    require(trace, "cross_attention.tokens")
+    start, end = window_span(trace, window)
+    frames = max(1, math.ceil((end - start) * ENCODER_FRAMES_PER_SECOND))
+    tokens = trace.table("cross_attention.tokens")
+    if layer is None:
+        require(trace, "cross_attention.alignment")
+        # the alignment matrix has one row per aligned token: each window's text and its closing row
+        tokens = [token for token in tokens if token.get("aligned", token["is_text"])]
+        name, index = "cross_attention.alignment", ()
+    else:
+        name, index = "cross_attention.weights", (layer_index(trace, "cross_attention.weights", layer), slice(None))
+    rows = [i for i, token in enumerate(tokens) if token["window"] == window]  # contiguous: windows in order
+    if not rows:
+        return np.zeros((0, frames), dtype=np.float32), []
+    picked = np.asarray(trace.tensor(name, lazy=True)[(*index, slice(rows[0], rows[-1] + 1))], dtype=np.float32)
+    if layer is not None:  # [head, token, frame]
+        picked = picked.mean(0) if head is None else picked[heads_of(picked.shape[0], head)[0]]
+    return picked[:, :frames], [tokens[i] for i in rows]
+
+
+def attended_span(trace, token_index: int, layer: int | None = None, head: int | None = None, window: int = 0,
+                  margin: float = 0.06) -> tuple[float, float]:
+    """(start, end) seconds in the clip that token ``token_index`` of ``window`` attended to most:
+    the contiguous frames around its attention peak holding at least half the peak's weight,
+    widened by ``margin`` seconds."""
+    matrix, _ = cross_attention_rows(trace, layer, head, window)
+    row = matrix[token_index]  # [frame]
+    peak = int(row.argmax())
+    floor = row.min() + (row[peak] - row.min()) / 2
+    first = last = peak
+    while first > 0 and row[first - 1] >= floor:
+        first -= 1
+    while last < len(row) - 1 and row[last + 1] >= floor:
+        last += 1
+    start, end = window_span(trace, window)
+    return (max(start, start + first / ENCODER_FRAMES_PER_SECOND - margin),
+            min(end, start + (last + 1) / ENCODER_FRAMES_PER_SECOND + margin))
+
+
+def _word_rows(words: list[dict], tokens: list[dict]) -> list[tuple[dict, list[int]]]:
+    """Each word with the matrix rows of its tokens (words consume text tokens in order)."""
+    text_rows = [i for i, token in enumerate(tokens) if token["is_text"]]
+    placed, cursor = [], 0
+    for word in words:
+        count = len(word.get("tokens") or [])
+        placed.append((word, text_rows[cursor: cursor + count]))
+        cursor += count
+    return placed
+
+
+@draws
+def cross_attention(trace, layer: int | None = None, head: int | None = None, window: int | None = None) -> Figure:
+    """Decoded tokens against audio time, under the log-Mel spectrogram with word timestamps,
+    for one 30 s window (tokens and words of that window; time in seconds of the clip).
+    ``window=None``: the first window whose text the transcript keeps (not one skipped as no speech).
+
+    ``layer=None`` shows the alignment-head average (z-scored, median-filtered) the DTW word
+    timings walk; a layer shows that layer's attention, of one head or averaged over heads.
+    Boxes mark each word's DTW span over its tokens.
+    """
+    if window is None:
+        window = first_spoken_window(trace)
+    matrix, tokens = cross_attention_rows(trace, layer, head, window)  # [token, frame]
+    start, end = window_span(trace, window)
+    words = [word for word in timed_words(trace) if word.get("window", 0) == window]
+    mel = log_mel_array(trace, window)[:, : math.ceil((end - start) * MEL_FRAMES_PER_SECOND)]  # [n_mels, frame]
+    vocab = vocabulary(trace)
+    labels = [token_label(trace, vocab, t["token_id"]) for t in tokens]
+    fig = new_figure(11, 3 + 0.16 * max(len(tokens), 12))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2.4])
+    mel_image = imshow(top, mel, (start, end, 0, mel.shape[0]), "magma")
+    for word in words:
+        top.axvline(word["start"], color="white", linewidth=0.6, alpha=0.8)
+        top.text((word["start"] + word["end"]) / 2, mel.shape[0] * 0.96, word["word"].strip(), color="white",
+                 fontsize=8, ha="center", va="top", rotation=90 if len(words) > 20 else 0)
+    top.set_ylabel("Mel bin")
+    top.set_title("log-Mel spectrogram with word timestamps (DTW on the alignment heads)", fontsize=10)
+    fig.colorbar(mel_image, ax=top, label="log10 power", pad=0.01)
+    if layer is None:
+        heads = ", ".join(f"{l}.{h}" for l, h in (trace.manifest.get("model") or {}).get("alignment_heads", []))
+        what, label, norm = f"alignment-head average (layer.head {heads})", "z-scored attention", None
+    else:
+        which = "mean of all heads" if head is None else f"head {head}"
+        what, label = f"layer {layer_index(trace, 'cross_attention.weights', layer)}, {which}", \
+            "attention weight (√ scale)"
+        norm = colors.PowerNorm(0.5, vmin=0, vmax=max(float(matrix.max(initial=0)), 1e-6))
+    image = bottom.imshow(matrix, aspect="auto", origin="upper", extent=(start, end, len(tokens) - 0.5, -0.5),
+                          cmap="viridis", norm=norm, interpolation="nearest")
+    for word, rows in _word_rows(words, tokens):
+        if rows:
+            bottom.add_patch(Rectangle((word["start"], rows[0] - 0.5), word["end"] - word["start"], len(rows),
+                                       fill=False, edgecolor="white", linewidth=0.9))
+    tick_tokens(bottom, labels, "y")
+    bottom.set_xlabel("time (s)")
+    bottom.set_ylabel("decoded token")
+    bottom.set_title(f"Cross-attention: {what}; boxes: word spans", fontsize=10)
+    fig.colorbar(image, ax=bottom, label=label, pad=0.01)
+    n_windows = len(trace.manifest.get("windows") or [])
+    fig.suptitle("Where each decoded token listens in the audio"
+                 + (f" (window {window + 1} of {n_windows})" if n_windows > 1 else ""))
+    return fig
+
+
+@draws
+def rejected_attention(trace, window: int, attempt: int) -> Figure:
+    """What a rejected fallback attempt attended to: the alignment heads' mean cross-attention of
+    each of its tokens (rows, first at the bottom) over the window's audio (seconds in the clip) —
+    where a looping attempt stops moving through the audio.  Needs ``--rejected-cross-attention``."""
+    require(trace, "cross_attention.rejected")
+    rows = [i for i, row in enumerate(trace.table("cross_attention.rejected_tokens"))
+            if row["window"] == window and row["attempt"] == attempt]
+    if not rows:
+        raise StoreError(f"trace {trace.id} kept no cross-attention for attempt {attempt} of window {window + 1}"
+                         " (only rejected attempts have it)")
+    entry = window_entry(trace, window)
+    start = float(entry["start"])
+    frames = max(1, round((float(entry["end"]) - start) * ENCODER_FRAMES_PER_SECOND))
+    matrix = np.asarray(trace.tensor("cross_attention.rejected")[rows[0]:rows[-1] + 1], np.float32)[:, :frames]
+    tokens = trace.table("cross_attention.rejected_tokens")[rows[0]:rows[-1] + 1]
+    fig = new_figure(10, min(9.0, 2.2 + 0.12 * len(rows)))
+    ax = fig.subplots()
+    image = imshow(ax, matrix, (start, start + matrix.shape[1] / ENCODER_FRAMES_PER_SECOND, -0.5, len(rows) - 0.5),
+                    "magma", norm=colors.PowerNorm(0.5, vmin=0, vmax=max(float(matrix.max()), 1e-6)))
+    tick_tokens(ax, [str(t["token"]).strip() or repr(t["token"]) for t in tokens], "y", max_labels=40)
+    fig.colorbar(image, ax=ax, label="attention (alignment-head mean)", fraction=0.03)
+    record = next((a for a in entry.get("attempts") or [] if a["attempt"] == attempt), {})
+    ax.set_title(f"Window {window + 1}, attempt {attempt} (temperature {float(tokens[0]['temperature']):.1f}), "
+                 f"rejected: {record.get('reason', '').split(';')[0]}", fontsize=10)
+    ax.set_xlabel("time in the clip (s)")
+    ax.set_ylabel("token of the rejected attempt")
+    return fig

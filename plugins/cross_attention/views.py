@@ -1,0 +1,69 @@
+"""cross_attention's dashboard page (*Cross-attention*) and its lesson step.
+
+The page draws which audio each decoded token listens to, the word timestamps from the alignment
+heads, and plays the span a token or word attends to.  Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from probe import figures
+from probe.plugins.cross_attention.figures import attended_span, cross_attention_rows, timed_words
+
+ALIGNMENT = "alignment heads (average)"
+MEAN = "mean of heads"
+WINDOW_KEY = "cross_window"
+
+
+def cross_attention_page(trace, st) -> None:
+    from probe.dashboards import context
+
+    config = (trace.manifest.get("model") or {}).get("config") or {}
+    st.title("Cross-attention alignment")
+    left, right = st.columns(2)
+    source = left.selectbox("Attention", [ALIGNMENT, *range(int(config.get("decoder_layers", 1)))],
+                            format_func=lambda value: value if value == ALIGNMENT else f"decoder layer {value}",
+                            key="cross_source")
+    layer = None if source == ALIGNMENT else source
+    head_choice = right.selectbox("Head", [MEAN, *range(int(config.get("decoder_attention_heads", 1)))],
+                                  key="cross_head", disabled=layer is None)
+    head = None if layer is None or head_choice == MEAN else head_choice
+    window = context.pick_window(trace, WINDOW_KEY)
+    if not context.show_figure(trace, "cross_attention", layer=layer, head=head, window=window):
+        st.stop()
+
+    st.subheader("Listen to what a token attends to")
+    _, tokens = cross_attention_rows(trace, layer, head, window)
+    if not tokens:
+        st.info("No tokens were decoded in this window.")
+        st.stop()
+    vocab = figures.vocabulary(trace)
+    token_index = st.selectbox("Token", range(len(tokens)), key="cross_token",
+                               format_func=lambda i: f"{i}: {figures.token_label(trace, vocab, tokens[i]['token_id'])}")
+    start, end = attended_span(trace, token_index, layer, head, window)
+    st.caption(f"Frames holding at least half of this token's peak attention: {start:.2f}–{end:.2f} s.")
+    st.audio(context.audio_span(trace, start, end), sample_rate=figures.SAMPLE_RATE)
+
+    words = timed_words(trace)
+    if words:
+        st.subheader("Word timestamps")
+        word_index = st.selectbox("Word", range(len(words)), key="cross_word",
+                                  format_func=lambda i: f"{words[i]['word'].strip()} "
+                                                        f"({words[i]['start']:.2f}–{words[i]['end']:.2f} s)")
+        word = words[word_index]
+        st.audio(context.audio_span(trace, word["start"], word["end"]), sample_rate=figures.SAMPLE_RATE)
+        st.dataframe([{"word": w["word"], "start (s)": w["start"], "end (s)": w["end"], "window": w.get("window")}
+                      for w in words], hide_index=True)
+
+
+def listening_step(trace, st, window: int):
+    """Lesson: cross-attention, listening while writing."""
+    from probe.dashboards import context
+
+    long_form = len(trace.manifest.get("windows") or []) > 1
+    this_window = f"window {window + 1}" if long_form else "this clip"
+    st.markdown(f"Each decoder layer **cross-attends** to the 1500 encoder frames of {this_window}. A few heads "
+                "follow the speech closely (the alignment heads); averaging them and walking the matrix with dynamic "
+                "time warping gives every word a start and end time (boxes).")
+    return functools.partial(context.show_figure, trace, "cross_attention", window=window)

@@ -1,0 +1,93 @@
+"""The PDF handout: a title page (title, transcript, model, language, prompt, contents) and then
+one figure per page, the same figures the HTML page inlines."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import probe
+from probe.export.markup import number, prompt_tokens, today
+from probe.export.plan import FigurePlan, caption
+from probe.figures.base import draws, quiet_missing_glyphs
+from probe.store import Trace
+
+PRINT_DPI = 200  # png/svg/pdf figures
+
+
+def write_handout(trace: Trace, plan: FigurePlan, path: Path) -> None:
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    skipped: list[tuple[str, int | None, str]] = []
+    drawn = list(plan.drawn(skipped))  # first: the title page lists them
+    if not drawn:
+        raise plan.no_figures()
+    missing = list(dict.fromkeys(name for name, _, _ in skipped))
+    title = _title_page(trace, [(name, window) for name, window, _ in drawn], missing, plan.note())
+    with PdfPages(path, metadata=_pdf_metadata(trace)) as pdf, quiet_missing_glyphs():
+        pdf.savefig(title)
+        for _, _, fig in drawn:
+            pdf.savefig(fig, dpi=PRINT_DPI)
+
+
+def _title_page(trace: Trace, contents: list[tuple[str, int | None]], missing: list[str],
+                note: str | None = None) -> Any:
+    """An A4-landscape page of text: title, transcript, model, language, prompt, the pages that
+    follow ((view, window) pairs; a window's pages on one line), the figures the trace could not
+    give and what a default choice of windows left out; set in the fonts :mod:`probe.figures`
+    uses, so any script it covers shows."""
+    return draws(_title_text)(trace, contents, missing, note)
+
+
+def _contents_lines(contents: list[tuple[str, int | None]]) -> list[str]:
+    """``page 2: <caption>`` for figures drawn once; ``pages 9–11: window 2 (log_mel, ...)``."""
+    lines, first = [], 2
+    for window, pages in itertools.groupby(contents, key=lambda pair: pair[1]):
+        names = [name for name, _ in pages]
+        if window is None:
+            lines += [f"page {first + i}: {caption(name)}" for i, name in enumerate(names)]
+        else:
+            span = f"page {first}" if len(names) == 1 else f"pages {first}–{first + len(names) - 1}"
+            lines.append(f"{span}: window {window + 1} ({', '.join(names)})")
+        first += len(names)
+    return lines
+
+
+def _title_text(trace: Trace, contents: list[tuple[str, int | None]], missing: list[str],
+                note: str | None = None, max_transcript_lines: int = 10) -> Any:
+    from matplotlib.figure import Figure
+
+    manifest = trace.manifest
+    transcript = textwrap.wrap(trace.transcript or "(no speech)", 80)
+    if len(transcript) > max_transcript_lines:
+        transcript = transcript[:max_transcript_lines - 1] + [
+            "… (the full transcript is in the html and json exports)"]
+    facts = [f"model: {trace.model_id or 'unknown'}",
+             f"language: {trace.language or '?'} (p = "
+             f"{number(manifest.get('language_probability'))})   no-speech p = "
+             f"{number(manifest.get('no_speech_probability'))}",
+             "prompt: " + " ".join(str(t.get("token")) for t in prompt_tokens(trace)),
+             f"audio: {trace.audio_source or 'array'}",
+             f"trace {trace.id}, exported by whisper-probe {probe.__version__} on {today()}"]
+    pages = _contents_lines(contents)
+    pages += [f"could not be drawn from this trace's records: {', '.join(missing)}"] if missing else []
+    pages += textwrap.wrap(note, 150) if note else []
+    lines = ([(trace.name or trace.id, 26, "bold"), ("whisper-probe handout", 13, "normal"),
+              ("", 8, "normal")]
+             + [(line, 16, "normal") for line in transcript] + [("", 8, "normal")]
+             + [(line, 11, "normal") for fact in facts for line in textwrap.wrap(fact, 120)]
+             + [("", 8, "normal"), ("Contents", 12, "bold")]
+             + [(line, 10, "normal") for line in pages])
+    fig = Figure(figsize=(11.69, 8.27))
+    y = 0.92
+    for text, size, weight in lines:
+        fig.text(0.07, y, text, fontsize=size, fontweight=weight, va="top", parse_math=False)
+        y -= size * 1.55 / (8.27 * 72)  # line height as a fraction of the page
+    return fig
+
+
+def _pdf_metadata(trace: Trace) -> dict:
+    return {"Title": f"{trace.name or trace.id} (whisper-probe)", "Subject": trace.transcript,
+            "Creator": f"whisper-probe {probe.__version__}"}

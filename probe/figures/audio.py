@@ -1,0 +1,142 @@
+"""Figures of the sound itself: the waveform and the log-Mel spectrogram the encoder reads, and
+the trace's audio and window spans they are drawn from.
+
+The log-Mel is recomputed from the stored audio with transformers' numpy audio functions (the
+numpy path of ``WhisperFeatureExtractor``), so no torch is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from probe.constants import HOP_LENGTH, MEL_FRAMES_PER_SECOND, N_FFT, SAMPLE_RATE, WINDOW_SECONDS
+from probe.errors import StoreError
+from probe.figures.base import config_value, draws, imshow, new_figure
+
+MAX_WAVEFORM_POINTS = 4000  # longer audio is drawn as a min/max envelope
+
+
+def audio_samples(trace, start: float | None = None, end: float | None = None) -> np.ndarray:
+    """The trace's audio (or its ``start``–``end`` seconds) as float32 [sample] at 16 kHz;
+    StoreError if it kept none."""
+    audio = trace.audio() if start is None and end is None else trace.audio(start, end)
+    if audio is None:
+        raise StoreError(f"trace {trace.id} kept no audio; re-run the trace to keep it")
+    samples, _ = audio
+    return np.asarray(samples, dtype=np.float32)
+
+
+def duration(trace) -> float:
+    """Seconds of audio in the trace, from the manifest (no decoding)."""
+    audio = trace.manifest.get("audio") or {}
+    if audio.get("duration"):
+        return float(audio["duration"])
+    windows = trace.manifest.get("windows") or [{}]
+    return float(windows[-1].get("end") or WINDOW_SECONDS)
+
+
+def window_entry(trace, window: int) -> dict:
+    windows = trace.manifest.get("windows") or []
+    if not 0 <= window < len(windows):
+        raise StoreError(f"trace {trace.id} has no window {window}; it has {len(windows)}")
+    return windows[window]
+
+
+def first_spoken_window(trace) -> int:
+    """The first window whose text the transcript keeps (not one skipped as no speech); 0 if none."""
+    spoken = [w["index"] for w in trace.manifest.get("windows") or [] if w.get("kept", 1) and not w.get("skipped")]
+    return spoken[0] if spoken else 0
+
+
+def window_span(trace, window: int = 0) -> tuple[float, float]:
+    """(start, end) seconds of 30 s window ``window`` within the clip."""
+    entry = window_entry(trace, window)
+    return float(entry["start"]), float(entry["end"])
+
+
+@functools.cache
+def mel_filters(n_mels: int) -> np.ndarray:
+    from transformers.audio_utils import mel_filter_bank  # numpy; transformers' package import is slow
+
+    # The bank WhisperFeatureExtractor builds: 201 FFT bins → n_mels, 0–8 kHz, Slaney scale and norm.
+    return mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
+                           max_frequency=8000.0, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
+
+
+def log_mel_array(trace, window: int = 0) -> np.ndarray:
+    """The log-Mel spectrogram the encoder saw for ``window``: [n_mels, 3000] (100 frames/s, the
+    window's audio padded to 30 s), on Whisper's scale.
+
+    The numpy path of transformers' ``WhisperFeatureExtractor``, called through its numpy
+    building blocks because importing the extractor class imports torch when it is installed.
+    """
+    from transformers.audio_utils import spectrogram, window_function
+
+    start, end = window_span(trace, window)
+    samples = audio_samples(trace, start, end)  # only this window's span is decoded
+    padded = np.zeros(WINDOW_SECONDS * SAMPLE_RATE, dtype=np.float32)  # [sample]
+    padded[: len(samples)] = samples[: len(padded)]
+    power = spectrogram(padded, window_function(N_FFT, "hann"), frame_length=N_FFT, hop_length=HOP_LENGTH,
+                        power=2.0, mel_filters=mel_filters(config_value(trace, "num_mel_bins", 80)),
+                        log_mel="log10")[:, :-1]  # [n_mels, 3000]: the STFT's extra last frame dropped
+    power = np.maximum(power, power.max() - 8.0)  # an 80 dB range
+    return ((power + 4.0) / 4.0).astype(np.float32)
+
+
+def window_sequence(trace, window: int = 0) -> list[int]:
+    """The token ids the decoder read in ``window``: the forced prompt, then the emitted tokens."""
+    entry = window_entry(trace, window)
+    return list(entry.get("prompt") or []) + list(entry.get("tokens") or [])
+
+
+@draws
+def waveform(trace) -> Figure:
+    """The audio as the model hears it (16 kHz mono), with the starts of later 30 s windows marked."""
+    samples = audio_samples(trace)
+    seconds = len(samples) / SAMPLE_RATE
+    fig = new_figure(10, 2.8)
+    ax = fig.add_subplot()
+    if len(samples) > 2 * MAX_WAVEFORM_POINTS:
+        # min/max envelope per bin: every peak stays visible without drawing every sample
+        per_bin = math.ceil(len(samples) / MAX_WAVEFORM_POINTS)
+        padded = np.pad(samples, (0, (-len(samples)) % per_bin)).reshape(-1, per_bin)  # [bin, sample]
+        times = (np.arange(len(padded)) + 0.5) * per_bin / SAMPLE_RATE
+        ax.fill_between(times, padded.min(1), padded.max(1), color="tab:blue", linewidth=0.4)
+    else:
+        ax.plot(np.arange(len(samples)) / SAMPLE_RATE, samples, color="tab:blue", linewidth=0.6)
+    for window in (trace.manifest.get("windows") or [])[1:]:
+        ax.axvline(float(window["start"]), color="0.4", linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, seconds)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("amplitude (full scale)")
+    ax.set_title(f"Waveform: {seconds:.2f} s at 16 kHz mono ({len(samples):,} samples)")
+    return fig
+
+
+@draws
+def log_mel(trace, window: int = 0) -> Figure:
+    """The log-Mel spectrogram the encoder reads for one 30 s window: n_mels bins × 3000 frames,
+    with the end of the audio (where zero padding starts) marked."""
+    mel = log_mel_array(trace, window)  # [n_mels, frame]
+    n_mels, frames = mel.shape
+    start, end = window_span(trace, window)
+    seconds = frames / MEL_FRAMES_PER_SECOND
+    fig = new_figure(10, 3.6)
+    ax = fig.add_subplot()
+    image = imshow(ax, mel, (start, start + seconds, 0, n_mels), "magma")
+    if end - start < seconds - 0.05:
+        ax.axvline(end, color="white", linestyle="--", linewidth=1)
+        ax.text(end + 0.2, n_mels * 0.92, "end of audio: zero padding follows", color="white", fontsize=8,
+                va="top")
+    of_window = f", window {window + 1} of {len(trace.manifest['windows'])}" \
+        if len(trace.manifest["windows"]) > 1 else ""
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("Mel bin (low → high frequency)")
+    ax.set_title(f"log-Mel spectrogram: {n_mels} Mel bins × {frames} frames (10 ms hop, "
+                 f"{seconds:.0f} s{of_window})")
+    fig.colorbar(image, ax=ax, label="log10 power (Whisper-normalised)", pad=0.01)
+    return fig
