@@ -256,13 +256,13 @@ def _clips(count: int):
 
 def test_several_clips_plugins_on_this_thread_files_on_the_writer_thread(tiny, store, monkeypatch):
     writing_threads = set()
-    original = probe.store.save_file
+    original = probe.store.writer.save_file
 
     def noting_save_file(*args, **kwargs):
         writing_threads.add(threading.get_ident())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(probe.store, "save_file", noting_save_file)
+    monkeypatch.setattr(probe.store.writer, "save_file", noting_save_file)
     plugin, clips = RunEndThreads(), _clips(3)
     traces = probe.run(clips, model=tiny, plugins=[plugin], store=store, max_new_tokens=2, batch_size=2,
                        disable=list(DEFAULT_PLUGINS))
