@@ -24,6 +24,7 @@ from probe.convert.tokenizer import _check_vocab, special_token_ids, whisper_tok
 from probe.embedded import ct2_model_files
 from probe.errors import ModelError
 
+
 class _VariableTable:
     """CTranslate2 variables looked up through aliases, remembering which ones were used."""
 

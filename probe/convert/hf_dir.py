@@ -4,22 +4,24 @@ A conversion's output is a normal Hugging Face directory: ``model.safetensors`` 
 source value is kept exactly, and it loads like a hub checkpoint), ``config.json`` (with a
 ``whisper_probe`` key naming the source), ``generation_config.json``, the tokenizer and
 ``preprocessor_config.json``.  This module checks the weights against what transformers expects,
-stages the directory beside its destination and publishes it with one rename, so a failed
-conversion leaves nothing behind.
+stages the directory beside its destination and publishes it with one rename
+(:func:`probe.publish.staged`), so a failed conversion leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from probe.convert.reading import _read_json, first_line
 from probe.errors import ModelError
+from probe.publish import PublishError, staged
 from probe.quiet import quiet_transformers
+
 
 def _check_state_dict(state_dict: dict[str, torch.Tensor], config, source: str) -> None:
     """Every parameter of the transformers model is present with the right shape, nothing extra."""
@@ -41,16 +43,21 @@ def _check_state_dict(state_dict: dict[str, torch.Tensor], config, source: str) 
             )
 
 
-def _staging_dir(dest_dir: Path) -> Path:
-    dest_dir = Path(dest_dir)
+@contextlib.contextmanager
+def _staged_output(dest_dir: Path) -> Iterator[Path]:
+    """A staging folder beside ``dest_dir``, renamed to it on success and removed on any failure."""
     if dest_dir.exists() and (not dest_dir.is_dir() or any(dest_dir.iterdir())):
         raise ModelError(f"{dest_dir} already exists and is not empty; choose a new destination or remove it")
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial", dir=dest_dir.parent))
+    try:
+        with staged(dest_dir, is_dir=True) as staging:
+            yield staging
+            _normal_permissions(staging)
+    except PublishError as exc:
+        raise ModelError(f"{dest_dir} appeared while converting; choose a new destination or remove it") from exc
 
 
 def _normal_permissions(directory: Path) -> None:
-    """Temporary files are private (0600/0700); give the result the permissions of normal output."""
+    """safetensors writes its file private (0600); give the result the permissions of normal output."""
     umask = os.umask(0)
     os.umask(umask)
     directory.chmod(0o777 & ~umask)
@@ -59,27 +66,13 @@ def _normal_permissions(directory: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def _publish(staging: Path, dest_dir: Path) -> Path:
-    """Move a finished staging directory into place (rename is atomic on one filesystem)."""
-    _normal_permissions(staging)
-    try:
-        if dest_dir.is_dir():
-            dest_dir.rmdir()  # empty, checked in _staging_dir; fails if someone filled it meanwhile
-        os.rename(staging, dest_dir)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ModelError(f"{dest_dir} appeared while converting; choose a new destination or remove it") from exc
-    return dest_dir.resolve()
-
-
 def _write_hf_dir(dest_dir: Path, state_dict: dict[str, torch.Tensor], config, generation_config, tokenizer, source: str) -> Path:
     """Write a loadable transformers Whisper directory, atomically."""
     from safetensors.torch import save_file
     from transformers import WhisperFeatureExtractor, WhisperProcessor
 
     _check_state_dict(state_dict, config, source)
-    staging = _staging_dir(Path(dest_dir))
-    try:
+    with _staged_output(Path(dest_dir)) as staging:
         tensors = {name: tensor.to(torch.float32).contiguous() for name, tensor in state_dict.items()}
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(staging)
@@ -87,10 +80,7 @@ def _write_hf_dir(dest_dir: Path, state_dict: dict[str, torch.Tensor], config, g
         feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
         WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(staging)
         feature_extractor.save_pretrained(staging)  # preprocessor_config.json, for tools that read only that
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return _publish(staging, Path(dest_dir))
+    return Path(dest_dir).resolve()
 
 
 def read_hf_config(src_dir: Path) -> dict:
@@ -114,11 +104,7 @@ def convert_hf(src_dir: Path, dest_dir: Path) -> Path:
             processor = WhisperProcessor.from_pretrained(src_dir)
     except Exception as exc:  # transformers, safetensors, torch and tokenizers each raise their own types
         raise ModelError(f"{src_dir} cannot be loaded as a Whisper model ({first_line(exc)}); re-download it") from exc
-    staging = _staging_dir(Path(dest_dir))
-    try:
+    with _staged_output(Path(dest_dir)) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return _publish(staging, Path(dest_dir))
+    return Path(dest_dir).resolve()

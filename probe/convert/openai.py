@@ -20,7 +20,8 @@ from probe.convert.config import (ENGLISH_VOCAB, MULTILINGUAL_VOCAB, V3_VOCAB, W
                                   whisper_generation_config, whisper_model_config)
 from probe.convert.hf_dir import _write_hf_dir
 from probe.convert.reading import _read_json, first_line
-from probe.convert.tokenizer import _check_vocab, _remap_token_ids, tokenizer_json_with_extra_language, whisper_tokenizer
+from probe.convert.tokenizer import (_check_vocab, _remap_token_ids, tokenizer_json_with_extra_language,
+                                     whisper_tokenizer)
 from probe.embedded import EMBEDDED
 from probe.errors import ModelError
 

@@ -11,7 +11,6 @@ owns those names and limits, and the one-line messages for a store that cannot b
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,6 @@ def default_store_dir() -> Path:
     return Path.home() / ".local" / "share" / "whisper-probe" / "store"
 
 
-
 def _section(manifest: dict, key: str) -> dict:
     value = manifest.get(key)
     return value if isinstance(value, dict) else {}
@@ -63,27 +61,6 @@ def _reason(err: OSError) -> str:
 def _write_error(store: Path, err: OSError) -> StoreError:
     return StoreError(f"could not write trace to {store}: {_reason(err)}; "
                       "free space or use --store elsewhere")
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for file in files:
-            with open(os.path.join(folder, file), "rb+") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes new entries and renames durable.  Best effort: folders cannot be opened off POSIX,
-    # and some network filesystems refuse to fsync them.
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove_if_empty(directory: Path) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 from probe.errors import StoreError
-from probe.store.layout import _TMP, _fsync_tree, _reason, _remove_if_empty, _write_error, default_store_dir
+from probe.publish import staged
+from probe.store.layout import _TMP, _reason, _remove_if_empty, _write_error, default_store_dir
 from probe.store.queue import WriteQueue
 from probe.store.safety import _is_plain_name, _is_trace_dir, _looks_like_path, _read_every_record
 from probe.store.trace import Trace
@@ -123,20 +124,16 @@ class Store:
         if trace_id in self:
             raise StoreError(f"trace {trace_id} is already in store {self.path}; "
                              "delete it there first to replace it")
-        staging = self._tmp_dir() / f"import-{secrets.token_hex(3)}"
-        copy_dir = staging / trace_id  # named like the trace so checks name it properly
         try:
-            for rel in source._member_files():
-                target = copy_dir / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source._member_path(rel, "listed"), target)
-            _read_every_record(Trace(copy_dir))
-            _fsync_tree(copy_dir)
-            os.rename(copy_dir, self.path / trace_id)
+            # The stage is named like the trace, so the checks name it properly.
+            with staged(self.path / trace_id, is_dir=True, stage_in=self._tmp_dir(), durable=True) as copy_dir:
+                for rel in source._member_files():
+                    target = copy_dir / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source._member_path(rel, "listed"), target)
+                _read_every_record(Trace(copy_dir))
         except OSError as err:
             raise _write_error(self.path, err) from err
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return self.open(trace_id)
 
     def __iter__(self) -> Iterator[str]:

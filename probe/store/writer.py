@@ -2,8 +2,9 @@
 
 :class:`TraceWriter` registers each record in the manifest and writes its file now or, given a
 :class:`~probe.store.queue.WriteQueue`, on the queue's thread; :meth:`TraceWriter.commit` writes
-the manifest, fsyncs the staged files and renames the folder into the store, so a crashed or
-failing run never leaves a half trace and readers only ever see complete ones.  Trace ids are
+the manifest, fsyncs the staged files and renames the folder into the store
+(:func:`probe.publish.publish`), so a crashed or failing run never leaves a half trace and readers
+only ever see complete ones.  Trace ids are
 ``<YYYYmmdd-HHMMSS>-<slug>-<6 hex>`` and reserved by an exclusive mkdir, so concurrent writers
 never share one.
 """
@@ -14,7 +15,6 @@ import contextlib
 import datetime
 import hashlib
 import json
-import os
 import re
 import secrets
 import shutil
@@ -28,8 +28,9 @@ import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
 from probe.errors import PluginError
-from probe.store.layout import (AUDIO_FILE, MANIFEST, SCHEMA_VERSION, _RECORD_FOLDERS, _TENSOR_KEY, _fsync_dir,
-                                _fsync_tree, _remove_if_empty, _write_error)
+from probe.publish import publish
+from probe.store.layout import (AUDIO_FILE, MANIFEST, SCHEMA_VERSION, _RECORD_FOLDERS, _TENSOR_KEY, _remove_if_empty,
+                                _write_error)
 from probe.store.records import _arrow_table, _host_array
 
 if TYPE_CHECKING:
@@ -196,18 +197,16 @@ class TraceWriter:
         self._check_open()
         fields, audio = dict(self._fields), self._audio
 
-        def publish():
+        def write_manifest_and_publish():
             manifest = {"schema_version": SCHEMA_VERSION, "id": self.id,
                         "created": self._created.isoformat(), **fields, "records": self._records}
             if audio is not None:
                 manifest["audio"] = {**(manifest.get("audio") or {}), **audio}
             (self._dir / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            _fsync_tree(self._dir)  # the rename must never publish data still in a cache
-            os.rename(self._dir, self.store.path / self.id)
+            publish(self._dir, self.store.path / self.id, durable=True)
             _remove_if_empty(self._dir.parent)
-            _fsync_dir(self.store.path)
 
-        self._io(publish)
+        self._io(write_manifest_and_publish)
         self._closed = True
 
     def _io(self, job: Callable[[], Any]) -> None:
@@ -325,12 +324,10 @@ class TraceWriter:
             raise ValueError(f"trace writer {self.id} is already committed or aborted")
 
 
-
 def _checked_flac(data: bytes) -> bytes:
     if bytes(data[:4]) != b"fLaC":
         raise ValueError("add_audio takes FLAC bytes (probe.audio.encode_flac makes them)")
     return data
-
 
 
 def _new_trace_id(name: str | None, created: datetime.datetime) -> str:
