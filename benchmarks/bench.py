@@ -593,8 +593,8 @@ def dashboard_first_view(bench: Bench, repeats: int, log, points=FULL_POINTS) ->
     """Make the largest trace we can (every built-in plugin + ``points`` captured whole), then, in a
     fresh process each time, open it and draw one figure to PNG as the dashboard does (imports timed
     apart).  ``points=[]`` gives the trace a default ``probe run`` writes."""
-    if not (ROOT / "probe" / "figures.py").is_file():
-        return {"skipped": "probe/figures.py does not exist yet"}
+    if not (ROOT / "probe" / "figures").is_dir():
+        return {"skipped": "probe/figures does not exist yet"}
     import re
 
     from probe.errors import PluginError

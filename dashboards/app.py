@@ -50,7 +50,7 @@ for view in contributions.current().views:
     plugin_pages[view.title] = page
 context.remember_pages(plugin_pages)
 order = list(SECTIONS) + [s for s in PAGES if s not in SECTIONS]
-page = st.navigation({section: PAGES[section] for section in order if PAGES.get(section)})
+page = st.navigation({section: PAGES[section] for section in order if PAGES.get(section)}, expanded=True)
 try:
     page.run()
 except ProbeError as err:

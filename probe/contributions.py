@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -229,7 +231,7 @@ def collect(pm) -> Contributions:
 
 _LOCK = threading.Lock()
 _CONFIG: dict[str, tuple] = {"plugins": (), "disabled": ()}
-_CURRENT: list[Contributions] = []
+_CURRENT: dict[tuple, Contributions] = {}
 
 
 def configure(plugins: Iterable = (), disabled: Iterable[str] = ()) -> None:
@@ -240,11 +242,19 @@ def configure(plugins: Iterable = (), disabled: Iterable[str] = ()) -> None:
 
 
 def current() -> Contributions:
-    """The contributions of the configured plugins (built-ins and entry points by default)."""
+    """The contributions of the configured plugins (built-ins and entry points by default),
+    collected again when ``sys.path`` or the autoload switch changes (an entry point may appear)."""
+    from probe.plugin_manager import DISABLE_AUTOLOAD_ENV
+
+    key = (_CONFIG["plugins"], _CONFIG["disabled"], tuple(sys.path), os.environ.get(DISABLE_AUTOLOAD_ENV))
+    found = _CURRENT.get(key)
+    if found is not None:
+        return found
     with _LOCK:
-        if not _CURRENT:
+        if key not in _CURRENT:
             from probe.plugin_manager import get_plugin_manager
 
             pm = get_plugin_manager(_CONFIG["plugins"], _CONFIG["disabled"], presentation=True)
-            _CURRENT.append(collect(pm))
-        return _CURRENT[0]
+            _CURRENT.clear()
+            _CURRENT[key] = collect(pm)
+        return _CURRENT[key]

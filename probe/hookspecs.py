@@ -186,6 +186,11 @@ def probe_describe_records():
         ``["layer", "head", "token", "frame"]``), ``units`` (of the values, e.g. ``"probability"``)
         and ``description`` (one sentence); or ``None``.  The records browser labels sliders and
         axes with ``dims``; a record's own ``meta["axes"]`` (given to ``writer.add_tensor``) wins.
+        Two optional keys let the core read a record without knowing its name: ``"role":
+        "words"`` marks the word timings :meth:`probe.store.Trace.words` returns (a JSON list of
+        ``{"word", "start", "end", "window"}``), and ``"token_columns": [["id_col", "text_col"],
+        ...]`` marks a table's token ids and their texts, which every figure uses to label tokens
+        (:func:`probe.figures.vocabulary`).
 
     .. versionadded:: 1.2
     """

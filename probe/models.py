@@ -12,15 +12,11 @@ builds a tiny random-initialised Whisper for unit tests only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,13 +28,17 @@ from probe import convert
 from probe.embedded import (DEFAULT_EMBEDDED, EMBEDDED, EmbeddedModel, _embedded,  # noqa: F401
                             ct2_model_files, installed_embedded)
 from probe.errors import ModelError, OptionError
+# the converted-model cache lives in probe.model_cache; its names stay importable from here
+from probe.model_cache import CONVERTER_VERSION, _converted_local_dir, cache_dir, embedded_model_dir
+
+__all__ = ["CONVERTER_VERSION", "DEFAULT_EMBEDDED", "EMBEDDED", "EmbeddedModel", "LoadedModel", "cache_dir",
+           "ct2_model_files", "embedded_model_dir", "installed_embedded", "load_model", "quiet_transformers",
+           "resolve_device", "resolve_dtype", "tiny_random_model"]
 from probe.quiet import quiet_transformers  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-CONVERTER_VERSION = 2  # bump when a conversion's output changes, so cached conversions are redone
-_MARKER = ".whisper-probe-conversion.json"
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _DTYPES = {
@@ -47,88 +47,6 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
 _ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-
-
-# --------------------------------------------------------------------------- conversion cache
-
-
-def cache_dir() -> Path:
-    """``$WHISPER_PROBE_CACHE``, else ``$XDG_CACHE_HOME/whisper-probe``, else ``~/.cache/whisper-probe``."""
-    if explicit := os.environ.get("WHISPER_PROBE_CACHE"):
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "whisper-probe"
-
-
-def _fingerprint(files: list[Path]) -> str:
-    """Identifies a conversion's inputs by path, size and modification time (no hashing of GBs)."""
-    digest = hashlib.sha256(f"converter {CONVERTER_VERSION}".encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"\n{path.resolve()} {stat.st_size} {stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def _is_cached(directory: Path, fingerprint: str) -> bool:
-    try:
-        marker = json.loads((directory / _MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return marker.get("fingerprint") == fingerprint and (directory / "model.safetensors").is_file()
-
-
-def _convert_cached(final: Path, fingerprint: str, run_conversion: Callable[[Path], Path]) -> Path:
-    """Return ``final`` holding a conversion with ``fingerprint``, converting it if needed.
-
-    The conversion is staged in a private folder beside ``final`` and renamed into place, so
-    concurrent callers never see a half-written directory; the last rename loses and reuses the winner's.
-    """
-    if _is_cached(final, fingerprint):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    try:
-        converted = run_conversion(staging / "model")
-        marker = {"fingerprint": fingerprint, "converter_version": CONVERTER_VERSION}
-        (converted / _MARKER).write_text(json.dumps(marker), encoding="utf-8")
-        try:
-            os.rename(converted, final)
-        except OSError:
-            if _is_cached(final, fingerprint):  # another process finished first
-                return final
-            # A stale or outdated conversion: move it out of the way atomically, then retry.
-            try:
-                os.rename(final, staging / "stale")
-            except FileNotFoundError:
-                pass
-            try:
-                os.rename(converted, final)
-            except OSError as exc:
-                if not _is_cached(final, fingerprint):
-                    raise ModelError(f"cannot write the converted model to {final}; check the cache directory ({cache_dir()})") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
-def embedded_model_dir(name: str = DEFAULT_EMBEDDED) -> Path:
-    """The transformers directory for embedded model ``name``, converted on first use and cached."""
-    model = _embedded(name)
-    parts = model.model_bin_parts()
-    metadata = model.metadata_dir()
-    fingerprint = _fingerprint([*parts, metadata / "config.json", metadata / "tokenizer.json"])
-    final = cache_dir() / "models" / name
-    return _convert_cached(final, fingerprint, lambda dest: convert.convert_ctranslate2(metadata, dest, parts))
-
-
-def _converted_local_dir(source: Path, fmt: str) -> Path:
-    """Convert a local CTranslate2 directory or ``.pt`` file once; keyed by its path, sizes and mtimes."""
-    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
-    fingerprint = _fingerprint([source, *files])
-    final = cache_dir() / "converted" / f"{source.stem or 'model'}-{fingerprint}"
-    if fmt == "openai":
-        return _convert_cached(final, fingerprint, lambda dest: convert.convert_openai_checkpoint(source, dest))
-    return _convert_cached(final, fingerprint, lambda dest: convert.convert_ctranslate2(source, dest))
 
 
 # --------------------------------------------------------------------------- device and dtype

@@ -4,10 +4,12 @@ Real decoding with the embedded Whisper base weights on the example clips: an En
 also carries a third-party plugin's records; a transcribe + translate pair of the Mandarin clip,
 recorded with fewer plugins to keep the session short (the transcribe one lacks the attention,
 logit-lens and activations records, so views that need them must show an error); and a copy of
-the English trace with one record file deleted (a damaged trace).  The third-party plugin is a
-small module that stores a 1-D series and a table and registers a dashboard view; it is
-installed as an entry point in ``plugin_dir`` (put that folder on ``sys.path`` / ``PYTHONPATH``
-for the dashboard to find it).
+the English trace with one record file deleted (a damaged trace); the English clip once more for
+each built-in plugin, traced with ``-p no:NAME``.  Two third-party plugins are installed as entry
+points in ``plugin_dir`` (put that folder on ``sys.path`` / ``PYTHONPATH`` for the dashboard to
+find them) and load themselves for the English trace: a small module that stores a 1-D series and
+a table and registers a page, and the worked example ``examples/plugins/encoder_change``,
+installed with pip; the README's own ``conv_energy`` example is passed as a file.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from probe.plugin_manager import DEFAULT_PLUGINS
 from tests.conftest import EXAMPLES
+from tests.test_readme import plugin_example
 
 PLUGIN_MODULE = "loudness_plugin"
 PLUGIN_SOURCE = textwrap.dedent('''
@@ -50,7 +55,7 @@ PLUGIN_SOURCE = textwrap.dedent('''
             peak = trace.table("loudness.summary")[0]["value"]
             st.metric("Peak RMS loudness", f"{peak:.4f}")
 
-        register("Loudness", render)
+        register("Loudness", render, requires="loudness.summary", icon=":material/volume_up:")
 ''')
 DAMAGED_RECORD = "cross_attention.weights"
 
@@ -63,7 +68,8 @@ class DashboardStore:
     transcribe: object  # Mandarin clip, transcribe, without attention / logit_lens / activations
     retried: object  # 31 s of faint noise then speech, openai-whisper's settings: 2 windows, the first skipped
     damaged_id: str  # a copy of `english` whose cross_attention.weights file is gone
-    plugin_dir: Path  # holds the loudness plugin module and its entry point
+    plugin_dir: Path  # holds the loudness plugin module and the example plugin, installed, with their entry points
+    without: dict  # built-in plugin name → the English clip traced with -p no:NAME
 
 
 _BUILT: dict[Path, DashboardStore] = {}
@@ -89,6 +95,16 @@ def _install_plugin(folder: Path) -> Path:
     return folder
 
 
+def install_example_plugin(target: Path) -> Path:
+    """``pip install`` examples/plugins/encoder_change into ``target`` (a copy of it is built, so
+    the repository stays clean): its module and its ``whisper_probe`` entry point."""
+    source = target.parent / "encoder_change-source"
+    shutil.copytree(EXAMPLES / "plugins" / "encoder_change", source, dirs_exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(source)], check=True)
+    return target
+
+
 def build_dashboard_store(base, folder: Path) -> DashboardStore:
     """Trace the example clips into ``folder/store`` (once per folder and process)."""
     if folder in _BUILT:
@@ -101,8 +117,16 @@ def build_dashboard_store(base, folder: Path) -> DashboardStore:
     english_clip = _speech(folder, "en_fox.flac", "en-us", "The quick brown fox jumps over the lazy dog.")
     mandarin_clip = _speech(folder, "zh_hello.flac", "cmn-latn-pinyin",
                             "ni3 hao3, huan1 ying2 lai2 dao4 yu3 yin1 shi2 bie2 ke4 cheng2")
-    english = probe.run(english_clip, model=base, store=store, name="en_fox",
-                        plugins=[str(plugin_dir / f"{PLUGIN_MODULE}.py")])
+    install_example_plugin(plugin_dir)
+    readme_plugin = plugin_dir / "conv_energy.py"  # the README's plugin, verbatim, passed as a file
+    readme_plugin.write_text(plugin_example())
+    sys.path.insert(0, str(plugin_dir))  # the entry points load themselves, as for a user who installed them
+    try:
+        english = probe.run(english_clip, model=base, store=store, name="en_fox", plugins=[str(readme_plugin)])
+    finally:
+        sys.path.remove(str(plugin_dir))
+    without = {name: probe.run(english_clip, model=base, store=store, name=f"en_fox_without_{name}",
+                               disable=[name]) for name in DEFAULT_PLUGINS}
     translate = probe.run(mandarin_clip, model=base, store=store, name="zh_translate", task="translate",
                           disable=["attention", "activations"])
     transcribe = probe.run(mandarin_clip, model=base, store=store, name="zh_transcribe",
@@ -119,7 +143,7 @@ def build_dashboard_store(base, folder: Path) -> DashboardStore:
     (damaged / english.records[DAMAGED_RECORD]["file"]).unlink()
     manifest = json.loads((damaged / "manifest.json").read_text())
     (damaged / "manifest.json").write_text(json.dumps({**manifest, "name": "en_fox_damaged"}))
-    built = DashboardStore(store.path, english, translate, transcribe, retried, damaged_id, plugin_dir)
+    built = DashboardStore(store.path, english, translate, transcribe, retried, damaged_id, plugin_dir, without)
     _BUILT[folder] = built
     return built
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
+from streamlit.util import calc_hash
 
 import probe.dashboards
 from probe.dashboards import context
@@ -27,6 +28,23 @@ pytestmark = pytest.mark.integration
 APP = Path(probe.dashboards.__file__).with_name("app.py")
 VIEWS = ["overview", "audio", "multitask", "tokens", "windows", "conv_stem", "attention", "cross_attention", "logit_lens",
          "lesson", "compare", "plugin_records", "new_trace"]
+# the built-in plugins' pages (registered through probe_dashboard_views) by their URL path
+PLUGIN_PAGES = {"multitask": "multitask-prompt", "tokens": "token-probabilities", "conv_stem": "conv-stem",
+                "attention": "attention-explorer", "cross_attention": "cross-attention", "logit_lens": "logit-lens",
+                "loudness": "loudness", "encoder_change": "encoder-change"}
+
+
+def open_page(app: AppTest, view: str) -> AppTest:
+    """Switch ``app`` (run once) to a core view script or a plugin's page, as its URL would."""
+    if view in PLUGIN_PAGES:  # a page made from a function: AppTest knows it by its URL path's hash
+        app._page_hash = calc_hash(PLUGIN_PAGES[view])
+        return app
+    return app.switch_page(f"views/{view}.py")
+
+
+def listed(app: AppTest) -> set[str]:
+    """Titles of the plugin pages the navigation lists for the picked trace."""
+    return set(app.session_state["plugin_pages"])
 
 
 @pytest.fixture
@@ -41,8 +59,9 @@ def open_view(dashboard_store, monkeypatch):
         app = AppTest.from_file(str(APP), default_timeout=120)
         if trace is not None:
             app.query_params["trace"] = trace
-        app.switch_page(f"views/{view}.py")
-        return app.run()
+        if view in PLUGIN_PAGES:
+            app.run()  # the navigation lists plugin pages once it knows the trace
+        return open_page(app, view).run()
 
     yield run
     st.cache_data.clear()
@@ -228,7 +247,7 @@ def test_windows_view_shows_each_window_its_attempts_and_why(open_view, dashboar
     app.selectbox(key="windows_window").select(1).run()
     no_exception(app)
     assert windows[1]["text"][:20] in texts(app) and any("kept" in e.label for e in app.expander)
-    app.button(key="windows_to_cross").click().run()
+    app.button(key="windows_to_cross-attention").click().run()
     no_exception(app)
     assert app.session_state["cross_window"] == 1
 
@@ -241,21 +260,26 @@ def test_html_export_has_the_windows_and_their_attempts(dashboard_store, tmp_pat
     assert page.count('<tr><td class="num">') >= 2
 
 
-def test_logit_lens_view_draws_or_names_the_missing_plugin(open_view, dashboard_store):
-    assert len(open_view("logit_lens", dashboard_store.english.id).image) == 1
-    app = open_view("logit_lens", dashboard_store.transcribe.id)
+def test_logit_lens_page_is_listed_only_for_traces_with_its_records(open_view, dashboard_store):
+    app = open_view("logit_lens", dashboard_store.english.id)
+    assert len(app.image) == 1 and "Logit lens" in listed(app)
+    app = open_view("logit_lens", dashboard_store.transcribe.id)  # traced with -p no:logit_lens
     no_exception(app)
-    assert "logit_lens.top_ids" in app.error[0].value and "logit_lens plugin" in app.error[0].value
+    assert "Logit lens" not in listed(app) and app.title[0].value == "Overview" and not app.error
 
 
-def test_views_needing_missing_records_say_which_plugin(open_view, dashboard_store):
-    for view, record in [("conv_stem", "activations.encoder.hook_conv1"), ("attention", "attention.encoder"),
-                         ("lesson", None), ("compare", None), ("cross_attention", None), ("tokens", None)]:
+def test_pages_of_plugins_a_trace_ran_without_are_not_listed(open_view, dashboard_store):
+    """The transcribe trace ran without attention, logit_lens and activations: their pages are
+    gone, every other page opens with no error."""
+    app = open_view("overview", dashboard_store.transcribe.id)
+    assert listed(app) == {"Cross-attention", "Multitask prompt", "Token probabilities"}
+    assert listed(open_view("overview", dashboard_store.english.id)) >= {
+        "Conv stem", "Attention explorer", "Cross-attention", "Multitask prompt", "Token probabilities",
+        "Logit lens", "Loudness"}
+    for view in ("lesson", "compare", "cross_attention", "tokens", "windows", "plugin_records"):
         app = open_view(view, dashboard_store.transcribe.id)
         no_exception(app)
-        assert app.title
-        if record is not None:
-            assert any(record in error.value for error in app.error), view
+        assert app.title and not app.error, view
 
 
 def test_multitask_view_shows_language_no_speech_and_the_task_pair(open_view, dashboard_store):
@@ -287,12 +311,14 @@ def test_compare_view_starts_from_the_other_task_of_the_same_audio(open_view, da
 def test_lesson_walks_every_step_forward_and_back(open_view, dashboard_store):
     app = open_view("lesson", dashboard_store.english.id)
     seen = [app.subheader[0].value]
-    for _ in range(6):
+    for _ in range(7):
         app.button(key="lesson_next").click().run()
         no_exception(app)
         seen.append(app.subheader[0].value)
-    assert seen[0] == "The sound" and seen[2].startswith("The conv stem") and seen[-1].startswith("Tokens")
-    assert len(set(seen)) == 7
+    assert seen == ["The sound", "The log-Mel spectrogram", "The conv stem: 3000 → 1500", "The encoder's output",
+                    "The special-token prompt", "Which language?", "Cross-attention: listening while writing",
+                    "Tokens and their probabilities"]
+    assert len(app.image) == 1
     assert app.button(key="lesson_next").disabled
     app.button(key="lesson_previous").click().run()
     assert app.subheader[0].value == seen[-2]
@@ -319,20 +345,25 @@ def test_lesson_of_long_audio_shows_the_picked_window_in_every_step(open_view, d
     app.selectbox(key="lesson_window").select(0).run()
     assert f"from **{first['start']:.2f} s to {first['end']:.2f} s**" in texts(app)
     assert "skipped as no speech" in texts(app)
-    for _ in range(4):
+    for _ in range(2):  # this trace ran without activations: no conv stem or encoder steps
         app.button(key="lesson_next").click().run()
     assert app.subheader[0].value == "The special-token prompt"
     by_window = {}
     for index, window in enumerate((first, second)):
         app.selectbox(key="lesson_window").select(index).run()
         no_exception(app)
-        by_window[index] = texts(app), image_urls(app)
-        assert f"**Window {index + 1}**: language token `<|{window['language']}|>`" in by_window[index][0]
+        by_window[index] = texts(app)
+        assert f"**Window {index + 1}**: language token `<|{window['language']}|>`" in by_window[index]
         assert f"p = {window['language_probability']:.3f}; no-speech p = " \
-               f"{window['no_speech_probability']:.3f}" in by_window[index][0]
-        assert all(token in by_window[index][0] for token in window["prompt_tokens"])
-    assert f"{first['no_speech_probability']:.3f}" not in by_window[1][0]
-    assert by_window[0][1] != by_window[1][1]  # each window's own language distribution
+               f"{window['no_speech_probability']:.3f}" in by_window[index]
+        assert all(token in by_window[index] for token in window["prompt_tokens"])
+    assert f"{first['no_speech_probability']:.3f}" not in by_window[1]
+    app.button(key="lesson_next").click().run()
+    assert app.subheader[0].value == "Which language?"
+    languages = image_urls(app)
+    app.selectbox(key="lesson_window").select(0).run()
+    assert image_urls(app) != languages  # each window's own language distribution
+    app.selectbox(key="lesson_window").select(1).run()
     app.button(key="lesson_next").click().run()
     cross = image_urls(app)
     app.selectbox(key="lesson_window").select(0).run()
@@ -345,18 +376,27 @@ def test_lesson_of_long_audio_shows_the_picked_window_in_every_step(open_view, d
     assert "not in the transcript" in first_tokens and "not in the transcript" not in second_tokens
 
 
-def test_plugin_records_view_browses_third_party_records_and_views(open_view, dashboard_store):
+def test_plugin_records_view_browses_every_record_and_a_plugin_page_of_its_own(open_view, dashboard_store):
     trace = dashboard_store.english
     app = open_view("plugin_records", trace.id)
     no_exception(app)
-    assert app.selectbox(key="plugin_record").options[0].startswith("loudness.rms")
+    records = app.selectbox(key="plugin_record").options
+    assert len(records) == len(trace.records)
+    assert records[0].startswith("conv_energy.rms")  # the README's plugin: no page of its own, so first
+    assert len(app.image) == 1  # its [window, frame] tensor as a heatmap
+    app.selectbox(key="plugin_record").set_value("loudness.rms").run()
     assert app.get("arrow_line_chart") or app.get("vega_lite_chart") or app.get("arrow_vega_lite_chart")
-    peak = trace.table("loudness.summary")[0]["value"]
-    assert [(m.label, m.value) for m in app.metric] == [("Peak RMS loudness", f"{peak:.4f}")]
     app.selectbox(key="plugin_record").set_value("loudness.summary").run()
     assert list(app.dataframe[0].value["statistic"]) == ["peak", "mean"]
-    without = open_view("plugin_records", dashboard_store.translate.id)
-    assert "no records from third-party plugins" in texts(without)
+    app.selectbox(key="plugin_record").set_value("cross_attention.weights").run()
+    no_exception(app)
+    assert "[layer, head, token, frame]" in texts(app) and "units: attention probability" in texts(app)
+    assert [s.label for s in app.slider] == ["layer", "head"] and len(app.image) == 1
+    page = open_view("loudness", trace.id)  # the loudness plugin's page, in the navigation
+    peak = trace.table("loudness.summary")[0]["value"]
+    assert [(m.label, m.value) for m in page.metric] == [("Peak RMS loudness", f"{peak:.4f}")]
+    without = open_view("overview", dashboard_store.translate.id)
+    assert "Loudness" not in listed(without)
 
 
 def test_new_trace_records_an_upload_and_selects_it(open_view, dashboard_store):

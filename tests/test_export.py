@@ -29,7 +29,8 @@ import pytest
 import probe
 import probe.export
 from probe.errors import OptionError, StoreError
-from probe.export import chosen_windows, export_tables, export_trace, figure_names, import_bundle, language_rows
+from probe.export import chosen_windows, export_tables, export_trace, figure_names, import_bundle
+from probe.plugins.token_probs.export import language_rows
 from probe.store import Store, Trace
 from tests.conftest import EXAMPLES, store_snapshot
 from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fixture)
@@ -155,7 +156,7 @@ def test_html_shows_transcript_words_prompt_and_languages(page, fox):
         start = f'data-start="{word["start"]:.3f}"'
         assert start in text
     for token in fox.manifest["prompt"]:
-        assert probe.export._esc(token["token"]) in text
+        assert probe.export.markup.esc(token["token"]) in text
     assert f"{fox.manifest['no_speech_probability']:.3f}" in text
     assert ">en<" in text  # language table
     assert text.count("<script>") == 1  # only the page's own player script
@@ -194,7 +195,7 @@ def test_html_of_long_audio_draws_each_windows_figures_and_prompt(long_page, lon
         row = re.search(rf'<tr id="prompt-window-{number}">.*?</tr>', section(long_page, "task")).group(0)
         assert f"(p = {window['language_probability']:.3f})" in row
         assert f"{window['no_speech_probability']:.3f}" in row
-        assert all(probe.export._esc(token) in row for token in window["prompt_tokens"])
+        assert all(probe.export.markup.esc(token) in row for token in window["prompt_tokens"])
         assert f'<a href="#window-{number}">{number}</a>' in section(long_page, "windows")
     assert all(drawn[view, 1] != drawn[view, 2] for view in ("log_mel", "cross_attention", "language_probs"))
     assert "skipped: no speech" in section(long_page, "window-1") and "skipped" not in section(long_page, "window-2")
@@ -239,8 +240,8 @@ def test_long_traces_draw_their_first_and_flagged_windows_by_default(long_trace,
     assert chosen_windows(trace_of(40), "all") == (list(range(40)), True)
     assert chosen_windows(trace_of(40), " 3,1-2 ,2") == ([0, 1, 2], False)
     # a trace longer than the limit says in the page what it left out and how to get it
-    monkeypatch.setattr(probe.export, "ALL_WINDOWS_UP_TO", 1)
-    monkeypatch.setattr(probe.export, "FIRST_WINDOWS", 1)
+    monkeypatch.setattr(probe.export.plan, "ALL_WINDOWS_UP_TO", 1)
+    monkeypatch.setattr(probe.export.plan, "FIRST_WINDOWS", 1)
     page = probe.export.render_html(long_trace, views=["log_mel"])
     assert 'id="window-1"' in page and 'id="window-2"' not in page
     assert "windows 1 of 2" in page and f"probe export {long_trace.id} --windows all" in page
@@ -315,9 +316,7 @@ def test_views_are_refused_for_table_formats(fox, tmp_path):
         export_trace(fox, "json", out=tmp_path / "x.json", views=["log_mel"])
 
 
-def test_what_a_trace_lacks_is_noted_or_refused(fox, tmp_path, monkeypatch):
-    from probe import figures
-
+def test_what_a_trace_lacks_is_left_out_or_refused(fox, tmp_path):
     store = Store(tmp_path / "store")
     shutil.copytree(fox.path, store.path / fox.id)
     manifest_path = store.path / fox.id / "manifest.json"
@@ -326,12 +325,11 @@ def test_what_a_trace_lacks_is_noted_or_refused(fox, tmp_path, monkeypatch):
                            if not name.startswith("logit_lens.") and name != "token_probs.tokens"}
     manifest_path.write_text(json.dumps(manifest))
     partial = store.open(fox.id)
-    monkeypatch.setattr(figures, "FIGURES", {name: figures.FIGURES[name]
-                                             for name in ("language_probs", "logit_lens")})
     path, = export_trace(partial, "html", out=tmp_path / "partial.html")
     text = path.read_text(encoding="utf-8")
-    assert 'id="figure-language_probs"' in text and 'id="figure-logit_lens"' not in text
-    assert re.search(r'class="note">Not drawn: Logit lens.*logit_lens', text)
+    assert 'id="figure-language_probs"' in text and 'id="figure-cross_attention"' in text
+    assert 'id="figure-logit_lens"' not in text and 'id="figure-token_probs"' not in text
+    assert "Not drawn" not in text  # a figure whose plugin did not run is simply not there
     assert f'<div class="transcript">{fox.transcript}</div>' in text  # uncoloured, still there
     assert 'id="tokens"' not in text and "data-start" in text
     pdf, = export_trace(partial, "pdf", out=tmp_path / "partial.pdf")
@@ -363,7 +361,7 @@ def test_default_output_names(fox, tmp_path, monkeypatch):
     assert export_trace(fox, "json") == [tmp_path / f"{fox.id}.json"]
     folder = tmp_path / f"{fox.id}-export"
     assert export_trace(fox, "csv") == [folder / f"{fox.id}-{t}.csv"
-                                        for t in ("tokens", "words", "languages")]
+                                        for t in ("words", "languages", "tokens")]
     (tmp_path / "existing").mkdir()
     assert export_trace(fox, "json", out="existing") == [tmp_path / "existing" / f"{fox.id}.json"]
     assert not list(tmp_path.rglob(".*part*"))
@@ -374,9 +372,10 @@ def test_default_output_names(fox, tmp_path, monkeypatch):
 
 def expected_tables(trace: Trace) -> dict[str, list[dict]]:
     multitask = trace.json("token_probs.multitask")["windows"][0]["language_probs"]
-    return {"tokens": trace.table("token_probs.tokens"), "words": trace.words(),
+    return {"words": trace.words(),
             "languages": [{"window": 0, "language": code, "probability": p}
-                          for code, p in sorted(multitask.items(), key=lambda kv: -kv[1])]}
+                          for code, p in sorted(multitask.items(), key=lambda kv: -kv[1])],
+            "tokens": trace.table("token_probs.tokens")}
 
 
 def test_json_holds_tokens_words_and_languages(fox, tmp_path):
@@ -402,7 +401,7 @@ def parse_cell(cell: str, like):
 
 def test_csv_round_trips(fox, tmp_path):
     paths = export_trace(fox, "csv", out=tmp_path)
-    assert [p.name for p in paths] == [f"{fox.id}-{t}.csv" for t in ("tokens", "words", "languages")]
+    assert [p.name for p in paths] == [f"{fox.id}-{t}.csv" for t in ("words", "languages", "tokens")]
     for (name, rows), path in zip(expected_tables(fox).items(), paths):
         with open(path, newline="", encoding="utf-8") as file:
             read = list(csv.DictReader(file))
@@ -521,7 +520,7 @@ def test_zip_bomb_by_declared_size_is_refused(bundle, tmp_path):
     store = Store(tmp_path / "store")
     with pytest.raises(StoreError, match="zip bomb"), \
             pytest.MonkeyPatch.context() as patch:
-        patch.setattr(probe.export, "MAX_BUNDLE_BYTES", 2**30)
+        patch.setattr(probe.export.bundle, "MAX_BUNDLE_BYTES", 2**30)
         import_bundle(bomb, store)
     assert store_snapshot(store.path) == []
 
@@ -532,7 +531,7 @@ def test_zip_bomb_that_really_inflates_is_refused(bundle, tmp_path, monkeypatch)
     bomb = write_zip(tmp_path / "bomb.zip", entries + [add(f"{root}/json/bomb.json",
                                                            bytes(64 * 2**20))])
     assert bomb.stat().st_size < bundle.stat().st_size + 2**20  # 64 MiB in well under 1 MiB
-    monkeypatch.setattr(probe.export, "MAX_BUNDLE_BYTES", 32 * 2**20)
+    monkeypatch.setattr(probe.export.bundle, "MAX_BUNDLE_BYTES", 32 * 2**20)
     store = Store(tmp_path / "store")
     with pytest.raises(StoreError, match="zip bomb"):
         import_bundle(bomb, store)
@@ -551,7 +550,7 @@ def test_member_that_inflates_past_its_declared_size_is_refused(bundle, tmp_path
 
 
 def test_too_many_members_is_refused(bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr(probe.export, "MAX_BUNDLE_MEMBERS", 5)
+    monkeypatch.setattr(probe.export.bundle, "MAX_BUNDLE_MEMBERS", 5)
     with pytest.raises(StoreError, match="members"):
         import_bundle(bundle, Store(tmp_path / "store"))
 

@@ -15,16 +15,18 @@ from matplotlib.figure import Figure
 
 from probe import figures
 from probe.errors import StoreError
+from probe.plugins.cross_attention.figures import attended_span, cross_attention_rows
+from probe.plugins.token_probs.figures import transcript_html
 from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.integration
 
 # figure -> a unit (or axis name) its axis labels must mention
-UNITS = {
-    "waveform": "time (s)", "log_mel": "time (s)", "conv_stem": "time (s)", "encoder_attention": "time (s)",
-    "decoder_attention": "token", "attention_summary": "(nats)", "cross_attention": "time (s)",
-    "token_probs": "(nats)", "logit_lens": "layer", "language_probs": "probability",
-    "windows": "time in the clip (s)",
+UNITS = {  # the core's figures first, then each built-in plugin's, in plugin order
+    "waveform": "time (s)", "log_mel": "time (s)", "windows": "time in the clip (s)",
+    "conv_stem": "time (s)", "encoder_attention": "time (s)", "decoder_attention": "token",
+    "attention_summary": "(nats)", "cross_attention": "time (s)", "token_probs": "(nats)",
+    "language_probs": "probability", "logit_lens": "layer",
 }
 WITHOUT_COLOUR_SCALE = {"waveform", "language_probs"}
 
@@ -129,11 +131,11 @@ def test_cross_attention_puts_tokens_over_time_with_word_timestamps(english):
 
 
 def test_attended_span_of_a_word_overlaps_its_timestamp(english):
-    matrix, tokens = figures.cross_attention_rows(english)
+    matrix, tokens = cross_attention_rows(english)
     assert matrix.shape[0] == len(tokens) and matrix.shape[1] >= english.manifest["audio"]["duration"] * 50 - 1
     fox = next(w for w in english.words() if w["word"].strip() == "fox")
     row = next(i for i, t in enumerate(tokens) if t["token"].strip() == "fox")
-    start, end = figures.attended_span(english, row)
+    start, end = attended_span(english, row)
     assert start < fox["end"] and end > fox["start"]
     assert 0 <= start < end <= english.manifest["audio"]["duration"]
 
@@ -155,7 +157,7 @@ def test_language_probs_names_the_detected_language(dashboard_store):
 
 
 def test_transcript_html_colours_every_text_token_and_escapes(english):
-    page = figures.transcript_html(english)
+    page = transcript_html(english)
     rows = [row for row in english.table("token_probs.tokens") if row["kind"] == "text"]
     assert page.count("<span title=") == len(rows)
     assert "fox" in page and "background:rgb(" in page and "p=" in page
@@ -169,10 +171,10 @@ def test_transcript_html_holds_the_transcripts_tokens_or_one_windows(dashboard_s
     def text(page):
         return html.unescape("".join(re.findall(r'padding:1px 0">([^<]*)</span>', page)))
 
-    assert text(figures.transcript_html(trace)).strip() == trace.transcript
+    assert text(transcript_html(trace)).strip() == trace.transcript
     for window in (0, 1):
         expected = "".join(row["token"] for row in rows if row["window"] == window and row["kind"] == "text")
-        assert expected and text(figures.transcript_html(trace, window)) == expected
+        assert expected and text(transcript_html(trace, window)) == expected
 
 
 def test_record_heatmap_draws_any_tensor_record(english):
@@ -223,7 +225,7 @@ def test_drawing_from_records_needs_no_torch(dashboard_store):
         f"trace = Store({str(dashboard_store.path)!r}).open({dashboard_store.english.id!r})\n"
         "for name in ('encoder_attention', 'decoder_attention', 'attention_summary', 'token_probs', "
         "'logit_lens', 'language_probs'):\n    figures.FIGURES[name](trace)\n"
-        "figures.transcript_html(trace)\n"
+        "from probe.plugins.token_probs.figures import transcript_html\ntranscript_html(trace)\n"
         "trace.audio = lambda start=None, end=None: (np.zeros(16000, dtype=np.float32), 16000)\n"
         "figures.log_mel_array(trace)\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     )
@@ -237,7 +239,7 @@ def test_alignment_rows_of_a_later_window_are_its_own(dashboard_store):
     alignment = trace.tensor("cross_attention.alignment")
     tokens = trace.table("cross_attention.tokens")
     before = sum(1 for t in tokens if t["aligned"] and t["window"] == 0)
-    matrix, rows = figures.cross_attention_rows(trace, window=1)
+    matrix, rows = cross_attention_rows(trace, window=1)
     assert len(rows) == sum(1 for t in tokens if t["aligned"] and t["window"] == 1) == len(matrix)
     np.testing.assert_array_equal(matrix, alignment[before:before + len(rows), :matrix.shape[1]])
     assert [r["token"] for r in rows if r["is_text"]][0].strip().lower().startswith("wh")

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from probe import models  # noqa: E402
+from probe import model_cache, models  # noqa: E402
 from probe.errors import ModelError, OptionError  # noqa: E402
 from probe.models import (  # noqa: E402
     EMBEDDED,
@@ -113,8 +113,8 @@ def test_registry_names_hub_equivalents_and_packages():
 def test_embedded_model_dir_converts_once_and_reuses(private_cache):
     first = embedded_model_dir("tiny.en")
     assert first == private_cache / "models" / "tiny.en"
-    marker = json.loads((first / models._MARKER).read_text())
-    assert marker["converter_version"] == models.CONVERTER_VERSION
+    marker = json.loads((first / model_cache._MARKER).read_text())
+    assert marker["converter_version"] == model_cache.CONVERTER_VERSION
     written = (first / "model.safetensors").stat().st_mtime_ns
     start = time.perf_counter()
     assert embedded_model_dir("tiny.en") == first
@@ -128,7 +128,7 @@ def test_embedded_model_dir_replaces_a_stale_conversion(private_cache):
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")  # e.g. an interrupted older version, no marker
     fresh = embedded_model_dir("tiny.en")
-    assert fresh == stale and (fresh / "model.safetensors").is_file() and (fresh / models._MARKER).is_file()
+    assert fresh == stale and (fresh / "model.safetensors").is_file() and (fresh / model_cache._MARKER).is_file()
     assert leftovers(private_cache) == []
 
 

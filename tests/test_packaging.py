@@ -1,6 +1,8 @@
 """The wheel: built from the repo, it installs `probe` with its plugins and dashboards, and no
 generic top-level `plugins`/`dashboards` packages."""
 
+import configparser
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +15,12 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy: setuptools reuses a checkout's build/ folder, where modules that moved linger
+    source = tmp_path_factory.mktemp("source") / "whisper-probe"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                               ".pytest_cache", ".whl", "store", "demo-store", "out"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     return next(out.glob("whisper_probe-*.whl"))
 
 
@@ -22,8 +28,9 @@ def test_wheel_contents_live_under_probe(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"probe"}
-    for module in ("probe/plugins/token_probs.py", "probe/plugins/cross_attention.py", "probe/dashboards/app.py",
-                   "probe/cli.py"):
+    for module in ("probe/plugins/token_probs/capture.py", "probe/plugins/cross_attention/present.py",
+                   "probe/dashboards/app.py", "probe/dashboards/views/lesson.py", "probe/cli.py", "probe/export/page.py",
+                   "probe/figures/base.py", "probe/store/trace.py", "probe/tracer/__init__.py"):
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "probe = probe.cli:main" in entry_points
@@ -33,11 +40,22 @@ def test_installed_wheel_imports_and_runs(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import probe, probe.plugins.token_probs, probe.dashboards.registry, probe.cli; "
-            "print(probe.__file__); probe.cli.main(['plugins', '--json'])")
+    code = ("import probe, probe.plugins.token_probs.capture, probe.contributions, probe.cli; "
+            "print(probe.__file__); assert len(probe.contributions.current().views) >= 6; "
+            "probe.cli.main(['plugins', '--json'])")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                             env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
                                  "WHISPER_PROBE_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(target / "probe"))
     assert '"name": "cross_attention"' in result.stdout
+
+
+def test_every_package_of_the_tree_is_in_setup_cfg():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    roots = {"probe": ROOT / "probe", "probe.plugins": ROOT / "plugins", "probe.dashboards": ROOT / "dashboards"}
+    found = {".".join([name, *init.parent.relative_to(root).parts])
+             for name, root in roots.items() for init in root.rglob("__init__.py")}
+    assert found == listed

@@ -21,7 +21,7 @@ WORDS = "cross_attention.words"
 
 def timed_words(trace) -> list[dict]:
     """The trace's word timings (word, start, end in seconds of the clip, window, tokens); [] if none."""
-    return trace.json(WORDS) if WORDS in trace.records else []
+    return trace.json(WORDS) if WORDS in trace.records else []  # CachedTrace: read once per session
 
 
 def cross_attention_rows(trace, layer: int | None = None, head: int | None = None, window: int = 0) \

@@ -8,7 +8,6 @@ import contextlib
 import csv
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,6 +18,7 @@ from probe.export.handout import PRINT_DPI, write_handout
 from probe.export.markup import audio_field, prompt_tokens
 from probe.export.page import page as render_page
 from probe.export.plan import FigurePlan
+from probe.publish import staged
 from probe.store import Trace
 
 
@@ -162,18 +162,12 @@ def out_dir(trace: Trace, out) -> Path:
 
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write ``path`` via a temporary file beside it, renamed into place only when complete."""
+    """Write ``path`` through ``write(stage)`` on a temporary file beside it, published by one
+    rename only when complete (:func:`probe.publish.staged`)."""
     if path.is_dir():
         raise OptionError(f"{path} is a folder; remove it or pass another --out")
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}")
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+    with writing(path), staged(path, is_dir=False) as stage:
+        write(stage)
 
 
 @contextlib.contextmanager

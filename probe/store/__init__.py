@@ -21,9 +21,9 @@ from probe.store.layout import (AUDIO_FILE, KINDS, MANIFEST, MAX_MANIFEST_BYTES,
                                 SCHEMA_VERSION, _remove_if_empty, default_store_dir)
 from probe.store.queue import WriteQueue
 from probe.store.store import Store, TraceInfo
-from probe.store.trace import WORDS_RECORD, Trace
+from probe.store.trace import Trace
 from probe.store.writer import TraceWriter
 
 __all__ = ["AUDIO_FILE", "KINDS", "MANIFEST", "MAX_MANIFEST_BYTES", "MAX_TENSOR_HEADER_BYTES", "SCHEMA_VERSION",
-           "WORDS_RECORD", "Store", "Trace", "TraceInfo", "TraceWriter", "WriteQueue", "default_store_dir",
+           "Store", "Trace", "TraceInfo", "TraceWriter", "WriteQueue", "default_store_dir",
            "_remove_if_empty"]  # the last is private: probe.export's bundle import cleans .tmp with it

@@ -25,7 +25,6 @@ from probe.store.layout import (KINDS, MANIFEST, MAX_MANIFEST_BYTES, SCHEMA_VERS
                                 _text_or_none)
 from probe.store.safety import _is_safe_relpath, _read_tensor
 
-WORDS_RECORD = "cross_attention.words"
 
 
 class Trace:
@@ -91,8 +90,16 @@ class Trace:
                 if entry.get("plugin") == plugin}
 
     def words(self) -> list[dict]:
-        """Word timestamps from the cross-attention plugin, or ``[]`` if it did not run."""
-        return self.record(WORDS_RECORD) if WORDS_RECORD in self.records else []
+        """Word timestamps (word, start, end in seconds of the clip, window): the record a plugin
+        describes with ``"role": "words"`` (``probe_describe_records``; the built-in
+        cross_attention's), or ``[]`` if none ran."""
+        from probe.contributions import current  # the plugins' descriptions; loaded only when asked
+
+        described = current()
+        for name, entry in self.records.items():
+            if described.describe(name, entry).get("role") == "words":
+                return self.record(name)
+        return []
 
     def check_files(self) -> None:
         """Raise :class:`StoreError` if a file the manifest names is missing; nothing is read."""
