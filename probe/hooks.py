@@ -1,10 +1,14 @@
-"""Registering hook points on a live model, and removing them again.
+"""Every PyTorch hook whisper-probe puts on a model: registered here, and removed here.
 
-:func:`attach` is the one way whisper-probe touches a model: a context manager that registers
-PyTorch forward hooks (and forward pre-hooks) for exactly the requested :class:`~probe.points.HookPoint`
-objects and removes every handle, newest first, in ``finally`` — also when decoding or a plugin
-raises.  Hooks only detach and hand tensors on; they always return ``None``, so the model's output
-is untouched.
+:class:`Hooks` owns the handles: a context manager whose :meth:`~Hooks.points` registers forward
+hooks (and forward pre-hooks) for exactly the requested :class:`~probe.points.HookPoint` objects,
+whose :meth:`~Hooks.forward` / :meth:`~Hooks.forward_pre` register the tracer's own observers (the
+decoder step counter, the cross-attention key/value keepers, :class:`probe.longform.GenerateObserver`'s
+marks on the model and encoder), and which removes every one of them, newest first, on exit —
+also when decoding or a plugin raises, or on Ctrl-C.  Nothing else in whisper-probe calls
+``register_forward_hook``; :func:`hooks_left` counts what is still registered (0 after a run).
+:func:`attach` is the short form for hook points only.  Hooks only detach and hand tensors on;
+they always return ``None``, so the model's output is untouched.
 
 Attention patterns need care: the fast attention kernels (SDPA, flash) never materialise the
 probabilities.  Rather than switch the whole model to eager attention, the requested attention
@@ -22,7 +26,7 @@ from __future__ import annotations
 import copy
 import functools
 from contextlib import contextmanager
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -149,36 +153,71 @@ def _route_pattern(module, captures: list[Callable[[torch.Tensor], None]],
     return undo
 
 
-@contextmanager
-def attach(model: torch.nn.Module, points: Iterable[HookPoint], capture: Capture,
-           outputs_from_patterns: bool = False):
-    """Hook ``points`` on ``model`` for the duration of the ``with`` block.
+class Hooks:
+    """The hooks one owner registered on ``model``; :meth:`close` (or leaving ``with``) removes them all."""
 
-    ``capture(point, tensor)`` receives detached tensors (shapes as in :mod:`probe.points`).
-    ``outputs_from_patterns``: attention modules whose pattern is hooked return ``probs·v`` (eager
-    attention's arithmetic on the captured probabilities) rather than also running their kernel;
-    for passes whose outputs decide nothing (the replay).  Everything registered here is removed
-    on exit, whatever happened inside.
-    """
-    undo: list[Callable[[], None]] = []
-    patterns: dict[str, list] = {}
-    try:
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self._undo: list[Callable[[], None]] = []  # in registration order; undone newest first
+
+    def __enter__(self) -> Hooks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def forward(self, module: torch.nn.Module, hook: Callable) -> None:
+        """``hook(module, args, output)`` after every forward of ``module``."""
+        self._undo.append(module.register_forward_hook(hook).remove)
+
+    def forward_pre(self, module: torch.nn.Module, hook: Callable, with_kwargs: bool = False) -> None:
+        """``hook(module, args)`` (``hook(module, args, kwargs)`` with ``with_kwargs``) before every forward."""
+        self._undo.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs).remove)
+
+    def points(self, points: Iterable[HookPoint], capture: Capture, outputs_from_patterns: bool = False) -> None:
+        """Hook ``points``: ``capture(point, tensor)`` receives detached tensors (shapes as in :mod:`probe.points`).
+
+        ``outputs_from_patterns``: attention modules whose pattern is hooked return ``probs·v`` (eager
+        attention's arithmetic on the captured probabilities) rather than also running their kernel;
+        for passes whose outputs decide nothing (the replay).
+        """
+        patterns: dict[str, list] = {}
         for point in points:
-            module = model.get_submodule(point.module)
+            module = self.model.get_submodule(point.module)
             if point.kind == OUTPUT:
-                undo.append(module.register_forward_hook(_output_hook(point, capture)).remove)
+                self.forward(module, _output_hook(point, capture))
             elif point.kind == INPUT:
-                undo.append(module.register_forward_pre_hook(_input_hook(point, capture), with_kwargs=True).remove)
+                self.forward_pre(module, _input_hook(point, capture), with_kwargs=True)
             elif point.kind == PATTERN:
                 patterns.setdefault(point.module, []).append(functools.partial(capture, point))
             else:  # pragma: no cover - HookPoint kinds are fixed
                 raise ValueError(point.kind)
         for module_path, captures in patterns.items():
-            undo.append(_route_pattern(model.get_submodule(module_path), captures, outputs_from_patterns))
-        yield
-    finally:
-        for remove in reversed(undo):
-            remove()
+            self._undo.append(_route_pattern(self.model.get_submodule(module_path), captures, outputs_from_patterns))
+
+    def close(self) -> None:
+        """Remove everything registered here, newest first; an error (or Ctrl-C) on the way stops
+        no removal after it and is raised once all are gone."""
+        failure: BaseException | None = None
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, once nothing is left
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+
+@contextmanager
+def attach(model: torch.nn.Module, points: Iterable[HookPoint], capture: Capture,
+           outputs_from_patterns: bool = False) -> Iterator[Hooks]:
+    """Hook ``points`` on ``model`` for the duration of the ``with`` block (:meth:`Hooks.points`).
+
+    Everything registered here is removed on exit, whatever happened inside.
+    """
+    with Hooks(model) as hooks:
+        hooks.points(points, capture, outputs_from_patterns)
+        yield hooks
 
 
 def hooks_left(model: torch.nn.Module) -> int:

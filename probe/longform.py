@@ -12,7 +12,8 @@ inside while the plain call runs unchanged:
 * each of those loop steps is wrapped on the model *instance* (the class is untouched, and every
   wrapper calls the original with the same arguments and returns its result as is);
 * forward hooks mark when the encoder runs for an attempt, and which full-model forwards are only
-  asides of the loop (language detection, the no-speech probability), whose captures nobody wants.
+  asides of the loop (language detection, the no-speech probability), whose captures nobody wants;
+  they are registered through :class:`probe.hooks.Hooks` (the tracer's own, when it hands one over).
 
 Everything is restored in ``finally``.  The listener (:class:`Listener`) gets, in order, for every
 window of every row: ``window_start`` (→ ``window_prompts`` when each window's language is
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from probe.errors import ProbeError
+from probe.hooks import Hooks
 
 # the loop's steps we watch; a transformers version without one of them cannot be traced faithfully
 WATCHED = ("generate_with_fallback", "_need_fallback", "_retrieve_segment",
@@ -76,15 +78,21 @@ def check_supported(model) -> None:
 
 
 class GenerateObserver:
-    """Reports the generate() loop of ``model`` to ``listener`` while the ``with`` block runs."""
+    """Reports the generate() loop of ``model`` to ``listener`` while the ``with`` block runs.
 
-    def __init__(self, model, listener: Listener, language_per_window: bool = False):
+    ``hooks``: where its forward hooks are registered (removed when that closes); by default a
+    :class:`~probe.hooks.Hooks` of its own, closed on exit.
+    """
+
+    def __init__(self, model, listener: Listener, language_per_window: bool = False, hooks: Hooks | None = None):
         check_supported(model)
         self.model, self.listener = model, listener
+        self._own_hooks = hooks is None
+        self._hooks = Hooks(model) if hooks is None else hooks
         # faster-whisper's multilingual=True: each window's language token is the one the model
         # detects on that window (transformers detects once per clip, on its first 30 s)
         self.language_per_window = language_per_window
-        self._undo: list = []
+        self._undo: list = []  # the wrapped loop steps' undos
         self._rows: list[int] = []  # rows of the current attempt, in batch order
         self._decisions: list[tuple[int, bool]] = []  # (row, needs fallback) of the current attempt
         self._attempt_metrics: dict[str, Any] = {}
@@ -99,11 +107,11 @@ class GenerateObserver:
             model = self.model
             for name in WATCHED:
                 self._wrap(name, getattr(self, "_around_" + name.lstrip("_")))
-            self._undo.append(model.register_forward_pre_hook(self._top_pre, with_kwargs=True).remove)
-            self._undo.append(model.register_forward_hook(self._top_post).remove)
+            self._hooks.forward_pre(model, self._top_pre, with_kwargs=True)
+            self._hooks.forward(model, self._top_post)
             encoder = model.get_encoder()
-            self._undo.append(encoder.register_forward_pre_hook(self._encoder_pre).remove)
-            self._undo.append(encoder.register_forward_hook(self._encoder_post).remove)
+            self._hooks.forward_pre(encoder, self._encoder_pre)
+            self._hooks.forward(encoder, self._encoder_post)
         except BaseException:
             self._restore()
             raise
@@ -113,9 +121,13 @@ class GenerateObserver:
         self._restore()
 
     def _restore(self) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
+        try:
+            if self._own_hooks:
+                self._hooks.close()
+        finally:
+            for undo in reversed(self._undo):
+                undo()
+            self._undo.clear()
 
     def _wrap(self, name: str, around) -> None:
         model = self.model
