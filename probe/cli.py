@@ -294,11 +294,11 @@ def _dry_run(tracer, clips, as_json: bool) -> int:
     for clip in clips:
         run = tracer.start(clip)
         windows = run.window_spans
-        estimate = run.state["estimate"]
+        estimate = run.estimate
         total = sum(estimate.values())
         if as_json:
             print(json.dumps({"source": clip.source, "windows_at_least": len(windows), "expected_tokens": run.expected_tokens,
-                              "records": estimate, "total_bytes": total, "hooked": run.state["hooked"]}))
+                              "records": estimate, "total_bytes": total, "hooked": run.hooked}))
             continue
         print(f"== {clip.source}: {len(windows)} window(s) or more, up to {run.expected_tokens} tokens each")
         for name, size in sorted(estimate.items(), key=lambda item: -item[1]):

@@ -22,9 +22,9 @@ import torch
 import probe
 from probe.audio import AudioClip, audio_from_array, encode_flac, load_audio
 from probe.errors import StoreError
-from probe.plugin_manager import get_plugin_manager
+from probe.plugin_manager import get_plugin_manager, plugin_version
 from probe.store import Store, Trace, TraceWriter, WriteQueue
-from probe.tracer import DecodeOptions, Run, Tracer, plugin_versions
+from probe.tracer import DecodeOptions, Run, Tracer
 
 
 def as_clip(audio, channel="mix") -> AudioClip:
@@ -79,10 +79,14 @@ def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
         "no_speech_probability": first.no_speech_probability,
         "windows": [w.to_dict(tokenizer) for w in run.windows],
         "plugins": plugin_versions(pm),
-        "points": run.state.get("hooked", {}),
+        "points": run.hooked,
         "requested_points": run.points,
         "timings": timings,
     }
+
+
+def plugin_versions(pm) -> dict[str, str]:
+    return {name: plugin_version(plugin) for name, plugin in pm.list_name_plugin()}
 
 
 def warn_slow_plugins(plugin_seconds: dict[str, float], total: float) -> None:

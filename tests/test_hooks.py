@@ -175,17 +175,17 @@ def test_clips_decoded_together_replay_as_each_alone(tiny, tone, beams, monkeypa
     """Two different clips in one generate() call, with beams: each window's tokens and replay
     cross-attention (from generate()'s own keys/values, row i·beams) equal those of the clip traced
     alone with the replay computing its keys/values itself."""
-    from probe import tracer as tracer_mod
+    from probe.tracer.cross_kv import CrossKeyValues
 
     made = []
-    original = tracer_mod._CrossKeyValues.cache
-    monkeypatch.setattr(tracer_mod._CrossKeyValues, "cache", lambda self, rows: made.append(original(self, rows)) or made[-1])
+    original = CrossKeyValues.cache
+    monkeypatch.setattr(CrossKeyValues, "cache", lambda self, rows: made.append(original(self, rows)) or made[-1])
     clips = [audio_from_array(tone, 16000, source="tone"),
              audio_from_array(0.3 * np.random.default_rng(1).standard_normal(48000, dtype=np.float32), 16000,
                               source="noise")]
     together, runs = _replay_patterns(tiny, clips, beams)
     assert made and all(cache is not None for cache in made)  # the keys/values were caught and reused
-    monkeypatch.setattr(tracer_mod._CrossKeyValues, "cache", lambda self, rows: None)
+    monkeypatch.setattr(CrossKeyValues, "cache", lambda self, rows: None)
     alone, again = {}, []
     for clip in clips:
         patterns, (run,) = _replay_patterns(tiny, [clip], beams)

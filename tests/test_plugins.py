@@ -343,10 +343,10 @@ class Estimator:
 
 
 def test_estimate_is_summed_and_a_capture_too_big_for_memory_is_refused(tiny, tone, store, monkeypatch):
-    from probe import tracer
     from probe.errors import MemoryBudgetError
+    from probe.tracer import budget
 
-    monkeypatch.setattr(tracer, "available_memory", lambda device: 4 * 2**30)
+    monkeypatch.setattr(budget, "available_memory", lambda device: 4 * 2**30)
     before = store_snapshot(store.path)
     with pytest.raises(MemoryBudgetError, match=r"about 10\.\d GiB.*--points"):
         probe.run(tone, model=tiny, plugins=[Estimator()], store=store, max_new_tokens=3)
