@@ -166,20 +166,18 @@ def _temperatures(text: str) -> float | tuple[float, ...]:
 
 def decode_options(args):
     """DecodeOptions from ``probe run`` arguments (``--openai-defaults`` first, explicit flags win)."""
-    from probe.tracer import OPENAI_DEFAULTS, DecodeOptions
+    from probe.runner import decode_options
 
-    chosen = dict(OPENAI_DEFAULTS) if args.openai_defaults else {}
-    for key, value in (("temperature", args.temperature),
-                       ("compression_ratio_threshold", args.compression_ratio_threshold),
-                       ("logprob_threshold", args.logprob_threshold),
-                       ("no_speech_threshold", args.no_speech_threshold),
-                       ("condition_on_prev_tokens", args.condition_on_previous_text)):
-        if value is not None:
-            chosen[key] = value
-    return DecodeOptions(language=args.language, task=args.task, timestamps=args.timestamps,
-                         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                         initial_prompt=args.initial_prompt, prefix=args.prefix,
-                         multilingual=args.multilingual, seed=args.seed, **chosen)
+    fallback = {key: value for key, value in (("temperature", args.temperature),
+                                              ("compression_ratio_threshold", args.compression_ratio_threshold),
+                                              ("logprob_threshold", args.logprob_threshold),
+                                              ("no_speech_threshold", args.no_speech_threshold),
+                                              ("condition_on_prev_tokens", args.condition_on_previous_text))
+                if value is not None}
+    return decode_options(args.openai_defaults, language=args.language, task=args.task, timestamps=args.timestamps,
+                          num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                          initial_prompt=args.initial_prompt, prefix=args.prefix, multilingual=args.multilingual,
+                          seed=args.seed, **fallback)
 
 
 def _version() -> str:
@@ -194,7 +192,7 @@ def _split_points(values: list[str]) -> list[str]:
 
 def _inputs(args):
     """(clip iterator, count or None) for files or a dataset."""
-    from probe.audio import dataset_size, existing_file, iter_dataset, load_audio
+    from probe.audio import dataset_size, existing_file, iter_dataset
 
     if args.dataset and args.audio:
         raise ProbeError("give audio files or --dataset, not both")
@@ -206,7 +204,9 @@ def _inputs(args):
     for path in args.audio:
         existing_file(path)  # a mistyped path fails now, not after the model has loaded
     channel = int(args.channel) if str(args.channel).isdigit() else args.channel
-    return (load_audio(path, channel=channel) for path in args.audio), len(args.audio)
+    from probe.runner import clips
+
+    return clips(args.audio, channel), len(args.audio)
 
 
 def _window_json(window) -> dict:
@@ -256,15 +256,14 @@ def _print_result(result: dict, out) -> None:
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
+    from probe import runner
     from probe.malloc import keep_freed_memory
-    from probe.models import load_model
-    from probe.runner import trace_clips
     from probe.store import Store
     from probe.tracer import Tracer
 
     keep_freed_memory()  # freed blocks are reused, not faulted in again (probe/malloc.py)
     clips, count = _inputs(args)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = runner.load(args.model, device=args.device, dtype=args.dtype)
     if loaded.note:
         print(f"probe: {loaded.note}", file=sys.stderr)
     options = decode_options(args)
@@ -276,11 +275,7 @@ def cmd_run(args) -> int:
     store = None if args.no_store else Store(args.store)
     show_progress = args.dataset is not None and sys.stderr.isatty()
     clips = tqdm(clips, total=count, disable=not show_progress, unit="clip")
-    if store is None:
-        results = ((run, None) for run in tracer.trace_many(clips, batch_size=args.batch_size))
-    else:
-        results = trace_clips(tracer, clips, store, args.name, batch_size=args.batch_size)
-    for run, trace in results:
+    for run, trace in runner.trace_clips(tracer, clips, store, args.name, batch_size=args.batch_size):
         result = _result_json(run, loaded, trace)
         if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)

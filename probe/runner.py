@@ -1,20 +1,25 @@
-"""From inputs to stored traces: the Python entry point :func:`run` and what the CLI builds on.
+"""From inputs to stored traces: the one pipeline of ``probe run``, :func:`probe.run` and the
+dashboard's New trace page.
 
-:func:`run` resolves the model (:func:`probe.models.load_model`), the audio (files, arrays, clips),
-the plugins (:func:`probe.plugin_manager.get_plugin_manager`) and the store, then traces each clip
-into its own trace directory.  A trace becomes visible only once every plugin has written its
-records; any error leaves the store as it was and no hook on the model.
+Each entry point builds its plugin manager (:func:`probe.plugin_manager.get_plugin_manager`; the
+CLI's first, so plugins can add options) and then goes the same way: :func:`decode_options` (what
+``generate()`` is given, ``--openai-defaults`` underneath), :func:`load` (a model spec, or a model
+already loaded), :func:`clips` (paths, arrays or clips as :class:`~probe.audio.AudioClip`), a
+:class:`~probe.tracer.Tracer`, and :func:`trace_clips`, which decodes the clips and — given a store —
+writes each into its own trace directory.  :func:`run` is that pipeline as one call; the dashboard
+calls it, the CLI calls its parts (it also reads datasets, prints a dry run, and may store nothing).
+A trace becomes visible only once every plugin has written its records; any error leaves the store
+as it was and no hook on the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
-from collections import deque
-from typing import Iterable, Iterator
-
 import sys
+from collections import deque
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -24,7 +29,21 @@ from probe.audio import AudioClip, audio_from_array, encode_flac, load_audio
 from probe.errors import StoreError
 from probe.plugin_manager import get_plugin_manager, plugin_version
 from probe.store import Store, Trace, TraceWriter, WriteQueue
-from probe.tracer import DecodeOptions, Run, Tracer
+from probe.tracer import DecodeOptions, Run, Tracer, decode_options
+
+
+def load(model=None, device: str = "auto", dtype: str = "auto"):
+    """The :class:`~probe.models.LoadedModel` to trace with: ``model`` itself when it is one, else
+    :func:`probe.models.load_model` of that spec (hub id, directory, ``.pt``, embedded name; None:
+    the embedded default)."""
+    from probe import models
+
+    return model if isinstance(model, models.LoadedModel) else models.load_model(model, device=device, dtype=dtype)
+
+
+def clips(audio: Iterable, channel="mix") -> Iterator[AudioClip]:
+    """Each of ``audio`` (paths, 16 kHz arrays, clips) as an :class:`AudioClip`, loaded as it is reached."""
+    return (as_clip(item, channel) for item in audio)
 
 
 def as_clip(audio, channel="mix") -> AudioClip:
@@ -126,15 +145,19 @@ def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None)
         run.spill.remove()
 
 
-def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store, name: str | None = None,
-                batch_size: int = 1) -> Iterator[tuple[Run, Trace]]:
-    """Trace clips (``batch_size`` windows decoded together) and store each: yields (run, trace).
+def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store | None, name: str | None = None,
+                batch_size: int = 1) -> Iterator[tuple[Run, Trace | None]]:
+    """Trace clips (``batch_size`` clips decoded together) and store each: yields (run, trace).
 
     Each trace's files are written on a background thread (:class:`~probe.store.WriteQueue`) while
     the next clips decode; pairs come out in input order once their trace is published.  When
     anything fails or is interrupted, traces already handed over are still published, the
-    unfinished one is removed, and the error goes on.
+    unfinished one is removed, and the error goes on.  Without a ``store`` (``probe run
+    --no-store``) the clips are only decoded: yields (run, None).
     """
+    if store is None:
+        yield from ((run, None) for run in tracer.trace_many(clips, batch_size=batch_size))
+        return
     pending: deque[tuple[Run, TraceWriter]] = deque()
     seen: list[Run] = []
 
@@ -178,24 +201,18 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
         ``min_new_tokens``; or
         ``openai_defaults=True`` for openai-whisper's transcribe() settings (explicit fields win).
     """
-    from probe.models import LoadedModel, load_model
-
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    loaded = load(model, device=device, dtype=dtype)
     store = store if isinstance(store, Store) else Store(store)
-    from probe.tracer import OPENAI_DEFAULTS
-
-    chosen = dict(OPENAI_DEFAULTS) if decoding.pop("openai_defaults", False) else {}
+    openai_defaults = decoding.pop("openai_defaults", False)
     unknown = set(decoding) - {f.name for f in dataclasses.fields(DecodeOptions)}
     if unknown:
         raise TypeError(f"probe.run() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
-    chosen.update(decoding)
-    options = DecodeOptions(language=language, task=task, timestamps=timestamps, num_beams=num_beams,
-                            max_new_tokens=max_new_tokens, **chosen)
+    options = decode_options(openai_defaults, language=language, task=task, timestamps=timestamps,
+                             num_beams=num_beams, max_new_tokens=max_new_tokens, **decoding)
     pm = get_plugin_manager(plugins=list(plugins), disabled=disable)
     tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options)
-    items = audio if isinstance(audio, (list, tuple)) else [audio]
-    clips = (as_clip(item, channel) for item in items)
-    traces = [trace for _, trace in trace_clips(tracer, clips, store, name, batch_size=batch_size)]
+    inputs = clips(audio if isinstance(audio, (list, tuple)) else [audio], channel)
+    traces = [trace for _, trace in trace_clips(tracer, inputs, store, name, batch_size=batch_size)]
     if not traces:
         raise StoreError("nothing to trace: the input list is empty")
     return traces if isinstance(audio, (list, tuple)) else traces[0]
