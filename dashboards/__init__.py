@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,9 +45,27 @@ def serve(store: str | os.PathLike | None = None, host: str = "127.0.0.1", port:
                "--client.toolbarMode", "minimal", "--", "--store", str(store_path),
                *[arg for ref in plugins for arg in ("--plugin", ref)]]
     print(f"probe: dashboard for {store_path} at http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+    def stop(signum, frame):  # `kill` of probe dashboard stops Streamlit too, freeing the port
+        process.terminate()
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         return process.wait()
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached Streamlit too; let it finish
         process.wait()
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the Streamlit child on Linux: get SIGTERM when ``probe dashboard`` dies, even by SIGKILL."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

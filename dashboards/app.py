@@ -51,6 +51,7 @@ for view in contributions.current().views:
 context.remember_pages(plugin_pages)
 order = list(SECTIONS) + [s for s in PAGES if s not in SECTIONS]
 page = st.navigation({section: PAGES[section] for section in order if PAGES.get(section)}, expanded=True)
+context.follow_page_parameter(plugin_pages)  # ?page=URL-PATH opens a plugin's page (links, AppTest)
 try:
     page.run()
 except ProbeError as err:

@@ -263,6 +263,17 @@ def remember_pages(pages: dict) -> None:
     st.session_state[_PAGES_KEY] = pages
 
 
+def follow_page_parameter(pages: dict) -> None:
+    """``?page=<url path>``: switch to that plugin page once (the parameter is dropped first)."""
+    wanted = st.query_params.get("page")
+    if wanted is None:
+        return
+    del st.query_params["page"]
+    target = next((page for page in pages.values() if page.url_path == wanted), None)
+    if target is not None:
+        st.switch_page(target)
+
+
 def window_pages(trace: CachedTrace) -> list[contributions.View]:
     """The plugin pages listed now that show one window at a time (``window_key``)."""
     listed = st.session_state.get(_PAGES_KEY, {})

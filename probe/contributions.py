@@ -229,6 +229,7 @@ def collect(pm) -> Contributions:
     return found
 
 
+PLUGINS_ENV = "WHISPER_PROBE_PLUGINS"  # more plugins to present: references separated by os.pathsep
 _LOCK = threading.Lock()
 _CONFIG: dict[str, tuple] = {"plugins": (), "disabled": ()}
 _CURRENT: dict[tuple, Contributions] = {}
@@ -242,11 +243,13 @@ def configure(plugins: Iterable = (), disabled: Iterable[str] = ()) -> None:
 
 
 def current() -> Contributions:
-    """The contributions of the configured plugins (built-ins and entry points by default),
-    collected again when ``sys.path`` or the autoload switch changes (an entry point may appear)."""
+    """The contributions of the configured plugins (built-ins and entry points by default, plus the
+    references in ``$WHISPER_PROBE_PLUGINS``, e.g. ``my_plugin.py:other.module``), collected again
+    when that, ``sys.path`` or the autoload switch changes (an entry point may appear)."""
     from probe.plugin_manager import DISABLE_AUTOLOAD_ENV
 
-    key = (_CONFIG["plugins"], _CONFIG["disabled"], tuple(sys.path), os.environ.get(DISABLE_AUTOLOAD_ENV))
+    extra = tuple(ref for ref in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if ref.strip())
+    key = (_CONFIG["plugins"], _CONFIG["disabled"], extra, tuple(sys.path), os.environ.get(DISABLE_AUTOLOAD_ENV))
     found = _CURRENT.get(key)
     if found is not None:
         return found
@@ -254,7 +257,7 @@ def current() -> Contributions:
         if key not in _CURRENT:
             from probe.plugin_manager import get_plugin_manager
 
-            pm = get_plugin_manager(_CONFIG["plugins"], _CONFIG["disabled"], presentation=True)
+            pm = get_plugin_manager(extra + _CONFIG["plugins"], _CONFIG["disabled"], presentation=True)
             _CURRENT.clear()
             _CURRENT[key] = collect(pm)
         return _CURRENT[key]

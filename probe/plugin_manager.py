@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import functools
 import importlib
 import importlib.metadata
@@ -127,7 +128,8 @@ def get_plugin_manager(plugins=(), disabled=(), autoload: bool | None = None,
     disabled = set(disabled) | {p[3:] for p in plugins if isinstance(p, str) and p.startswith("no:")}
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    unknown = disabled - set(DEFAULT_PLUGINS) - _entry_point_names()
+    loaded = [(plugin, plugin_name(plugin)) for plugin in (load_plugin(ref, presentation) for ref in extra)]
+    unknown = disabled - set(DEFAULT_PLUGINS) - _entry_point_names() - {name for _, name in loaded}
     if unknown:
         raise PluginError(f"cannot disable unknown plugin(s) {', '.join(sorted(unknown))};"
                           f" `probe plugins` lists the names")
@@ -150,9 +152,9 @@ def get_plugin_manager(plugins=(), disabled=(), autoload: bool | None = None,
                 raise PluginError(f"plugin {entry_point.name!r} (entry point) failed to load: {exc};"
                                   f" uninstall it or set {DISABLE_AUTOLOAD_ENV}=1") from exc
             _register(pm, plugin, entry_point.name)
-    for ref in extra:
-        plugin = load_plugin(ref, presentation)
-        _register(pm, plugin, plugin_name(plugin))
+    for plugin, name in loaded:
+        if name not in disabled:  # -p my_plugin.py -p no:my_plugin: loaded, then left out
+            _register(pm, plugin, name)
     return pm
 
 
@@ -169,7 +171,12 @@ def _register(pm: pluggy.PluginManager, plugin, name: str) -> None:
     except pluggy.PluginValidationError as exc:
         if pm.is_registered(plugin):
             pm.unregister(plugin)
-        raise PluginError(f"plugin {name!r} is invalid: {exc}; hook names are listed in probe.hookspecs") from exc
+        hooks = [hook for hook in dir(hookspecs) if hook.startswith("probe_")]
+        typos = [attr for attr in dir(plugin) if attr.startswith("probe_") and attr not in hooks]
+        close = {typo: difflib.get_close_matches(typo, hooks, n=1) for typo in typos}
+        hint = "; ".join(f"did you mean {match[0]} for {typo}?" for typo, match in close.items() if match)
+        raise PluginError(f"plugin {name!r} is invalid: {exc}; {hint + ' ' if hint else ''}"
+                          "hook names are listed in probe.hookspecs") from exc
     for caller in pm.get_hookcallers(plugin) or []:
         for impl in caller.get_hookimpls():
             if impl.plugin is plugin:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
 
 import probe.dashboards
 from probe.dashboards import context
@@ -35,9 +34,10 @@ PLUGIN_PAGES = {"multitask": "multitask-prompt", "tokens": "token-probabilities"
 
 
 def open_page(app: AppTest, view: str) -> AppTest:
-    """Switch ``app`` (run once) to a core view script or a plugin's page, as its URL would."""
-    if view in PLUGIN_PAGES:  # a page made from a function: AppTest knows it by its URL path's hash
-        app._page_hash = calc_hash(PLUGIN_PAGES[view])
+    """Point ``app`` at a core view script, or at a plugin's page by ``?page=<its URL path>`` (the
+    app switches to it: AppTest's switch_page reaches only pages that are files)."""
+    if view in PLUGIN_PAGES:
+        app.query_params["page"] = PLUGIN_PAGES[view]
         return app
     return app.switch_page(f"views/{view}.py")
 
@@ -59,8 +59,6 @@ def open_view(dashboard_store, monkeypatch):
         app = AppTest.from_file(str(APP), default_timeout=120)
         if trace is not None:
             app.query_params["trace"] = trace
-        if view in PLUGIN_PAGES:
-            app.run()  # the navigation lists plugin pages once it knows the trace
         return open_page(app, view).run()
 
     yield run

@@ -3,6 +3,7 @@ generic top-level `plugins`/`dashboards` packages."""
 
 import configparser
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 import zipfile
@@ -17,8 +18,10 @@ def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     # built from a copy: setuptools reuses a checkout's build/ folder, where modules that moved linger
     source = tmp_path_factory.mktemp("source") / "whisper-probe"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
-                                                               ".pytest_cache", ".whl", "store", "demo-store", "out"))
+    at_root = {".venv", ".git", "build", ".pytest_cache", ".whl", "store", "demo-store", "out"}
+    anywhere = shutil.ignore_patterns("*.egg-info", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=lambda folder, names: set(anywhere(folder, names)) | (
+        at_root & set(names) if Path(folder) == ROOT else set()))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
                     str(source)], check=True, capture_output=True)
     return next(out.glob("whisper_probe-*.whl"))

@@ -42,7 +42,6 @@ def dashboard(dashboard_store, monkeypatch):
     def run(trace_id: str, view: str = "overview") -> AppTest:
         app = AppTest.from_file(str(APP), default_timeout=120)
         app.query_params["trace"] = trace_id
-        app.run()
         return open_page(app, view).run()
 
     yield run

@@ -233,3 +233,34 @@ def test_the_example_plugin_file_registers_all_five_parts():
     hooks = {row["name"]: row["hooks"] for row in probe.plugin_manager.describe(pm)}["encoder_change"]
     assert "probe_addoption" in hooks and "probe_capture" in hooks
     json.dumps(found.records)  # descriptions are plain data
+
+
+def test_a_plugin_figure_that_raises_stops_the_export_in_one_line_naming_it(shown_trace):
+    class BadFigure:
+        name = "bad_figure"
+
+        @probe.hookimpl
+        def probe_figures(self, register):
+            register("bad", lambda trace: {}["missing"])
+
+    contributions.configure([BadFigure()])
+    with pytest.raises(PluginError, match=r"plugin 'bad_figure' raised drawing figure 'bad': KeyError.*-p no:bad_figure"):
+        render_html(shown_trace)
+
+
+def test_a_plugin_given_as_a_file_can_be_switched_off_by_name(tmp_path):
+    path = tmp_path / "my_shower.py"
+    path.write_text("from probe import hookimpl\n\n@hookimpl\ndef probe_figures(register):\n"
+                    "    register('mine', lambda trace: None)\n")
+    assert "mine" in contributions.collect(get_plugin_manager([str(path)], presentation=True)).figures
+    off = get_plugin_manager([str(path), "no:my_shower"], presentation=True)
+    assert not off.has_plugin("my_shower")
+    with pytest.raises(PluginError, match="cannot disable unknown plugin"):
+        get_plugin_manager(["no:nothing_by_that_name"])
+
+
+def test_a_misspelt_hook_is_refused_with_a_suggestion(tmp_path):
+    path = tmp_path / "typo_hook.py"
+    path.write_text("from probe import hookimpl\n\n@hookimpl\ndef probe_replay_point(run):\n    return []\n")
+    with pytest.raises(PluginError, match="did you mean probe_replay_points for probe_replay_point"):
+        get_plugin_manager([str(path)])

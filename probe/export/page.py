@@ -9,6 +9,7 @@ registered with ``replaces=("transcript",)`` takes the plain transcript's place 
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -33,7 +34,7 @@ def render_html(trace: Trace, views: list[str] | None = None,
 
 def page(trace: Trace, plan: FigurePlan) -> str:
     title = trace.name or trace.id
-    drawn = plan.windows if plan.per_window and any(w is not None for _, w in plan.pairs) else []
+    drawn = list(plan.windows)  # the windows this export covers (every one, unless --windows picks)
     available = [s for s in contributions.current().sections if s.render is not None and s.available(trace)]
     transcript = "".join(_render(s, trace, drawn) or "" for s in available if "transcript" in s.replaces) \
         or plain_transcript(trace)
@@ -46,15 +47,23 @@ def page(trace: Trace, plan: FigurePlan) -> str:
             parts.append((section.order, f'<section id="{esc(section.anchor)}"><h2>{esc(section.title)}</h2>'
                                          f'{body.replace(TRANSCRIPT, transcript)}</section>'))
     parts.sort(key=lambda part: part[0])
+    body = _without_dangling_links("".join(html for _, html in parts))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{esc(title)} · whisper-probe</title><style>{PAGE_STYLE}</style></head>"
             f"<body><main><header><h1>{esc(title)}</h1>"
             f"<p class=\"meta\">{esc(_meta_line(trace))}</p></header>"
-            + "".join(html for _, html in parts)
+            + body
             + f"<footer>Exported by whisper-probe {esc(probe.__version__)} on "
               f"{esc(today())} from trace {esc(trace.id)}.</footer>"
             f"</main><script>{PAGE_SCRIPT}</script></body></html>\n")
+
+
+def _without_dangling_links(html: str) -> str:
+    """Links to anchors the page does not have (a window whose figures it does not draw) as text."""
+    anchors = set(re.findall(r'\bid="([^"]+)"', html))
+    return re.sub(r'<a href="#([^"]+)">(.*?)</a>',
+                  lambda m: m.group(0) if m.group(1) in anchors else m.group(2), html)
 
 
 def _render(section: contributions.ExportSection, trace: Trace, drawn: list[int]) -> str | None:

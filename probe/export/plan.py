@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from probe import contributions
-from probe.errors import OptionError, ProbeError, StoreError
+from probe.errors import OptionError, PluginError, ProbeError, StoreError
 from probe.store import Trace
 
 # Which windows get per-window figures by default: all of a trace of up to ALL_WINDOWS_UP_TO;
@@ -174,15 +174,19 @@ class FigurePlan:
         named it; among all figures it is left out and noted in ``skipped`` as (name, window,
         reason)."""
         for name, window in self.pairs:
-            function = self.figures[name].function
+            figure = self.figures[name]
             try:
-                fig = function(self.trace) if window is None else function(self.trace, window=window)
+                fig = figure.function(self.trace) if window is None else figure.function(self.trace, window=window)
             except ProbeError as err:
                 if self.picked:
                     raise
                 if skipped is not None:
                     skipped.append((name, window, str(err)))
                 continue
+            except Exception as exc:  # a plugin's bug: one line naming it, and how to export without it
+                raise PluginError(f"plugin {figure.plugin!r} raised drawing figure {name!r}: {type(exc).__name__}: "
+                                  f"{exc} (leave it out with --views, or the plugin with -p no:{figure.plugin})") \
+                    from exc
             yield name, window, fig
 
     def file_stem(self, name: str, window: int | None) -> str:

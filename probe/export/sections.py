@@ -1,7 +1,8 @@
 """The core's sections of the HTML export, registered through ``probe_export_sections`` by
 :mod:`probe.present` as any plugin's are: *Listen and read* (the player and the transcript),
 *Prompt, language and no-speech* (of the clip, or window by window) and *Windows and retries*.
-Each reads only the audio and the manifest; ``drawn`` are the windows whose figures the page has.
+Each reads only the audio and the manifest; ``drawn`` are the windows the export covers (the page
+turns links to windows it has no section for back into text).
 """
 
 from __future__ import annotations
