@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(dashboard)
     dashboard.add_argument("--port", type=int, default=8501)
     dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                           help="also show this plugin's pages and figures (module or .py file; no:NAME hides one)")
 
     export = sub.add_parser("export", help="export a trace for lectures")
     export.add_argument("trace")
@@ -147,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="30 s windows of long audio to draw per-window figures for, numbered from 1 as the "
                              "dashboard shows them: all, or e.g. 1,3-5 (default: all of up to 8 windows; of more, "
                              "the first 4 and those retried, looping or skipped)")
+    export.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                        help="also export this plugin's figures and sections (module or .py file; no:NAME leaves "
+                             "one out)")
 
     imp = sub.add_parser("import", help="import a trace bundle (.zip) into the store")
     imp.add_argument("bundle")
@@ -422,14 +427,18 @@ def cmd_convert(args) -> int:
 def cmd_dashboard(args) -> int:
     from probe.dashboards import serve
 
-    return serve(store=args.store, host=args.host, port=args.port)
+    return serve(store=args.store, host=args.host, port=args.port, plugins=args.plugins)
 
 
 def cmd_export(args) -> int:
+    from probe import contributions
     from probe.export import export_trace
     from probe.store import Store
 
     trace = Store(args.store, create=False).resolve(args.trace)
+    if args.plugins:
+        contributions.configure(args.plugins)
+        contributions.current()  # a bad -p fails here, in one line
     for path in export_trace(trace, args.format, out=args.out, views=args.views, windows=args.windows):
         print(path)
     return 0

@@ -321,7 +321,7 @@ def test_plugin_asking_for_unknown_point(tiny, tone, store, tmp_path):
 
 
 def test_dashboard_views_hook_collects_registered_views():
-    from probe.dashboards.registry import plugin_views
+    from probe.contributions import collect
 
     class ViewPlugin:
         name = "viewer"
@@ -330,8 +330,9 @@ def test_dashboard_views_hook_collects_registered_views():
         def probe_dashboard_views(self, register):
             register("My statistic", lambda trace, st: st.write(trace.id))
 
-    views = plugin_views(get_plugin_manager(plugins=[ViewPlugin()], autoload=False))
-    assert [(v.title, v.plugin) for v in views] == [("My statistic", "viewer")]
+    views = collect(get_plugin_manager(plugins=[ViewPlugin()], autoload=False, presentation=True)).views
+    assert [(v.title, v.plugin, v.section) for v in views if v.plugin == "viewer"] == [
+        ("My statistic", "viewer", "Plugins")]
 
 
 class Estimator:
@@ -387,7 +388,7 @@ def test_attention_plugin_takes_each_windows_frames_from_its_context(tiny):
     encoder summaries use the capture's own frame count, not the estimate's list."""
     import torch
 
-    from probe.plugins.attention import Plugin
+    from probe.plugins.attention.capture import Plugin
     from probe.points import select_points
     from probe.tracer import CaptureContext, DecodeOptions, Run
     from probe.audio import audio_from_array
