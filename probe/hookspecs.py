@@ -200,7 +200,7 @@ def probe_describe_records():
 def probe_figures(register):
     """Add named figures over this plugin's records.
 
-    Call ``register(name, function, caption="...", requires=("my_plugin.stat",))``.  ``function``
+    :param register: call ``register(name, function, caption="...", requires=("my_plugin.stat",))``.  ``function``
     takes the :class:`probe.store.Trace` (plus keyword choices with defaults) and returns a
     matplotlib :class:`~matplotlib.figure.Figure` (build it with :func:`probe.figures.new_figure`,
     not pyplot).  A figure with a ``window`` parameter shows one 30 s window (the export draws it

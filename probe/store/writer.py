@@ -301,7 +301,7 @@ class TraceWriter:
         self._records[name] = record
 
     def _file_for(self, name: str, kind: str) -> str:
-        # Record names are free text ("activations.encoder.blocks.0.hook_resid_post"); a name
+        # Record names are free text ("my_plugin.blocks.0 / mean"); a name
         # that is not already a safe file name, or that collides, gets a hash of itself appended.
         folder, suffix = _RECORD_FOLDERS[kind]
         stem = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120].lstrip(".")

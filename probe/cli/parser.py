@@ -1,0 +1,177 @@
+"""The ``probe`` command line's grammar: every subcommand and option (``build_parser``), how a bad
+command line is reported (one line, exit 2), and turning ``probe run``'s options into
+:class:`~probe.tracer.DecodeOptions`."""
+
+from __future__ import annotations
+
+import argparse
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line like every other user error: one line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"probe: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1 (got {text!r})")
+    return value
+
+
+def _common_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None,
+                        help="hub id, local directory (transformers or CTranslate2), .pt file, or embedded name "
+                             "(base, tiny.en); default: the embedded multilingual base model")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=None,
+                        help="trace store folder (default: $WHISPER_PROBE_STORE or ~/.local/share/whisper-probe/store)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="probe", description="Introspection toolkit for OpenAI's Whisper.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"whisper-probe {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="decode audio with hooks and record a trace per input")
+    parser.run_parser = run  # plugins add their options here (probe_addoption)
+    run.add_argument("audio", nargs="*", help="audio files (wav, flac, mp3, ogg, m4a, ...)")
+    _common_model_args(run)
+    _store_arg(run)
+    run.add_argument("--dataset", help="a datasets dataset: local folder (audiofolder), parquet, or hub name")
+    run.add_argument("--dataset-config", default=None, help="dataset configuration, e.g. zh-CN")
+    run.add_argument("--split", default="train")
+    run.add_argument("--audio-column", default=None, help="the Audio column (found automatically if omitted)")
+    run.add_argument("--limit", type=int, default=None, help="trace at most this many dataset rows")
+    run.add_argument("--language", default=None, help="language code (en, zh, ...); default: detect")
+    run.add_argument("--task", default="transcribe", help="transcribe or translate (to English)")
+    run.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
+    run.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
+    run.add_argument("--max-new-tokens", type=_positive_int, default=None, help="stop each window after this many tokens")
+    run.add_argument("--batch-size", type=int, default=1, help="clips decoded together in one generate() call")
+    decoding = run.add_argument_group(
+        "long-form and fallback decoding (as openai-whisper / faster-whisper name them; the defaults are"
+        " transformers': greedy, no fallback, no conditioning)")
+    decoding.add_argument("--temperature", type=_temperatures, default=None,
+                          help="a temperature, or a comma list to fall back through, e.g. 0,0.2,0.4,0.6,0.8,1")
+    decoding.add_argument("--compression-ratio-threshold", type=float, default=None,
+                          help="retry a window whose token zlib ratio is above this (transformers' measure; ~1.35)")
+    decoding.add_argument("--logprob-threshold", type=float, default=None,
+                          help="retry a window whose average log-probability is below this (e.g. -1.0)")
+    decoding.add_argument("--no-speech-threshold", type=float, default=None,
+                          help="skip a window whose no-speech probability is above this and logprob below its threshold")
+    decoding.add_argument("--condition-on-previous-text", action=argparse.BooleanOptionalAction, default=None,
+                          help="give each window the previous window's text as a <|startofprev|> prompt")
+    decoding.add_argument("--initial-prompt", default=None, help="text prompt before the first window (prompt_ids)")
+    decoding.add_argument("--prefix", default=None,
+                          help="text the transcript must start with (forced after the prompt; clips ≤ 30 s,"
+                               " no timestamps)")
+    decoding.add_argument("--multilingual", action="store_true",
+                          help="detect each window's language (faster-whisper's multilingual; default: once per clip)")
+    decoding.add_argument("--seed", type=int, default=None, help="torch.manual_seed before decoding (sampled attempts)")
+    decoding.add_argument("--openai-defaults", action="store_true",
+                          help="openai-whisper's transcribe() settings: temperature 0,0.2,...,1.0, compression ratio"
+                               " 1.35 (zlib of tokens, ~2.4 of text), logprob -1.0, no-speech 0.6, conditioning on")
+    run.add_argument("--channel", default="mix", help="mix (downmix), left or right")
+    run.add_argument("--points", action="append", default=[],
+                     help="hook points for the activations plugin (globs, comma-separated or repeated)")
+    run.add_argument("-p", dest="plugins", action="append", default=[],
+                     help="load a plugin (module name or .py file), or disable one with no:NAME")
+    run.add_argument("--name", default=None, help="trace name (default: the audio file name)")
+    run.add_argument("--no-store", action="store_true", help="decode and print only; record no trace")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print how many bytes each record will take, then stop before decoding")
+    run.add_argument("--json", action="store_true", help="print one JSON object per input")
+
+    points = sub.add_parser("points", help="list hook points with their shapes")
+    _common_model_args(points)
+    points.add_argument("--json", action="store_true")
+    points.add_argument("pattern", nargs="?", default="*", help="glob to filter, e.g. 'decoder.blocks.*.cross_attn.*'")
+
+    plugins = sub.add_parser("plugins", help="list plugins and the hooks each implements")
+    plugins.add_argument("-p", dest="plugins", action="append", default=[])
+    plugins.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("ls", help="list traces in the store")
+    _store_arg(ls)
+    ls.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="show a trace's manifest and word timings")
+    show.add_argument("trace", help="trace id, unique id prefix, or name")
+    _store_arg(show)
+    show.add_argument("--json", action="store_true")
+
+    rm = sub.add_parser("rm", help="delete traces")
+    rm.add_argument("traces", nargs="+")
+    _store_arg(rm)
+
+    convert = sub.add_parser("convert", help="write a transformers directory from a CTranslate2 dir or .pt file")
+    convert.add_argument("src")
+    convert.add_argument("dest")
+
+    dashboard = sub.add_parser("dashboard", help="serve the Streamlit dashboard for a store")
+    _store_arg(dashboard)
+    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                           help="also show this plugin's pages and figures (module or .py file; no:NAME hides one)")
+
+    export = sub.add_parser("export", help="export a trace for lectures")
+    export.add_argument("trace")
+    _store_arg(export)
+    export.add_argument("--format", "-f", default="html", choices=["html", "png", "svg", "pdf", "json", "csv", "zip"])
+    export.add_argument("--out", "-o", default=None, help="output file or folder")
+    export.add_argument("--views", nargs="*", default=None, help="figures to include (default: all)")
+    export.add_argument("--windows", default=None, metavar="LIST",
+                        help="30 s windows of long audio to draw per-window figures for, numbered from 1 as the "
+                             "dashboard shows them: all, or e.g. 1,3-5 (default: all of up to 8 windows; of more, "
+                             "the first 4 and those retried, looping or skipped)")
+    export.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                        help="also export this plugin's figures and sections (module or .py file; no:NAME leaves "
+                             "one out)")
+
+    imp = sub.add_parser("import", help="import a trace bundle (.zip) into the store")
+    imp.add_argument("bundle")
+    _store_arg(imp)
+    return parser
+
+
+def _temperatures(text: str) -> float | tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one temperature")
+    return values if len(values) > 1 else values[0]
+
+
+def decode_options(args):
+    """DecodeOptions from ``probe run`` arguments (``--openai-defaults`` first, explicit flags win)."""
+    from probe.runner import decode_options
+
+    fallback = {key: value for key, value in (("temperature", args.temperature),
+                                              ("compression_ratio_threshold", args.compression_ratio_threshold),
+                                              ("logprob_threshold", args.logprob_threshold),
+                                              ("no_speech_threshold", args.no_speech_threshold),
+                                              ("condition_on_prev_tokens", args.condition_on_previous_text))
+                if value is not None}
+    return decode_options(args.openai_defaults, language=args.language, task=args.task, timestamps=args.timestamps,
+                          num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                          initial_prompt=args.initial_prompt, prefix=args.prefix, multilingual=args.multilingual,
+                          seed=args.seed, **fallback)
+
+
+def _version() -> str:
+    from probe import __version__
+
+    return __version__

@@ -1,0 +1,126 @@
+"""``probe run``: trace the inputs into the store (or ``--dry-run`` their estimates) and print
+each result, as text or ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from probe.cli.parser import decode_options
+from probe.errors import ProbeError
+
+
+def _split_points(values: list[str]) -> list[str]:
+    return [p.strip() for value in values for p in value.split(",") if p.strip()]
+
+
+def _inputs(args):
+    """(clip iterator, count or None) for files or a dataset."""
+    from probe.audio import dataset_size, existing_file, iter_dataset
+
+    if args.dataset and args.audio:
+        raise ProbeError("give audio files or --dataset, not both")
+    if args.dataset:
+        ds_args = dict(config=args.dataset_config, split=args.split, audio_column=args.audio_column, limit=args.limit)
+        return iter_dataset(args.dataset, **ds_args), dataset_size(args.dataset, **ds_args)
+    if not args.audio:
+        raise ProbeError("no audio given; pass audio files (e.g. probe run examples/en_fox.flac) or --dataset DIR")
+    for path in args.audio:
+        existing_file(path)  # a mistyped path fails now, not after the model has loaded
+    channel = int(args.channel) if str(args.channel).isdigit() else args.channel
+    from probe.runner import clips
+
+    return clips(args.audio, channel), len(args.audio)
+
+
+def _window_json(window) -> dict:
+    return {"start": window.start, "end": window.end, "seek": window.seek, "text": window.text,
+            "tokens": window.tokens, "skipped": window.skipped, "attempts": len(window.attempts),
+            "language": window.language, "language_probability": round(window.language_probability, 4),
+            "no_speech_probability": round(window.no_speech_probability, 4), "segments": window.segments,
+            "signals": window.signals}
+
+
+def _result_json(run, loaded, trace=None) -> dict:
+    tokenizer = run.tokenizer
+    first = run.windows[0]
+    result = {
+        "source": run.clip.source,
+        "model": loaded.model_id,
+        "language": first.language,
+        "language_probability": round(first.language_probability, 4),
+        "no_speech_probability": round(first.no_speech_probability, 4),
+        "prompt": tokenizer.convert_ids_to_tokens(first.prompt),
+        "windows": [_window_json(w) for w in run.windows],
+        "text": run.transcript,
+    }
+    if trace is not None:
+        result.update(trace=trace.id, path=str(trace.path))
+    return result
+
+
+def _print_result(result: dict, out) -> None:
+    print(f"== {result['source']}", file=out)
+    multi = len(result["windows"]) > 1
+    for i, window in enumerate(result["windows"]):
+        prefix = f"[window {i + 1}: {window['start']:.1f}-{window['end']:.1f} s] " if multi else ""
+        notes = (" skipped as no speech" if window["skipped"] else "") + (
+            f" ({window['attempts']} attempts)" if window["attempts"] > 1 else "")
+        print(f"{prefix}language: {window['language']} (p={window['language_probability']:.2f})  "
+              f"no-speech: p={window['no_speech_probability']:.3f}{notes}", file=out)
+    print(f"prompt: {''.join(result['prompt'])}", file=out)
+    for window in result["windows"]:
+        for segment in window["segments"]:
+            print(f"  [{segment['start']:6.2f} → {segment['end']:6.2f}] {segment['text']}", file=out)
+    print(f"text: {result['text']}", file=out)
+    if "trace" in result:
+        print(f"trace: {result['trace']}  ({result['path']})", file=out)
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from probe import runner
+    from probe.malloc import keep_freed_memory
+    from probe.store import Store
+    from probe.tracer import Tracer
+
+    keep_freed_memory()  # freed blocks are reused, not faulted in again (probe/malloc.py)
+    clips, count = _inputs(args)
+    loaded = runner.load(args.model, device=args.device, dtype=args.dtype)
+    if loaded.note:
+        print(f"probe: {loaded.note}", file=sys.stderr)
+    options = decode_options(args)
+    pm, plugin_options = args.plugin_manager, args.plugin_options.values(args)
+    tracer = Tracer(loaded, pm, options, points=_split_points(args.points), plugin_options=plugin_options,
+                    progress=sys.stderr.isatty())
+    if args.dry_run:
+        return _dry_run(tracer, clips, args.json)
+    store = None if args.no_store else Store(args.store)
+    show_progress = args.dataset is not None and sys.stderr.isatty()
+    clips = tqdm(clips, total=count, disable=not show_progress, unit="clip")
+    for run, trace in runner.trace_clips(tracer, clips, store, args.name, batch_size=args.batch_size):
+        result = _result_json(run, loaded, trace)
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+        else:
+            _print_result(result, sys.stdout)
+    return 0
+
+
+def _dry_run(tracer, clips, as_json: bool) -> int:
+    """Resolve plugins and hook points for each input and print the record size estimate."""
+    for clip in clips:
+        run = tracer.start(clip)
+        windows = run.window_spans
+        estimate = run.estimate
+        total = sum(estimate.values())
+        if as_json:
+            print(json.dumps({"source": clip.source, "windows_at_least": len(windows), "expected_tokens": run.expected_tokens,
+                              "records": estimate, "total_bytes": total, "hooked": run.hooked}))
+            continue
+        print(f"== {clip.source}: {len(windows)} window(s) or more, up to {run.expected_tokens} tokens each")
+        for name, size in sorted(estimate.items(), key=lambda item: -item[1]):
+            print(f"  {size / 2**20:10.2f} MiB  {name}")
+        print(f"  {total / 2**20:10.2f} MiB  total")
+    return 0
