@@ -52,6 +52,8 @@ class Plugin(Presentation):
     def probe_addoption(self, parser):
         parser.addoption("--activations", dest="activations_mode", choices=["full", "summary"], default="full",
                          help="keep --points whole (float16) or as per-position norms")
+        parser.addoption("--activations-dtype", choices=sorted(DTYPES), default="float16",
+                         help="dtype whole --points are kept in")
 
     @hookimpl
     def probe_run_start(self, run):

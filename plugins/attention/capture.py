@@ -52,6 +52,11 @@ class Plugin(Presentation):
     """Every hook of attention: the run hooks here, what it shows from :class:`Presentation`."""
 
     @hookimpl
+    def probe_addoption(self, parser):
+        parser.addoption("--attention-windows", type=int, default=1,
+                         help="how many of the first windows keep their encoder self-attention patterns")
+
+    @hookimpl
     def probe_run_start(self, run):
         run.state[self.name] = {"encoder": {}, "summaries": {}, "decoder": {}, "n_frames": {}}
 

@@ -105,7 +105,8 @@ class Run:
     decode_routes: Routes = field(default_factory=Routes, repr=False)  # during generate()
     replay_routes: Routes = field(default_factory=Routes, repr=False)  # the kept attempt's replay
     rejected_routes: Routes = field(default_factory=Routes, repr=False)  # replays of rejected attempts
-    estimate: dict[str, int] = field(default_factory=dict)  # record name → bytes it will take (probe_estimate)
+    estimate: dict[str, int] = field(default_factory=dict)
+    declared_options: bool = False  # plugin_options holds every declared option (set by the Tracer)  # record name → bytes it will take (probe_estimate)
 
     @property
     def hooked(self) -> dict[str, list[str]]:
@@ -135,6 +136,17 @@ class Run:
         return self.loaded.model.generation_config.eos_token_id
 
     def option(self, key: str, default=None):
+        """The value of plugin option ``key`` (``--my-flag`` is ``my_flag``): given, or its declared
+        default.  In a traced run (``declared_options``) a name no plugin declared with
+        ``probe_addoption`` and nobody gave is a one-line error, so a typo does not pass silently."""
+        if self.declared_options and key not in self.plugin_options:
+            from probe.errors import PluginError
+            from probe.plugin_manager import current_plugin
+
+            flag = "--" + key.replace("_", "-")
+            raise PluginError(f"plugin {current_plugin() or '?'!r} asked for option {key!r}, which no plugin declares; "
+                              f"declare it in probe_addoption (parser.addoption({flag!r}, ...)) or fix the name "
+                              f"(declared: {', '.join(sorted(self.plugin_options)) or 'none'})")
         return self.plugin_options.get(key, default)
 
     @property

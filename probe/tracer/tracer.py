@@ -89,7 +89,7 @@ class Tracer:
             # (the manifest's decode options say so)
             options = dataclasses.replace(options, timestamps=True)
         run = Run(loaded=self.loaded, clip=clip, options=options, points=self.points,
-                  plugin_options=self.plugin_options, window_spans=estimated_spans(clip))
+                  plugin_options=self.plugin_options, window_spans=estimated_spans(clip), declared_options=True)
         with plugin_timing(run.plugin_seconds):
             self.pm.hook.probe_run_start(run=run)
         resolve_routes(self.pm, run)
