@@ -36,8 +36,8 @@ VIEWS = {
     "": "Transcript", "audio": "log-Mel", "multitask-prompt": "Language detection",
     "token-probabilities": "Every emitted token", "windows": "Every window", "conv-stem": "Channels shown",
     "attention-explorer": "Every encoder head", "cross-attention": "Word timestamps", "logit-lens": "unembedding",
-    "lesson": "Step 1 of 8", "compare": "Compare with", "plugin_records": "conv_energy.rms", "new_trace": "Record trace",
-    # (Plugin records opens on the README's conv_energy example, a plugin with no page of its own)
+    "lesson": "Step 1 of 8", "compare": "Compare with", "plugin_records": "kind tensor · shape [1, 1500]", "new_trace": "Record trace",
+    # (Plugin records opens on the README's conv_energy.rms, [window, frame]: a plugin with no page of its own)
     # pages of third-party plugins, installed as entry points: the loudness test plugin and the
     # worked example examples/plugins/encoder_change
     "loudness": "Peak RMS loudness", "encoder-change": "Biggest changes",
@@ -168,7 +168,8 @@ def test_attention_explorer_picks_another_layer_and_head(dashboard_url, dashboar
 
 def navigation(page) -> list[str]:
     """The page titles the sidebar's navigation lists."""
-    return [link.inner_text().strip() for link in page.locator('[data-testid="stSidebarNavLink"]').all()]
+    return [link.inner_text().strip().splitlines()[-1].strip()  # the title, after its icon's name
+            for link in page.locator('[data-testid="stSidebarNavLink"]').all()]
 
 
 def test_a_trace_without_a_plugin_lists_none_of_its_pages(dashboard_url, dashboard_store, page, screenshots):

@@ -32,7 +32,7 @@ def test_wheel_contents_live_under_probe(wheel):
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"probe"}
     for module in ("probe/plugins/token_probs/capture.py", "probe/plugins/cross_attention/present.py",
-                   "probe/dashboards/app.py", "probe/dashboards/views/lesson.py", "probe/cli.py", "probe/export/page.py",
+                   "probe/dashboards/app.py", "probe/dashboards/views/lesson.py", "probe/cli/__init__.py", "probe/export/page.py",
                    "probe/figures/base.py", "probe/store/trace.py", "probe/tracer/__init__.py"):
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
