@@ -129,7 +129,8 @@ def get_plugin_manager(plugins=(), disabled=(), autoload: bool | None = None,
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     loaded = [(plugin, plugin_name(plugin)) for plugin in (load_plugin(ref, presentation) for ref in extra)]
-    unknown = disabled - set(DEFAULT_PLUGINS) - _entry_point_names() - {name for _, name in loaded}
+    unknown = (disabled - set(DEFAULT_PLUGINS) - {name for _, name in loaded}) if disabled else set()
+    unknown = unknown - _entry_point_names() if unknown else unknown
     if unknown:
         raise PluginError(f"cannot disable unknown plugin(s) {', '.join(sorted(unknown))};"
                           f" `probe plugins` lists the names")

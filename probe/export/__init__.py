@@ -21,25 +21,34 @@ file.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from probe.errors import OptionError
-from probe.export.bundle import import_bundle
-from probe.export.page import PAGE_DPI, render_html
-from probe.export.plan import (ALL_WINDOWS_UP_TO, FIRST_WINDOWS, MAX_DEFAULT_WINDOWS, FigurePlan,
-                               chosen_windows, figure_names)
-from probe.export.handout import PRINT_DPI
-from probe.export.writers import EXPORTERS, export_tables
-from probe.store import Trace
 
+if TYPE_CHECKING:
+    from probe.store import Trace
+
+# the public names, each from the module that owns it: imported when first used, so a plugin's
+# export section that needs only probe.export.markup does not load the writers, the bundle code
+# and the store with it
+_HOME = {"import_bundle": "bundle", "PAGE_DPI": "page", "render_html": "page", "ALL_WINDOWS_UP_TO": "plan",
+         "FIRST_WINDOWS": "plan", "MAX_DEFAULT_WINDOWS": "plan", "FigurePlan": "plan", "chosen_windows": "plan",
+         "figure_names": "plan", "PRINT_DPI": "handout", "EXPORTERS": "writers", "export_tables": "writers"}
 __all__ = ["ALL_WINDOWS_UP_TO", "FIGURE_FORMATS", "FIRST_WINDOWS", "FORMATS", "MAX_DEFAULT_WINDOWS", "PAGE_DPI",
            "PRINT_DPI", "chosen_windows", "export_tables", "export_trace", "figure_names", "import_bundle",
            "render_html"]
 
 FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 FORMATS = FIGURE_FORMATS + ("json", "csv", "zip")
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"probe.export.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'probe.export' has no attribute {name!r}")
 
 
 def export_trace(trace: Trace, fmt: str, out: str | os.PathLike | None = None,
@@ -55,6 +64,9 @@ def export_trace(trace: Trace, fmt: str, out: str | os.PathLike | None = None,
     dashboard shows them: ``"all"``, ``"1,3-5"`` or ``[1, 3, 4, 5]`` (default: see
     :func:`chosen_windows`).
     """
+    from probe.export.plan import FigurePlan
+    from probe.export.writers import EXPORTERS
+
     if fmt not in EXPORTERS:
         raise OptionError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     for option, value in (("--views", views), ("--windows", windows)):

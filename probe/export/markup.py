@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime
 import html
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from probe.store import Trace
+if TYPE_CHECKING:
+    from probe.store import Trace
 
 
 PAGE_STYLE = """

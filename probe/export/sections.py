@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 
 from probe.export.markup import esc, number, prompt_tokens
-from probe.store import Trace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from probe.store import Trace
 
 TRANSCRIPT = "<!--transcript-->"  # where the plain transcript goes, or a plugin's (replaces="transcript")
 
