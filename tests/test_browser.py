@@ -190,7 +190,7 @@ def test_every_page_of_a_trace_made_with_a_builtin_off_renders_cleanly(name, das
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
     assert len(hrefs) >= 8
     for href in hrefs:
-        if "new_trace" in href:
+        if any(core in href for core in ("new_trace", "audio", "compare")):  # they show no plugin's parts
             continue
         view = href.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "overview"
         page.goto(f"{dashboard_url}/{'' if view == 'overview' else view}?trace={trace.id}")
