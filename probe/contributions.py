@@ -39,8 +39,22 @@ def holds(trace, requires: Iterable[str]) -> bool:
                for name in requires)
 
 
+def slug(title: str) -> str:
+    """``"Token probabilities"`` → ``"token-probabilities"``: a page's URL path, a section's id."""
+    return "-".join("".join(c if c.isalnum() else " " for c in title.lower()).split()) or "view"
+
+
+class _Requires:
+    """What every contribution shares: it is offered for traces holding its ``requires``."""
+
+    requires: tuple[str, ...]
+
+    def available(self, trace) -> bool:
+        return holds(trace, self.requires)
+
+
 @dataclass(frozen=True)
-class Figure:
+class Figure(_Requires):
     """A named figure function ``function(trace, **choices) -> matplotlib Figure``."""
 
     name: str
@@ -69,12 +83,10 @@ class Figure:
         return all(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
                    for p in self.parameters.values())
 
-    def available(self, trace) -> bool:
-        return holds(trace, self.requires)
 
 
 @dataclass(frozen=True)
-class View:
+class View(_Requires):
     """A dashboard page: ``render(trace, st)``."""
 
     title: str
@@ -87,15 +99,12 @@ class View:
 
     @property
     def url_path(self) -> str:
-        slug = "".join(c if c.isalnum() else "-" for c in self.title.lower()).strip("-")
-        return "-".join(part for part in slug.split("-") if part) or "view"
+        return slug(self.title)
 
-    def available(self, trace) -> bool:
-        return holds(trace, self.requires)
 
 
 @dataclass(frozen=True)
-class ExportSection:
+class ExportSection(_Requires):
     """A section of the HTML export (``render(trace, windows) -> html``) and/or tables of the
     json/csv exports (``tables(trace) -> {name: rows}``)."""
 
@@ -110,14 +119,12 @@ class ExportSection:
 
     @property
     def anchor(self) -> str:
-        return self.id or View(self.title, print, self.plugin).url_path
+        return self.id or slug(self.title)
 
-    def available(self, trace) -> bool:
-        return holds(trace, self.requires)
 
 
 @dataclass(frozen=True)
-class LessonStep:
+class LessonStep(_Requires):
     """A step of the Lesson: ``explain(trace, st, window)`` writes text, returns a picture drawer."""
 
     title: str
@@ -126,8 +133,6 @@ class LessonStep:
     requires: tuple[str, ...] = ()
     order: float = 50
 
-    def available(self, trace) -> bool:
-        return holds(trace, self.requires)
 
 
 @dataclass
@@ -166,6 +171,9 @@ class Contributions:
         return described
 
 
+_FUNCTION_FIELD = {"figures": "function", "views": "render", "sections": "render", "lesson_steps": "explain"}
+
+
 def collect(pm) -> Contributions:
     """Call the presentation hooks of ``pm``'s plugins; two plugins registering one figure name,
     or a malformed registration, is a one-line :class:`~probe.errors.PluginError`."""
@@ -183,9 +191,8 @@ def collect(pm) -> Contributions:
             except TypeError as exc:
                 raise PluginError(f"plugin {plugin!r} called register() of {kind} wrongly: {exc}; "
                                   "see probe.hookspecs") from None
-            if not callable(getattr(item, {"figures": "function", "views": "render",
-                                            "lesson_steps": "explain"}.get(kind, "title"), None)) \
-                    and kind != "sections":
+            function = getattr(item, _FUNCTION_FIELD[kind])
+            if not callable(function) and not (kind == "sections" and function is None):  # tables only
                 raise PluginError(f"plugin {plugin!r} registered a {kind[:-1]} that is not a function")
             made.append((plugin, kind, item))
         return register
