@@ -9,6 +9,7 @@ and turns it into ``generate()``'s keyword arguments (:meth:`DecodeOptions.gener
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,7 @@ class DecodeOptions:
             if self.task == "translate":
                 raise OptionError(f"{loaded.model_id} is English-only and cannot translate; use a multilingual "
                                   "model (e.g. --model base)")
-            if self.language not in (None, "en", "english"):
+            if self.language is not None and named_language(self.language) != "en":
                 raise OptionError(f"{loaded.model_id} is English-only; drop --language or use a multilingual model")
             self.language = None
         elif self.language is not None:
@@ -130,13 +131,30 @@ def language_codes(loaded) -> dict[str, int]:
     return {token.strip("<|>"): token_id for token, token_id in lang_to_id.items()}
 
 
-def language_code(language: str, codes: dict[str, int]) -> str:
-    """An ISO code or a language name (as openai-whisper accepts them: "chinese", "Mandarin") → code."""
+def named_language(language: str) -> str | None:
+    """The ISO code of ``language`` as openai-whisper's ``transcribe()`` reads it — a code (``"zh"``),
+    a name (``"Chinese"``) or an alias (``"Mandarin"``, ``"Castilian"``), any case — or None.
+
+    The names are openai-whisper's ``tokenizer.py`` table (``LANGUAGES`` and its aliases), which
+    transformers ships as ``TO_LANGUAGE_CODE``.
+    """
     from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
-    wanted = language.strip().lower()
-    code = wanted if wanted in codes else TO_LANGUAGE_CODE.get(wanted)
-    if code not in codes:
-        raise OptionError(f"unknown language {language!r}; use an ISO code or a name such as "
-                          f"{', '.join(sorted(codes)[:6])}, chinese, german, ... ({len(codes)} in all)")
-    return code
+    wanted = " ".join(str(language).split()).lower()
+    return wanted if wanted in TO_LANGUAGE_CODE.values() else TO_LANGUAGE_CODE.get(wanted)
+
+
+def language_code(language: str, codes: dict[str, int]) -> str:
+    """An ISO code or a language name (:func:`named_language`) → the code of one of the model's
+    language tokens ``codes`` (:func:`language_codes`); a one-line error, with the nearest name, if none."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    wanted = " ".join(str(language).split()).lower()
+    code = wanted if wanted in codes else named_language(wanted)  # a model may have codes openai-whisper lacks
+    if code in codes:
+        return code
+    known = sorted(set(codes) | {name for name, named in TO_LANGUAGE_CODE.items() if named in codes})
+    close = difflib.get_close_matches(wanted, known, n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise OptionError(f"unknown language {language!r}; use an ISO code or a name such as "
+                      f"{', '.join(sorted(codes)[:6])}, chinese, german, ... ({len(codes)} in all){hint}")
