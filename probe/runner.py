@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -32,13 +33,29 @@ from probe.store import Store, Trace, TraceWriter, WriteQueue
 from probe.tracer import DecodeOptions, Run, Tracer, decode_options
 
 
+_LOAD_SECONDS = "_probe_load_seconds"  # set on a model load() loaded; taken by the first trace made with it
+
+
 def load(model=None, device: str = "auto", dtype: str = "auto"):
     """The :class:`~probe.models.LoadedModel` to trace with: ``model`` itself when it is one, else
     :func:`probe.models.load_model` of that spec (hub id, directory, ``.pt``, embedded name; None:
-    the embedded default)."""
+    the embedded default).  How long a load took goes into the next trace's ``timings.load``
+    (:func:`load_seconds`)."""
     from probe import models
 
-    return model if isinstance(model, models.LoadedModel) else models.load_model(model, device=device, dtype=dtype)
+    if isinstance(model, models.LoadedModel):
+        return model
+    started = time.perf_counter()
+    loaded = models.load_model(model, device=device, dtype=dtype)
+    setattr(loaded, _LOAD_SECONDS, time.perf_counter() - started)
+    return loaded
+
+
+def load_seconds(loaded) -> float:
+    """Seconds the trace about to be written waited for its model: the load that :func:`load` did,
+    reported once (by the first trace made with that model); 0.0 when the model was already loaded
+    (a later clip, a model passed in loaded, the dashboard's cached model)."""
+    return round(loaded.__dict__.pop(_LOAD_SECONDS, 0.0), 4)
 
 
 def clips(audio: Iterable, channel="mix") -> Iterator[AudioClip]:
@@ -130,6 +147,7 @@ def begin_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None,
         timings = {key: round(sum(w.timings.get(key, 0.0) for w in run.windows), 4)
                    for key in ("encode", "detect", "generate", "replay")}
         timings["total"] = round(sum(timings.values()), 4)
+        timings["load"] = load_seconds(run.loaded)  # loading the model, before (and not in) the total
         timings["plugins"] = {name: round(sec, 4) for name, sec in run.plugin_seconds.items()}
         warn_slow_plugins(run.plugin_seconds, timings["total"])
         writer.add_audio(functools.partial(encode_flac, run.clip.samples), 16000)  # encoded where it is written
@@ -185,7 +203,8 @@ def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store | None,
 def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), store=None, name: str | None = None,
         language: str | None = None, task: str = "transcribe", timestamps: bool = False, num_beams: int = 1,
         max_new_tokens: int | None = None, device: str = "auto", dtype: str = "auto", disable: Iterable[str] = (),
-        plugin_options: dict | None = None, channel="mix", batch_size: int = 1, **decoding):
+        plugin_options: dict | None = None, channel="mix", batch_size: int = 1, source: str | None = None,
+        **decoding):
     """Trace ``audio`` with Whisper and return the stored trace (a list of traces for a list input).
 
     :param audio: a path, a 16 kHz numpy/torch array, an :class:`~probe.audio.AudioClip`, or a list.
@@ -195,6 +214,8 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     :param points: hook points (globs allowed) for the ``activations`` plugin to record.
     :param store: a :class:`~probe.store.Store` or folder; default :func:`probe.store.default_store_dir`.
     :param batch_size: clips decoded together in one ``generate()`` call.
+    :param source: what the manifest names as the audio's source instead of the path or "array"
+        (e.g. an upload's file name, when ``audio`` is a temporary copy of it); one input only.
     :param decoding: more :class:`~probe.tracer.DecodeOptions` fields — ``temperature`` (a float or a
         fallback tuple), ``compression_ratio_threshold``, ``logprob_threshold``, ``no_speech_threshold``,
         ``condition_on_prev_tokens``, ``initial_prompt``, ``prefix``, ``multilingual``, ``seed``,
@@ -211,7 +232,11 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
                              num_beams=num_beams, max_new_tokens=max_new_tokens, **decoding)
     pm = get_plugin_manager(plugins=list(plugins), disabled=disable)
     tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options)
+    if source is not None and isinstance(audio, (list, tuple)):
+        raise TypeError("probe.run(source=...) names one input; pass one audio, not a list")
     inputs = clips(audio if isinstance(audio, (list, tuple)) else [audio], channel)
+    if source is not None:
+        inputs = (dataclasses.replace(clip, source=source) for clip in inputs)
     traces = [trace for _, trace in trace_clips(tracer, inputs, store, name, batch_size=batch_size)]
     if not traces:
         raise StoreError("nothing to trace: the input list is empty")

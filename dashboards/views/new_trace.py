@@ -35,7 +35,8 @@ with left:
                           help="A hub id (openai/whisper-small), a local or CTranslate2 directory, a .pt file, "
                                "or an embedded name (base, tiny.en).")
     language = st.text_input("Language", "", key="new_language", placeholder="detect",
-                             help="An ISO code such as en or zh; empty detects it.")
+                             help="An ISO code (en, zh) or a name as openai-whisper takes them (English, "
+                                  "Chinese, Mandarin, Castilian, …); empty detects it.")
     task = st.radio("Task", ["transcribe", "translate"], horizontal=True, key="new_task")
 with right:
     plugins = st.multiselect("Plugins", DEFAULT_PLUGINS, default=list(DEFAULT_PLUGINS), key="new_plugins")
@@ -52,7 +53,8 @@ if st.button("Record trace", type="primary", disabled=audio is None, key="new_ru
         with st.spinner(f"Tracing {file_name}…"), tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / file_name
             path.write_bytes(audio.getvalue())
-            trace = probe.runner.run(path, model=load_model(model.strip() or None), store=store,
+            # the temporary copy is gone once traced: the manifest names the upload by its file name
+            trace = probe.runner.run(path, model=load_model(model.strip() or None), store=store, source=file_name,
                                      name=name.strip() or Path(file_name).stem, language=language.strip() or None,
                                      task=task, timestamps=timestamps, num_beams=int(num_beams),
                                      disable=[p for p in DEFAULT_PLUGINS if p not in plugins])

@@ -24,7 +24,11 @@ columns[0].metric("Language", f"<|{trace.language}|>",
 columns[1].metric("No-speech probability", f"{manifest.get('no_speech_probability', 0):.3f}")
 columns[2].metric("Audio", f"{audio.get('duration', 0):.2f} s", f"{len(manifest.get('windows') or [])} window(s)",
                   delta_color="off", delta_arrow="off")
-columns[3].metric("Traced in", f"{(manifest.get('timings') or {}).get('total', 0):.1f} s")
+timings = dict(manifest.get("timings") or {})
+load = timings.pop("load", None)  # waiting for the model, before (not in) the total; older traces lack it
+columns[3].metric("Traced in", f"{timings.get('total', 0):.1f} s",
+                  None if load is None else f"model loaded in {load:.1f} s" if load else "model already loaded",
+                  delta_color="off", delta_arrow="off")
 
 st.subheader("Transcript")
 st.markdown(f"> {trace.transcript or '*(nothing decoded)*'}")
@@ -39,9 +43,9 @@ with left:
                  hide_index=True)
 with right:
     st.subheader("Timings (s)")
-    timings = dict(manifest.get("timings") or {})
     per_plugin = timings.pop("plugins", {}) or {}
     rows = [{"stage": stage, "seconds": seconds} for stage, seconds in timings.items()]
+    rows += [{"stage": "model load (not in total)", "seconds": load}] if load is not None else []
     rows += [{"stage": f"plugin {name}", "seconds": seconds} for name, seconds in per_plugin.items()]
     st.dataframe(rows, hide_index=True)
     st.subheader("Model configuration")

@@ -66,6 +66,10 @@ def cmd_show(args) -> int:
     print(repr(trace))
     print(f"model: {data['model']['id']}  language: {data.get('language')} "
           f"(p={data.get('language_probability', 0):.2f})  no-speech: p={data.get('no_speech_probability', 0):.3f}")
+    timings = data.get("timings") or {}
+    load = timings.get("load")  # waiting for the model, not in the total; older traces lack it
+    print(f"traced in {timings.get('total', 0):.1f} s"
+          + ("" if load is None else f" (model loaded in {load:.1f} s)" if load else " (model already loaded)"))
     print(f"prompt: {''.join(t['token'] for t in data.get('prompt', []))}")
     print(f"transcript: {data.get('transcript', '')}")
     windows = data.get("windows", [])
