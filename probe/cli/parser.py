@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--split", default="train")
     run.add_argument("--audio-column", default=None, help="the Audio column (found automatically if omitted)")
     run.add_argument("--limit", type=int, default=None, help="trace at most this many dataset rows")
-    run.add_argument("--language", default=None, help="language code (en, zh, ...); default: detect")
+    run.add_argument("--language", default=None, help="language code or name (en, zh, chinese, ...); default: detect")
     run.add_argument("--task", default="transcribe", help="transcribe or translate (to English)")
     run.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
     run.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
