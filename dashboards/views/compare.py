@@ -24,11 +24,16 @@ with left:
     st.caption(f"`{trace.id}`")
 with right:
     other = context.pick_trace("Compare with", "compare_trace", default=twins[0] if twins else None)
-for column, shown in zip((left, right), (trace, other)):
+prompts = [shown.manifest.get("prompt") or [] for shown in (trace, other)]
+# the prompt tokens only one of the two has (e.g. <|translate|> against <|transcribe|>) stand out
+differing = {entry["id"] for entry in prompts[0]} ^ {entry["id"] for entry in prompts[1]}
+for column, shown, prompt in zip((left, right), (trace, other), prompts):
     with column:
         decode = shown.manifest.get("decode") or {}
         st.markdown(f"{shown.model_id} · task **{decode.get('task')}** · language "
                     f"<|{shown.language}|> · beams {decode.get('num_beams')}")
-        st.html(context.prompt_chips(shown.manifest.get("prompt") or []))
+        st.html(context.prompt_chips(prompt, highlight=differing))
+        if differing & {entry["id"] for entry in prompt}:
+            st.caption("Highlighted: prompt tokens the other trace does not have.")
         st.markdown(f"> {shown.transcript}")
         context.show_figure(shown, figure)
