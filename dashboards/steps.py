@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 from probe import figures
+from probe.tokens import prompt_entries
 
 
 def _window(trace, window: int) -> tuple[dict, float, float, bool]:
@@ -67,6 +68,5 @@ def prompt(trace, st, window: int):
                     f"`<|{entry.get('language')}|>`, which its audio gives p = "
                     f"{float(entry.get('language_probability', 0)):.3f}; no-speech p = "
                     f"{float(entry.get('no_speech_probability', 0)):.3f}.{previous}")
-    tokens = ([{"id": t, "token": s} for t, s in zip(entry.get("prompt", []), entry.get("prompt_tokens", []))]
-              if entry.get("prompt_tokens") else trace.manifest.get("prompt") or [])
+    tokens = prompt_entries(trace.manifest, window)
     return functools.partial(st.html, context.prompt_chips(tokens))

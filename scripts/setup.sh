@@ -15,8 +15,13 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # --- system packages -------------------------------------------------------------------------
 apt_needed=()
 command -v ffmpeg >/dev/null 2>&1 || apt_needed+=(ffmpeg)
-# a small CJK font so Mandarin (and Japanese) token texts in figures are not boxes
-[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || apt_needed+=(fonts-wqy-microhei)
+# fonts for token texts in figures (probe.figures.font_families): CJK with bold (Han, kana, Hangul),
+# Arabic and Devanagari (Noto core), emoji as outlines (Symbola; colour emoji fonts are bitmaps Agg cannot draw)
+fonts_needed=()
+[ -e /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || fonts_needed+=(fonts-noto-cjk)
+[ -e /usr/share/fonts/truetype/noto/NotoSansArabic-Regular.ttf ] || fonts_needed+=(fonts-noto-core)
+[ -e /usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf ] || fonts_needed+=(fonts-symbola)
+apt_needed+=("${fonts_needed[@]}")
 if [ "$with_tests" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || apt_needed+=(chromium)
   command -v pdftoppm >/dev/null 2>&1 || apt_needed+=(poppler-utils)
@@ -26,6 +31,8 @@ if [ ${#apt_needed[@]} -gt 0 ]; then
   say "installing ${apt_needed[*]} with apt-get"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_needed[@]}" >/dev/null
+  # matplotlib lists system fonts once and caches the list: forget it so the new fonts are found
+  [ ${#fonts_needed[@]} -eq 0 ] || rm -f "${MPLCONFIGDIR:-${XDG_CACHE_HOME:-$HOME/.cache}/matplotlib}"/fontlist-*.json
 fi
 
 # --- virtualenv and Python packages ------------------------------------------------------------

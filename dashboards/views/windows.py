@@ -9,6 +9,7 @@ import streamlit as st
 
 from probe import contributions
 from probe.dashboards import context
+from probe.tokens import prompt_entries
 
 trace = context.current_trace()
 windows = trace.manifest.get("windows") or []
@@ -35,8 +36,7 @@ if windows:
     chosen = context.pick_window(trace, "windows_window") if len(windows) > 1 else 0
     window = windows[chosen]
     st.subheader(f"Window {chosen + 1}: {window['start']:.2f}–{window['end']:.2f} s, seek {window.get('seek', 0)}")
-    st.html(context.prompt_chips([{"id": t, "token": s} for t, s in
-                                  zip(window.get("prompt", []), window.get("prompt_tokens", []))]))
+    st.html(context.prompt_chips(prompt_entries(trace.manifest, chosen)))
     for attempt in window.get("attempts") or []:
         icon = {"kept": ":material/check_circle:", "rejected": ":material/cancel:",
                 "skipped": ":material/volume_off:"}.get(attempt["verdict"], "")

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from probe.constants import ENCODER_FRAMES_PER_SECOND
 from probe.figures import (ATTENTION_CMAP, draws, head_grid, heads_of, imshow, layer_slice, middle_layer,
-                           new_figure, require, tick_tokens, token_label, vocabulary, window_sequence)
+                           new_figure, require, tick_tokens, token_labels, vocabulary, window_sequence)
 
 
 @draws
@@ -42,7 +42,7 @@ def decoder_attention(trace, layer: int | None = None, head: int | None = None) 
     layer, pattern = layer_slice(trace, "attention.decoder", layer)  # [head, query, key]
     n_tokens = pattern.shape[-1]
     vocab = vocabulary(trace)
-    labels = [token_label(trace, vocab, t) for t in window_sequence(trace, 0)][:n_tokens]
+    labels = token_labels(trace, window_sequence(trace, 0), vocab=vocab)[:n_tokens]
     labels += ["?"] * (n_tokens - len(labels))
     heads = heads_of(pattern.shape[0], head)
     norm = colors.Normalize(0, 1)

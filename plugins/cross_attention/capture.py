@@ -36,6 +36,7 @@ from probe.alignment import alignment_matrix, monotonic_words, words_from_alignm
 from probe.hookspecs import hookimpl
 from probe.signals import flag_words
 from probe.spill import Concatenated, Spilled
+from probe.tokens import piece_texts
 from probe.transfer import to_host
 
 from probe.plugins.cross_attention.present import Presentation
@@ -133,8 +134,9 @@ class Plugin(Presentation):
             mean = torch.cat(parts).float().mean(0)  # [token, frame]: heads of every alignment layer
             state["rejected_rows"].append((to_host(mean.to(torch.float16)), [
                 {"window": window.index, "attempt": attempt["attempt"], "temperature": attempt["temperature"],
-                 "step": step, "token_id": int(token_id), "token": run.tokenizer.decode([token_id])}
-                for step, token_id in enumerate(attempt["tokens"])]))
+                 "step": step, "token_id": int(token_id), "token": text}
+                for step, (token_id, text) in enumerate(zip(attempt["tokens"],
+                                                            piece_texts(run.tokenizer, attempt["tokens"])))]))
         state["rejected"].clear()
 
     @hookimpl
@@ -157,9 +159,9 @@ class Plugin(Presentation):
         token_rows = []
         for result, captured in zip(run.windows, windows):
             text_rows, aligned_rows = set(captured["text_rows"]), set(captured["aligned_rows"])
-            for step, token_id in enumerate(result.tokens):
+            for step, (token_id, text) in enumerate(zip(result.tokens, piece_texts(tokenizer, result.tokens))):
                 token_rows.append({"window": result.index, "step": step, "token_id": int(token_id),
-                                   "token": tokenizer.decode([token_id]), "is_text": step in text_rows,
+                                   "token": text, "is_text": step in text_rows,
                                    "aligned": step in aligned_rows})
 
         def weights():  # [layer, head, token, frame], every window's tokens in order, streamed part by part

@@ -14,7 +14,7 @@ from matplotlib.patches import Rectangle
 from probe.constants import ENCODER_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
 from probe.errors import StoreError
 from probe.figures import (draws, first_spoken_window, heads_of, imshow, layer_index, log_mel_array, new_figure,
-                           require, tick_tokens, token_label, vocabulary, window_entry, window_span)
+                           require, tick_tokens, token_labels, vocabulary, window_entry, window_span)
 
 WORDS = "cross_attention.words"
 
@@ -100,7 +100,7 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None, wi
     words = [word for word in timed_words(trace) if word.get("window", 0) == window]
     mel = log_mel_array(trace, window)[:, : math.ceil((end - start) * MEL_FRAMES_PER_SECOND)]  # [n_mels, frame]
     vocab = vocabulary(trace)
-    labels = [token_label(trace, vocab, t["token_id"]) for t in tokens]
+    labels = token_labels(trace, [t["token_id"] for t in tokens], vocab=vocab)
     fig = new_figure(11, 3 + 0.16 * max(len(tokens), 12))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2.4])
     mel_image = imshow(top, mel, (start, end, 0, mel.shape[0]), "magma")
@@ -156,7 +156,7 @@ def rejected_attention(trace, window: int, attempt: int) -> Figure:
     ax = fig.subplots()
     image = imshow(ax, matrix, (start, start + matrix.shape[1] / ENCODER_FRAMES_PER_SECOND, -0.5, len(rows) - 0.5),
                     "magma", norm=colors.PowerNorm(0.5, vmin=0, vmax=max(float(matrix.max()), 1e-6)))
-    tick_tokens(ax, [str(t["token"]).strip() or repr(t["token"]) for t in tokens], "y", max_labels=40)
+    tick_tokens(ax, token_labels(trace, [t["token_id"] for t in tokens]), "y", max_labels=40)
     fig.colorbar(image, ax=ax, label="attention (alignment-head mean)", fraction=0.03)
     record = next((a for a in entry.get("attempts") or [] if a["attempt"] == attempt), {})
     ax.set_title(f"Window {window + 1}, attempt {attempt} (temperature {float(tokens[0]['temperature']):.1f}), "

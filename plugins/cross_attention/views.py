@@ -38,9 +38,9 @@ def cross_attention_page(trace, st) -> None:
     if not tokens:
         st.info("No tokens were decoded in this window.")
         st.stop()
-    vocab = figures.vocabulary(trace)
+    labels = figures.token_labels(trace, [token["token_id"] for token in tokens])
     token_index = st.selectbox("Token", range(len(tokens)), key="cross_token",
-                               format_func=lambda i: f"{i}: {figures.token_label(trace, vocab, tokens[i]['token_id'])}")
+                               format_func=lambda i: f"{i}: {labels[i]}")
     start, end = attended_span(trace, token_index, layer, head, window)
     st.caption(f"Frames holding at least half of this token's peak attention: {start:.2f}–{end:.2f} s.")
     st.audio(context.audio_span(trace, start, end), sample_rate=figures.SAMPLE_RATE)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
+from probe.tokens import piece_texts
 from probe.plugins.token_probs.capture import add_top_k, check_top_k, top_k
 from probe.transfer import to_device
 
@@ -82,7 +83,8 @@ class Plugin(Presentation):
         meta = {"axes": ["layer", "token", "k"]}
         writer.add_tensor("logit_lens.top_ids", top_ids.numpy().astype(np.int32), plugin=self.name, meta=meta)
         writer.add_tensor("logit_lens.top_probs", top_probs.numpy().astype(np.float32), plugin=self.name, meta=meta)
-        text = {int(i): run.tokenizer.decode([int(i)]) for i in np.unique(top_ids.numpy())}
+        named = np.unique(top_ids.numpy()).tolist()
+        text = dict(zip(named, piece_texts(run.tokenizer, named)))  # never "�": split characters as bytes
         writer.add_json("logit_lens.top_tokens", [[[text[int(i)] for i in row] for row in layer]
                                                   for layer in top_ids.numpy()], plugin=self.name,
                         meta={"axes": ["layer", "token", "k"]})

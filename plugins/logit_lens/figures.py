@@ -8,7 +8,7 @@ from matplotlib import colors
 from matplotlib.figure import Figure
 
 from probe.figures import (PROBABILITY_CMAP, TOKENS_PER_PAGE, draws, new_figure, page, page_note, require,
-                           tick_tokens, token_label, vocabulary)
+                           tick_tokens, token_label, token_labels, vocabulary)
 
 
 def lens_vocabulary(trace) -> dict[int, str]:
@@ -35,7 +35,9 @@ def logit_lens(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
     columns = list(shown)
     vocab = {**lens_vocabulary(trace), **vocabulary(trace)}
     emitted = [token for window in trace.manifest.get("windows") or [] for token in window.get("tokens") or []]
-    labels = [token_label(trace, vocab, emitted[i]) if i < len(emitted) else "?" for i in columns]
+    windows = [w.get("index", 0) for w in trace.manifest.get("windows") or [] for _ in w.get("tokens") or []]
+    every = token_labels(trace, emitted, windows, vocab)
+    labels = [every[i] if i < len(every) else "?" for i in columns]
     fig = new_figure(max(8, 0.55 * len(columns) + 3), 0.5 * n_layers + 2.6)
     ax = fig.add_subplot()
     image = ax.imshow(chosen_prob[:, columns], cmap=PROBABILITY_CMAP, norm=colors.Normalize(0, 1),

@@ -23,6 +23,7 @@ import torch
 
 from probe.errors import OptionError
 from probe.hookspecs import hookimpl
+from probe.tokens import piece_texts
 from probe.transfer import to_device, to_host
 
 from probe.plugins.token_probs.present import Presentation
@@ -127,19 +128,21 @@ class Plugin(Presentation):
                 top_ids, top_probs = top_ids.astype(np.int32), top_probs.astype(np.float32)
                 all_ids.append(top_ids)
                 all_probs.append(top_probs)
+                named = sorted({*tokens, *np.unique(top_ids).tolist()})
+                text = dict(zip(named, piece_texts(tokenizer, named)))  # never "�": split characters as bytes
                 for step, token_id in enumerate(tokens):
                     rows.append({
                         "window": index,
                         "step": step,
                         "position": prompt_length + step,
                         "token_id": int(token_id),
-                        "token": tokenizer.decode([token_id]),
+                        "token": text[token_id],
                         "kind": token_kind(token_id, eot, first_ts),
                         "prob": float(np.exp(chosen[step])),
                         "logprob": float(chosen[step]),
                         "entropy": float(entropy[step]),
                         "top_k_ids": top_ids[step].tolist(),
-                        "top_k_tokens": [tokenizer.decode([t]) for t in top_ids[step]],
+                        "top_k_tokens": [text[int(t)] for t in top_ids[step]],
                         "top_k_probs": [round(float(p), 6) for p in top_probs[step]],
                     })
             return rows, np.concatenate(all_ids), np.concatenate(all_probs)
@@ -157,7 +160,7 @@ class Plugin(Presentation):
             "language_probs": {code: round(p, 6) for code, p in w.language_probs.items()},
             "no_speech_probability": w.no_speech_probability,
             "task": run.options.task,
-            "prompt": [{"id": t, "token": s} for t, s in zip(w.prompt, tokenizer.convert_ids_to_tokens(w.prompt))],
+            "prompt": [{"id": t, "token": s} for t, s in zip(w.prompt, piece_texts(tokenizer, w.prompt))],
         } for w in run.windows]}, plugin=self.name)
 
 

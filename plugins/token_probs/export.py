@@ -5,6 +5,7 @@ one under the player), the language detection of each window, the token-by-token
 from __future__ import annotations
 
 from probe.export.markup import esc, number
+from probe.figures import token_labels
 from probe.plugins.token_probs.figures import MULTITASK, TOKENS, transcript_html
 
 
@@ -48,13 +49,14 @@ def tokens_section(trace, windows) -> str:
     if not rows:
         return ""
     by_window = len(trace.manifest.get("windows") or []) > 1  # steps count from 0 in each window
+    labels = token_labels(trace, [row.get("token_id") for row in rows], [row.get("window", 0) for row in rows])
     body = "".join(
         (f'<tr><td class="num">{row.get("window", 0) + 1}</td>' if by_window else '<tr>')
         + f'<td class="num">{esc(str(row.get("step")))}</td>'
-        f'<td><code>{esc(repr(row.get("token"))[1:-1])}</code></td>'
+        f'<td><code>{esc(label)}</code></td>'
         f'<td class="num">{number(row.get("prob"))}</td>'
         f'<td class="num">{number(row.get("entropy"), 2)}</td>'
-        f'<td>{_alternatives(row)}</td></tr>' for row in rows)
+        f'<td>{_alternatives(row)}</td></tr>' for row, label in zip(rows, labels))
     return ('<table><tr>' + ('<th>window</th>' if by_window else '') + '<th>step</th>'
             '<th>token</th><th>p</th><th>entropy</th><th>top alternatives</th></tr>'
             f'{body}</table>')

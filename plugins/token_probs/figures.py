@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from probe.errors import StoreError
 from probe.figures import (PROBABILITY_CMAP, TOKENS_PER_PAGE, draws, new_figure, page, page_note, require,
-                           tick_tokens, token_label, vocabulary)
+                           tick_tokens, token_groups, token_label, token_labels, vocabulary)
 
 TOKENS = "token_probs.tokens"
 MULTITASK = "token_probs.multitask"
@@ -27,7 +27,8 @@ def token_probs(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
     shown = page(len(every_row), first, count)
     rows = [every_row[i] for i in shown]
     vocab = vocabulary(trace)
-    labels = [token_label(trace, vocab, row["token_id"]) for row in rows]
+    labels = token_labels(trace, [row["token_id"] for row in every_row], [row.get("window", 0) for row in every_row],
+                          vocab)[shown.start:shown.stop]  # labelled whole: a character split at the page edge
     steps = np.arange(len(rows))
     probs = np.array([row["prob"] for row in rows], dtype=np.float32)  # [token]
     entropy = np.array([row["entropy"] for row in rows], dtype=np.float32)  # [token]
@@ -116,16 +117,24 @@ def transcript_html(trace, window: int | None = None) -> str:
     text token decoded in it."""
     require(trace, "token_probs.tokens")
     kept = {w.get("index"): w.get("kept") for w in trace.manifest.get("windows") or []}  # None: all
-    spans = []
+    rows = []
     for row in trace.table("token_probs.tokens"):
         in_window, limit = row.get("window", 0), kept.get(row.get("window", 0))
         shown = in_window == window if window is not None else limit is None or row["step"] < limit
-        if row["kind"] != "text" or not shown:
-            continue
-        alternatives = ", ".join(f"{text!r} {p:.2f}" for text, p in zip(row["top_k_tokens"], row["top_k_probs"]))
-        tooltip = f"p={row['prob']:.3f}, entropy={row['entropy']:.2f} nats; top: {alternatives}"
-        spans.append(f'<span title="{html.escape(tooltip)}" style="background:{_probability_css(row["prob"])};'
-                     f'color:#111;border-radius:3px;padding:1px 0">{html.escape(row["token"])}</span>')
+        if row["kind"] == "text" and shown:
+            rows.append(row)
+    spans = []
+    # one span per character group: a character split over tokens is shown once, its pieces in the tooltip
+    for group in token_groups(trace, [row["token_id"] for row in rows], [row.get("window", 0) for row in rows]):
+        members = rows[group["start"]:group["stop"]]
+        tooltip = "; ".join(f"p={row['prob']:.3f}, entropy={row['entropy']:.2f} nats; top: "
+                            + ", ".join(f"{text!r} {p:.2f}" for text, p in zip(row["top_k_tokens"], row["top_k_probs"]))
+                            for row in members)
+        if len(members) > 1:
+            tooltip = f"{len(members)} tokens: {group['pieces']}\n{tooltip}"
+        probability = min(row["prob"] for row in members)
+        spans.append(f'<span title="{html.escape(tooltip)}" style="background:{_probability_css(probability)};'
+                     f'color:#111;border-radius:3px;padding:1px 0">{html.escape(group["text"])}</span>')
     legend = " ".join(f'<span style="background:{_probability_css(p)};padding:0 6px;color:#111">{p:.2f}</span>'
                       for p in (0.0, 0.25, 0.5, 0.75, 1.0))
     return ('<div class="probe-transcript" style="font-size:1.15em;line-height:1.9;white-space:pre-wrap">'

@@ -10,6 +10,7 @@ import math
 
 from probe import figures
 from probe.errors import StoreError
+from probe.tokens import prompt_entries
 from probe.plugins.token_probs.figures import TOKENS, transcript_html
 
 TOKEN_ROLES = {
@@ -51,10 +52,11 @@ def tokens_page(trace, st) -> None:
         context.show_figure(trace, "token_probs", first=offset + (page - 1) * per_page,
                             count=min(per_page, len(rows) - (page - 1) * per_page))
     st.subheader("Every emitted token" + (f" of window {window + 1}" if window is not None else ""))
-    st.dataframe([{"window": row["window"] + 1, "step": row["step"], "token": row["token"], "kind": row["kind"],
+    labels = figures.token_labels(trace, [row["token_id"] for row in rows], [row["window"] for row in rows])
+    st.dataframe([{"window": row["window"] + 1, "step": row["step"], "token": label, "kind": row["kind"],
                    "probability": row["prob"], "entropy (nats)": row["entropy"],
                    "alternatives": ", ".join(f"{t!r} {p:.2f}" for t, p in zip(row["top_k_tokens"], row["top_k_probs"]))}
-                  for row in rows], hide_index=True)
+                  for row, label in zip(rows, labels)], hide_index=True)
 
 
 def multitask_page(trace, st) -> None:
@@ -67,8 +69,7 @@ def multitask_page(trace, st) -> None:
     st.title("Multitask prompt")
     window = context.pick_window(trace, "multitask_window")
     shown = windows[window] if windows else {}
-    prompt = ([{"id": t, "token": s} for t, s in zip(shown.get("prompt", []), shown.get("prompt_tokens", []))]
-              if shown.get("prompt_tokens") else manifest.get("prompt") or [])
+    prompt = prompt_entries(manifest, window)
     if len(windows) > 1:
         st.caption("Each window has its own prompt: with conditioning on previous text it starts with "
                    "`<|startofprev|>` and the text before; languages by window: "
@@ -109,11 +110,11 @@ def _transcribe_vs_translate(trace, st, prompt: list[dict]) -> None:
                 "task on the **New trace** page to compare them here.")
         return
     twin = twins[0]
-    ours, theirs = {e["id"] for e in prompt}, {e["id"] for e in twin.manifest.get("prompt") or []}
+    ours, theirs = {e["id"] for e in prompt}, {e["id"] for e in prompt_entries(twin.manifest)}
     for column, shown in zip(st.columns(2), (trace, twin)):
         with column:
             st.markdown(f"**{(shown.manifest.get('decode') or {}).get('task')}** · `{shown.id}`")
-            st.html(context.prompt_chips(shown.manifest.get("prompt") or [], highlight=ours ^ theirs))
+            st.html(context.prompt_chips(prompt_entries(shown.manifest), highlight=ours ^ theirs))
             st.markdown(f"> {shown.transcript}")
     st.caption("Highlighted: the prompt tokens that differ. Same audio, same encoder output — only the task "
                "token steers the decoder.")

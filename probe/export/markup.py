@@ -81,8 +81,10 @@ def today() -> str:
 
 
 def prompt_tokens(trace: Trace) -> list[dict]:
-    prompt = trace.manifest.get("prompt")
-    return [token for token in prompt if isinstance(token, dict)] if isinstance(prompt, list) else []
+    """The first window's prompt, ``{"id", "token"}`` per token, as :func:`probe.tokens.prompt_entries` shows it."""
+    from probe.tokens import prompt_entries
+
+    return prompt_entries(trace.manifest)
 
 
 def audio_field(trace: Trace, key: str) -> Any:

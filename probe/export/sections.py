@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 
 from probe.export.markup import esc, number, prompt_tokens
+from probe.tokens import labels, prompt_pieces, text
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -63,9 +64,10 @@ def _prompt_by_window(trace: Trace, windows: list[dict]) -> str:
 def _window_prompt(window: dict, max_previous: int = 80) -> str:
     """A window's prompt as tokens, the previous text before ``<|startoftranscript|>`` quoted
     (shortened from the front: its end is what the decoder reads last)."""
-    tokens = [str(token) for token in window.get("prompt_tokens") or []]
+    pieces = prompt_pieces(window)
+    tokens = [label.strip() or "␣" for label in labels(pieces)]
     sot = int(window.get("sot_index") or 0)
-    previous = "".join(tokens[1:sot]) if sot > 0 else ""
+    previous = text(pieces[1:sot]) if sot > 0 else ""
     if len(previous) > max_previous:
         previous = "…" + previous[-max_previous:]
     chips = [f'<code class="tok">{esc(token)}</code>' for token in tokens[sot:]]

@@ -30,8 +30,8 @@ from probe.figures.audio import (audio_samples, duration, first_spoken_window, l
 from probe.figures.base import (ATTENTION_CMAP, MAX_COLUMNS, PROBABILITY_CMAP, TOKENS_PER_PAGE,
                                 config_value, draws, grid_shape, head_grid, heads_of, imshow, layer_index,
                                 layer_slice, middle_layer, new_figure, page, page_note, png_bytes,
-                                pool_columns, quiet_missing_glyphs, require, save, tick_tokens, token_label,
-                                vocabulary)
+                                pool_columns, quiet_missing_glyphs, require, save, tick_tokens, token_bytes,
+                                token_groups, token_label, token_labels, vocabulary)
 from probe.figures.records import record_heatmap
 from probe.figures.windows import windows_timeline
 
@@ -41,7 +41,8 @@ __all__ = ['ATTENTION_CMAP', 'ENCODER_FRAMES_PER_SECOND', 'HOP_LENGTH', 'MAX_COL
            'duration', 'first_spoken_window', 'grid_shape', 'head_grid', 'heads_of', 'imshow', 'layer_index',
            'layer_slice', 'log_mel', 'log_mel_array', 'middle_layer', 'new_figure', 'page', 'page_note',
            'png_bytes', 'pool_columns', 'quiet_missing_glyphs', 'record_heatmap', 'require', 'save',
-           'tick_tokens', 'token_label', 'vocabulary', 'waveform', 'window_entry', 'window_sequence',
+           'tick_tokens', 'token_bytes', 'token_groups', 'token_label', 'token_labels', 'vocabulary', 'waveform',
+           'window_entry', 'window_sequence',
            'window_span', 'windows_timeline', 'FIGURES', 'figure']
 
 

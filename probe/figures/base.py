@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -23,30 +24,59 @@ from matplotlib.figure import Figure
 
 from probe.constants import N_TIMESTAMP_TOKENS, TIMESTAMP_SECONDS
 from probe.errors import StoreError
+from probe.figures.legible import MIN_FONT_PT, PRINT_DPI, SCREEN_DPI, bounded_size, settle, thin_ticks
+from probe.tokens import describe, groups, labels, piece_text, read_bytes_map
 
 MAX_COLUMNS = 1500  # widest image drawn; wider arrays are mean-pooled along time
-TOKENS_PER_PAGE = 40  # token-by-token figures show this many tokens at a time
+TOKENS_PER_PAGE = 20  # token-by-token figures show this many tokens at a time (cell text ≥ MIN_FONT_PT fits)
 PROBABILITY_CMAP = "RdYlGn"
 ATTENTION_CMAP = "magma"
-_CJK_FALLBACKS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Noto Sans Thai",
-                  "Noto Sans")
-
+# Per script, the fonts that cover what DejaVu Sans lacks, best first; scripts/setup.sh installs the
+# first of each (Debian: fonts-noto-cjk, fonts-noto-core, fonts-symbola).  One font per script is
+# enough: matplotlib falls back glyph by glyph along the list, and libraqm shapes Arabic (joined,
+# right to left) and Devanagari.  Symbola has monochrome emoji outlines; colour emoji fonts (CBDT)
+# are bitmaps Agg cannot draw.
+_SCRIPT_FALLBACKS = (
+    ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei"),  # Han, kana, Hangul
+    ("Noto Sans Arabic", "Noto Naskh Arabic"),
+    ("Noto Sans Devanagari",),
+    ("Noto Sans Thai",),
+    ("Symbola",),  # emoji
+    ("Noto Sans",),  # Latin, Greek and Cyrillic letters DejaVu lacks
+)
 
 
 @functools.cache
 def font_families() -> list[str]:
-    """DejaVu Sans, then whichever installed fonts cover scripts it lacks (CJK, Thai)."""
+    """DejaVu Sans, then for each script it lacks (CJK, Arabic, Devanagari, Thai, emoji) the
+    first installed font that covers it."""
     installed = {font.name for font in font_manager.fontManager.ttflist}
-    return ["DejaVu Sans"] + [name for name in _CJK_FALLBACKS if name in installed]
+    found = [next((name for name in names if name in installed), None) for names in _SCRIPT_FALLBACKS]
+    return ["DejaVu Sans"] + [name for name in found if name]
+
+
+class _FallbackWeights:
+    """A filter for matplotlib's font log: a fallback font without a bold face (Symbola, WenQuanYi)
+    draws its few glyphs in bold text at its regular weight, as intended, without a warning for
+    every text that asks for bold."""
+
+    def filter(self, record) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("findfont: Failed to find font weight") and len(args) > 1
+                    and any(args[1] in names for names in _SCRIPT_FALLBACKS))
+
+
+logging.getLogger("matplotlib.font_manager").addFilter(_FallbackWeights())
 
 
 def draws(function: Callable[..., Figure]) -> Callable[..., Figure]:
-    """Build the figure with fonts that fall back to other scripts (token texts can be any)."""
+    """Build the figure with fonts that fall back to other scripts (token texts can be any), then
+    settle its crowded labels against the drawn layout (:func:`probe.figures.legible.settle`)."""
 
     @functools.wraps(function)
     def draw(*args, **kwargs) -> Figure:
         with matplotlib.rc_context({"font.family": font_families()}):
-            return function(*args, **kwargs)
+            return settle(function(*args, **kwargs))
 
     return draw
 
@@ -61,7 +91,9 @@ def quiet_missing_glyphs():
 
 
 def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
+    """An Agg figure of ``width`` × ``height`` inches, bounded to what a screen and a page hold
+    (:func:`probe.figures.legible.bounded_size`), with constrained layout."""
+    fig = Figure(figsize=bounded_size(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -91,11 +123,23 @@ def pool_columns(array: np.ndarray, max_columns: int = MAX_COLUMNS) -> tuple[np.
     return padded.reshape(*array.shape[:-1], -1, factor).mean(-1), factor
 
 
+def token_bytes(trace) -> dict[int, bytes]:
+    """Token id → raw bytes of every token a window of the trace names (its prompt, emitted and
+    rejected tokens: each window's ``token_bytes`` in the manifest).  Empty for traces written
+    before they were kept; labels then fall back to the stored texts."""
+    found: dict[int, bytes] = {}
+    for window in trace.manifest.get("windows") or []:
+        found.update(read_bytes_map(window.get("token_bytes")))
+    return found
+
+
 def vocabulary(trace) -> dict[int, str]:
-    """Token id → text for every token the trace has decoded text for: each window's prompt and
-    emitted tokens (the manifest's ``token_texts``), and the id/text columns of any table a plugin
-    describes with ``token_columns`` (``probe_describe_records``), such as top-k alternatives.
-    The store keeps no tokenizer, so other ids stay unknown."""
+    """Token id → the text of that token on its own, for every token the trace has text for: each
+    window's prompt and emitted tokens (from their bytes: part of a character shows as
+    ``‹e4 b8›``, see :func:`probe.tokens.piece_text`), and the id/text columns of any table a
+    plugin describes with ``token_columns`` (``probe_describe_records``), such as top-k
+    alternatives.  The store keeps no tokenizer, so other ids stay unknown.  Label a sequence
+    with :func:`token_labels`, which joins split characters."""
     from probe.contributions import current
 
     vocab: dict[int, str] = {}
@@ -114,11 +158,13 @@ def vocabulary(trace) -> dict[int, str]:
                     vocab.update(zip(value, row.get(texts) or []))
                 elif value is not None:
                     vocab[int(value)] = row.get(texts)
+    vocab.update({token_id: piece_text(raw) for token_id, raw in token_bytes(trace).items()})
     return vocab
 
 
 def token_label(trace, vocab: dict[int, str], token_id: int) -> str:
-    """A short, visible label for a token: timestamps as ``<|1.20|>``, unknown ids as ``#id``."""
+    """A short, visible label for one token on its own (a top-k alternative): timestamps as
+    ``<|1.20|>``, unknown ids as ``#id``.  Tokens of a sequence: :func:`token_labels`."""
     first_timestamp = config_value(trace, "vocab_size", 51865) - N_TIMESTAMP_TOKENS
     if token_id >= first_timestamp:
         return f"<|{(token_id - first_timestamp) * TIMESTAMP_SECONDS:.2f}|>"
@@ -126,6 +172,49 @@ def token_label(trace, vocab: dict[int, str], token_id: int) -> str:
     if text is None:
         return f"#{token_id}"
     return text.strip() or "␣"
+
+
+def _pieces(trace, vocab: dict[int, str], ids) -> list[bytes]:
+    raw = token_bytes(trace)
+    first_timestamp = config_value(trace, "vocab_size", 51865) - N_TIMESTAMP_TOKENS
+    return [raw[int(t)] if int(t) in raw and int(t) < first_timestamp
+            else token_label(trace, vocab, int(t)).encode("utf-8") for t in ids]
+
+
+def _runs(ids: list[int], windows) -> list[range]:
+    """Index ranges of ``ids`` within one window (characters are never joined across windows)."""
+    windows = list(windows) if windows is not None else [0] * len(ids)
+    bounds = [i for i in range(1, len(ids)) if windows[i] != windows[i - 1]]
+    return [range(a, b) for a, b in zip([0, *bounds], [*bounds, len(ids)])]
+
+
+def token_labels(trace, ids, windows=None, vocab: dict[int, str] | None = None) -> list[str]:
+    """One label per token of a sequence, split characters joined (``迷¹/₂ 迷²/₂``, see
+    :func:`probe.tokens.labels`); ``windows`` (one per id) keeps windows apart.  Label the whole
+    sequence, then take a page of it, so a character split at a page edge still reads right."""
+    ids = [int(t) for t in ids]
+    vocab = vocabulary(trace) if vocab is None else vocab
+    pieces = _pieces(trace, vocab, ids)
+    out: list[str] = []
+    for run in _runs(ids, windows):
+        out += [label.strip() or "␣" for label in labels([pieces[i] for i in run])]
+    return out
+
+
+def token_groups(trace, ids, windows=None, vocab: dict[int, str] | None = None) -> list[dict]:
+    """A sequence as the characters its tokens spell, for running text (a transcript): one
+    ``{"start", "stop", "text", "pieces"}`` per group of tokens ``start`` … ``stop - 1``, with
+    ``pieces`` naming them for a hover (``‹e8 bf› + ‹b7›``)."""
+    ids = [int(t) for t in ids]
+    vocab = vocabulary(trace) if vocab is None else vocab
+    pieces = _pieces(trace, vocab, ids)
+    found = []
+    for run in _runs(ids, windows):
+        for group in groups([pieces[i] for i in run]):
+            start, stop = run.start + group.start, run.start + group.stop
+            found.append({"start": start, "stop": stop, "text": group.text,
+                          "pieces": describe(pieces[start:stop])})
+    return found
 
 
 def imshow(ax, image: np.ndarray, extent, cmap: str, norm=None, **kwargs):
@@ -138,15 +227,12 @@ def grid_shape(n: int) -> tuple[int, int]:
     return math.ceil(n / columns), columns
 
 
-def tick_tokens(ax, labels: list[str], axis: str, max_labels: int = 60) -> None:
-    """Token labels on an axis whose cells are centred on 0, 1, ...; thinned past ``max_labels``."""
-    step = max(1, math.ceil(len(labels) / max_labels))
-    positions = list(range(0, len(labels), step))
-    shown = [labels[i] for i in positions]
-    if axis == "x":
-        ax.set_xticks(positions, shown, rotation=90, fontsize=7)
-    else:
-        ax.set_yticks(positions, shown, fontsize=7)
+def tick_tokens(ax, labels: list[str], axis: str, max_labels: int | None = None, first: int = 0) -> None:
+    """Token labels on an axis whose cells are centred on ``first``, ``first + 1``, ...; every
+    n-th one where they would overlap (:func:`probe.figures.legible.thin_ticks`) or past
+    ``max_labels``, at least :data:`~probe.figures.legible.MIN_FONT_PT`, x labels turned upright."""
+    thin_ticks(ax, range(first, first + len(labels)), labels, axis, rotation=90 if axis == "x" else 0,
+               max_labels=max_labels)
 
 
 def page(n: int, first: int, count: int) -> range:
@@ -171,7 +257,7 @@ def head_grid(fig: Figure, heads: list[int], draw: Callable, title: str, colorba
             ax.set_visible(False)
             continue
         image = draw(ax, heads[index])
-        ax.set_title(f"head {heads[index]}", fontsize=9)
+        ax.set_title(f"head {heads[index]}", fontsize=max(9, MIN_FONT_PT))
         if index % columns == 0:
             ax.set_ylabel(ylabel)
         if index >= len(heads) - columns:
@@ -208,7 +294,7 @@ def middle_layer(trace, key: str) -> int:
     return config_value(trace, key, 2) // 2
 
 
-def save(fig: Figure, path: str | Path, dpi: int = 200) -> Path:
+def save(fig: Figure, path: str | Path, dpi: int = PRINT_DPI) -> Path:
     """Write ``fig`` to ``path``; the format follows the suffix (png, svg, pdf)."""
     path = Path(path)
     with quiet_missing_glyphs():
@@ -216,7 +302,7 @@ def save(fig: Figure, path: str | Path, dpi: int = 200) -> Path:
     return path
 
 
-def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+def png_bytes(fig: Figure, dpi: int = SCREEN_DPI) -> bytes:
     """``fig`` as PNG bytes, for screens (the dashboard) rather than print."""
     buffer = io.BytesIO()
     with quiet_missing_glyphs():

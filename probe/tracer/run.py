@@ -78,7 +78,12 @@ class WindowResult:
             "segments": self.segments, "attempts": self.attempts, "signals": self.signals,
         }
         if tokenizer is not None:
-            data["prompt_tokens"] = tokenizer.convert_ids_to_tokens(self.prompt)
+            from probe.tokens import bytes_map, piece_texts
+
+            data["prompt_tokens"] = piece_texts(tokenizer, self.prompt)
+            # the raw bytes of every token named here, so a display can join split characters
+            mentioned = [*self.prompt, *self.tokens, *(t for a in self.attempts for t in a.get("tokens") or [])]
+            data["token_bytes"] = bytes_map(tokenizer, mentioned)
         return data
 
 
