@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 PAGE_STYLE = """
-body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;
+body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK SC","Noto Sans Arabic",
+"Noto Sans Devanagari",sans-serif,"Noto Color Emoji","Symbola";margin:0;color:#1d1d1f;
 background:#f6f6f8}
 main{max-width:1100px;margin:0 auto;padding:24px 28px 48px}
 header h1{margin:0 0 4px;font-size:28px;word-break:break-word}
