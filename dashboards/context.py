@@ -117,13 +117,33 @@ def _read_audio(store_path: str, trace_id: str):
 
 @st.cache_data(show_spinner=False, ttl=5)
 def trace_labels(store_path: str) -> dict[str, str]:
-    """Trace id → picker label, newest first; short-lived so new traces show up.  Labels hold the
-    id (time, name, hash), so two traces never share one: Streamlit tells options apart by label."""
+    """Trace id → picker label, newest first; short-lived so new traces show up.
+
+    A label leads with what tells traces apart at a glance — the name (the audio's file name
+    unless given), task and language, model — then when it was recorded and the id's random
+    tail, so two traces never share one (Streamlit tells options apart by label); the sidebar
+    shows the picked trace's whole id and transcript under the picker (:func:`trace_details`).
+    """
     labels = {}
     for info in open_store(store_path).list():
-        text = info.transcript[:40] + ("…" if len(info.transcript) > 40 else "")
-        labels[info.id] = f"⚠ {info.id} (broken)" if info.error else f"{info.id} · {text}"
+        if info.error:
+            labels[info.id] = f"⚠ {info.id} (broken)"
+            continue
+        # "embedded:base" → base, "openai/whisper-small" → whisper-small, a directory → its name
+        model = str(info.model_id or "?").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].removeprefix("embedded:")
+        label = " · ".join(part for part in (
+            info.name or "(unnamed)", f"{info.task or '?'} <|{info.language or '?'}|>", model,
+            info.created[:16].replace("T", " "), info.id.rsplit("-", 1)[-1]) if part)
+        labels[info.id] = label if label not in labels.values() else f"{label} ({info.id})"
     return labels
+
+
+def trace_details(trace: CachedTrace) -> str:
+    """What the picker's one-line label leaves out, for a caption under it: the whole id, the
+    audio's source and the start of the transcript."""
+    source = trace.audio_source or "array"
+    text = trace.transcript[:80] + ("…" if len(trace.transcript) > 80 else "")
+    return f"`{trace.id}` · audio `{source}`  \n{text}"
 
 
 @st.cache_data(show_spinner=False, ttl=5)
@@ -194,6 +214,7 @@ def sidebar() -> None:
         except StoreError as err:
             problem = str(err)
         if trace is not None:
+            st.caption(trace_details(trace))
             export_controls(trace)
     st.session_state[_CURRENT_KEY] = (trace, problem)
 

@@ -36,6 +36,8 @@ class TraceInfo:
     model_id: str | None
     audio_source: str | None
     error: str | None = None  # why the trace cannot be opened, for broken traces
+    language: str | None = None  # the language token's code, e.g. "zh"
+    task: str | None = None  # transcribe or translate
 
 
 class Store:
@@ -182,8 +184,9 @@ class Store:
                 trace.check_files()
         except StoreError as err:
             return TraceInfo(trace_id, None, "", "", None, None, error=str(err))
-        return TraceInfo(trace.id, trace.name, trace.created, trace.transcript[:80],
-                         trace.model_id, trace.audio_source)
+        decode = trace.manifest.get("decode")
+        return TraceInfo(trace.id, trace.name, trace.created, trace.transcript[:80], trace.model_id, trace.audio_source,
+                         language=trace.language, task=decode.get("task") if isinstance(decode, dict) else None)
 
     def _tmp_dir(self) -> Path:
         tmp = self.path / _TMP
