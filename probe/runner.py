@@ -30,6 +30,7 @@ from probe.audio import AudioClip, audio_from_array, encode_flac, load_audio
 from probe.errors import StoreError
 from probe.plugin_manager import get_plugin_manager, plugin_version
 from probe.store import Store, Trace, TraceWriter, WriteQueue
+from probe.tokens import piece_texts
 from probe.tracer import DecodeOptions, Run, Tracer, decode_options
 
 
@@ -107,7 +108,7 @@ def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
                   "sample_rate": 16000, "original_sample_rate": clip.original_sample_rate,
                   "original_channels": clip.original_channels, "channel": clip.channel, "file": "audio.flac"},
         "decode": run.options.to_dict(),
-        "prompt": [{"id": t, "token": s} for t, s in zip(first.prompt, tokenizer.convert_ids_to_tokens(first.prompt))],
+        "prompt": [{"id": t, "token": s} for t, s in zip(first.prompt, piece_texts(tokenizer, first.prompt))],
         "transcript": run.transcript,
         "sequence": run.sequence,  # the transcript's tokens, as plain generate() returns them
         "language": first.language,

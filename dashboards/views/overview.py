@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from probe.dashboards import context
+from probe.tokens import prompt_entries
 
 trace = context.current_trace()
 manifest = trace.manifest
@@ -36,7 +37,7 @@ st.markdown(f"> {trace.transcript or '*(nothing decoded)*'}")
 left, right = st.columns(2)
 with left:
     st.subheader("Special-token prompt")
-    st.html(context.prompt_chips(manifest.get("prompt") or []))
+    st.html(context.prompt_chips(prompt_entries(manifest)))
     st.caption("The decoder starts from these forced tokens; token ids below each.")
     st.subheader("Decode options")
     st.dataframe([{"option": key, "value": str(value)} for key, value in (manifest.get("decode") or {}).items()],
