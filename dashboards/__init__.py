@@ -28,24 +28,8 @@ def serve(store: str | os.PathLike | None = None, host: str = "127.0.0.1", port:
     interrupted; returns Streamlit's exit code (0 after Ctrl-C).  ``plugins``: ``-p`` references
     (modules, ``.py`` files, ``no:NAME``) whose pages and figures it shows beside the built-ins
     and entry points."""
-    from probe.store import Store
-
-    if importlib.util.find_spec("streamlit") is None:
-        raise ProbeError("the dashboard needs streamlit; install it with `pip install streamlit`")
-    if not 0 < int(port) < 65536:
-        raise ProbeError(f"--port must be between 1 and 65535 (got {port})")
-    store_path = Store(store).path  # fails here, in one line, if the folder cannot be used
-    plugins = [str(Path(ref).expanduser().resolve()) if str(ref).endswith(".py") else str(ref) for ref in plugins]
-    from probe.plugin_manager import get_plugin_manager
-
-    get_plugin_manager(plugins, presentation=True)  # a bad -p fails here, in one line, not in the browser
-    command = [sys.executable, "-m", "streamlit", "run", str(APP),
-               "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-               "--client.toolbarMode", "minimal", "--", "--store", str(store_path),
-               *[arg for ref in plugins for arg in ("--plugin", ref)]]
+    process, store_path = launch(store, host, port, plugins)
     print(f"probe: dashboard for {store_path} at http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
-    process = subprocess.Popen(command, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
     def stop(signum, frame):  # `kill` of probe dashboard stops Streamlit too, freeing the port
         process.terminate()
@@ -61,6 +45,49 @@ def serve(store: str | os.PathLike | None = None, host: str = "127.0.0.1", port:
         if process.poll() is None:
             process.terminate()
             process.wait()
+
+
+def launch(store: str | os.PathLike | None, host: str, port: int, plugins: list[str] = (),
+           **popen) -> tuple[subprocess.Popen, Path]:
+    """Start Streamlit serving the dashboard for ``store`` at ``host:port`` in the background:
+    (the process, the store folder).  Everything a user can get wrong (no streamlit, a bad port
+    or one in use, a store folder that cannot be used, a bad ``-p``) fails here in one line.
+    ``popen``: more :class:`subprocess.Popen` arguments (where its output goes).  Used by
+    :func:`serve` (``probe dashboard``) and :func:`probe.dashboard` (notebooks)."""
+    from probe.store import Store
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise ProbeError("the dashboard needs streamlit; install it with `pip install streamlit`")
+    if not 0 < int(port) < 65536:
+        raise ProbeError(f"--port must be between 1 and 65535 (got {port})")
+    if not port_free(host, int(port)):
+        raise ProbeError(f"port {port} on {host} is in use (another dashboard?); choose another port")
+    store_path = Store(store).path  # fails here, in one line, if the folder cannot be used
+    plugins = [str(Path(ref).expanduser().resolve()) if str(ref).endswith(".py") else str(ref) for ref in plugins]
+    from probe.plugin_manager import get_plugin_manager
+
+    get_plugin_manager(plugins, presentation=True)  # a bad -p fails here, in one line, not in the browser
+    command = [sys.executable, "-m", "streamlit", "run", str(APP),
+               "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "minimal", "--", "--store", str(store_path),
+               *[arg for ref in plugins for arg in ("--plugin", ref)]]
+    process = subprocess.Popen(command, preexec_fn=_die_with_parent if sys.platform == "linux" else None, **popen)
+    return process, store_path
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (as Streamlit's does, with SO_REUSEADDR,
+    so a port left in TIME_WAIT by a stopped dashboard counts as free)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe_socket:
+        probe_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe_socket.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _die_with_parent() -> None:

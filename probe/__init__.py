@@ -8,6 +8,9 @@ The public API, all of it:
 - :func:`load_model` — any Whisper checkpoint (hub id, transformers or CTranslate2 directory, openai
   ``.pt``, or the embedded offline default) on ``device="auto"`` / ``dtype="auto"``.
 - :func:`load_audio` — any audio file, decoded to 16 kHz mono.
+- :func:`dashboard` — serve the dashboard in the background (from a notebook): returns an object
+  whose ``str`` is its URL, shown in a notebook as an ``<iframe>``, with ``.stop()``.  A trace
+  shows itself in a notebook too, and ``trace.figure(name)`` / ``trace.show(name)`` draw figures.
 - :func:`list_points` / :func:`select_points` — hook-point names with shapes for a model config.
 - :data:`hookimpl` — decorator for plugin hook implementations (see :mod:`probe.hookspecs`).
 - :class:`ProbeError` — every error a user can cause.
@@ -18,7 +21,7 @@ __version__ = "0.1.0"
 from probe.errors import ProbeError  # noqa: E402
 from probe.hookspecs import PROBE_API_VERSION, hookimpl  # noqa: E402
 
-__all__ = ["run", "Store", "Trace", "load_model", "load_audio", "list_points", "select_points", "hookimpl",
+__all__ = ["run", "Store", "Trace", "load_model", "load_audio", "dashboard", "list_points", "select_points", "hookimpl",
            "ProbeError", "PROBE_API_VERSION", "__version__"]
 
 
@@ -36,6 +39,9 @@ def __getattr__(name):
     if name == "load_audio":
         from probe.audio import load_audio
         return load_audio
+    if name == "dashboard":
+        from probe.notebook import dashboard
+        return dashboard
     if name in ("list_points", "select_points"):
         from probe import points
         return getattr(points, name)

@@ -9,7 +9,6 @@ read when asked for (a tensor can be sliced without loading its file), and every
 from __future__ import annotations
 
 import difflib
-import html
 import json
 import os
 from pathlib import Path
@@ -152,13 +151,23 @@ class Trace:
                 f"transcript={short!r}>")
 
     def _repr_html_(self) -> str:
-        rows = [("id", self.id), ("name", self.name), ("model", self.model_id),
-                ("created", self.created), ("records", len(self.records)),
-                ("transcript", self.transcript)]
-        body = "".join(f"<tr><th style='text-align:left'>{key}</th>"
-                       f"<td style='text-align:left'>{html.escape(str(value))}</td></tr>"
-                       for key, value in rows)
-        return f"<table>{body}</table>"
+        """In a notebook: summary, prompt, player, transcript and a few figures (:mod:`probe.notebook`)."""
+        from probe.notebook import trace_html
+
+        return trace_html(self)
+
+    def figure(self, name: str, **options: Any) -> Any:
+        """Figure ``name`` (``probe.figures.FIGURES``, the dashboard's and the export's) as a
+        matplotlib Figure; ``options`` are the figure's choices (``layer=``, ``window=``, ...)."""
+        from probe.notebook import figure
+
+        return figure(self, name, **options)
+
+    def show(self, name: str, **options: Any) -> Any:
+        """Display figure ``name`` in IPython (returns ``None``); elsewhere return the Figure."""
+        from probe.notebook import show
+
+        return show(self, name, **options)
 
     def _read_manifest(self) -> dict[str, Any]:
         try:
