@@ -259,6 +259,7 @@ class Dashboard:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.log.unlink(missing_ok=True)
 
     def __str__(self) -> str:
         return self.url
@@ -289,17 +290,22 @@ def dashboard(store: Any = None, port: int | None = None, host: str = "127.0.0.1
         if port is None:
             raise ProbeError(f"ports {FIRST_PORT}-{FIRST_PORT + PORTS_TRIED - 1} on {host} are all in use; "
                              "stop some dashboards or pass port=")
-    log = Path(tempfile.mkstemp(prefix="whisper-probe-dashboard-", suffix=".log")[1])
-    with open(log, "wb") as output:
-        process, store_path = launch(store, host, port, list(plugins), stdout=output, stderr=subprocess.STDOUT)
+    fd, name = tempfile.mkstemp(prefix="whisper-probe-dashboard-", suffix=".log")  # Streamlit's output
+    log = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as output:
+            process, store_path = launch(store, host, port, list(plugins), stdout=output, stderr=subprocess.STDOUT)
+    except BaseException:
+        log.unlink(missing_ok=True)
+        raise
     local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     board = Dashboard(process, _colab_url(port) or local, store_path, log, height)
     deadline = time.monotonic() + timeout
     while not _answers(local):
         if process.poll() is not None or time.monotonic() > deadline:
-            board.stop()
             last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-            why = f"it said: {last[0].strip()}" if last else f"see {log}"
+            why = f"it said: {last[0].strip()}" if last else "it said nothing"
+            board.stop()
             raise ProbeError(f"the dashboard did not start on port {port} "
                              f"({'it exited' if process.poll() is not None else f'no answer in {timeout:.0f} s'}; "
                              f"{why})")
