@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from probe.figures import (PROBABILITY_CMAP, TOKENS_PER_PAGE, draws, new_figure, page, page_note, require,
                            tick_tokens, token_label, token_labels, vocabulary)
+from probe.figures.legible import CELL_FONT_PT, cell_text, fit_text
 
 
 def lens_vocabulary(trace) -> dict[int, str]:
@@ -38,15 +39,19 @@ def logit_lens(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
     windows = [w.get("index", 0) for w in trace.manifest.get("windows") or [] for _ in w.get("tokens") or []]
     every = token_labels(trace, emitted, windows, vocab)
     labels = [every[i] if i < len(every) else "?" for i in columns]
-    fig = new_figure(max(8, 0.55 * len(columns) + 3), 0.5 * n_layers + 2.6)
+    fig = new_figure(max(8, 0.75 * len(columns) + 3), max(3.5, 0.32 * n_layers + 2.6))
     ax = fig.add_subplot()
     image = ax.imshow(chosen_prob[:, columns], cmap=PROBABILITY_CMAP, norm=colors.Normalize(0, 1),
                       aspect="auto", origin="lower", interpolation="nearest")
-    for layer in range(n_layers):
-        for column, token in enumerate(columns):
-            is_top = chosen_rank[layer, token] == 0
-            ax.text(column, layer, token_label(trace, vocab, int(top_ids[layer, token]))[:7], ha="center",
-                    va="center", fontsize=6.5, rotation=60, fontweight="bold" if is_top else "normal")
+    width_in, height_in = fig.get_size_inches()
+    cell_pt = (width_in - 3.2) * 72 / max(len(columns), 1)  # the y labels and the colour bar take ~3.2 in
+    if (height_in - 2.4) * 72 / n_layers >= 1.3 * CELL_FONT_PT:  # rows tall enough for a line of text
+        for layer in range(n_layers):
+            for column, token in enumerate(columns):
+                is_top = chosen_rank[layer, token] == 0
+                text = fit_text(token_label(trace, vocab, int(top_ids[layer, token])), cell_pt)
+                cell_text(ax, column, layer, text, image.cmap(image.norm(chosen_prob[layer, token])),
+                          fontweight="bold" if is_top else "normal")
     ax.set_yticks(range(n_layers), [f"block {layer}" for layer in range(n_layers)])
     tick_tokens(ax, labels, "x")
     ax.set_xlabel("emitted token")

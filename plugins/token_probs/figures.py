@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from probe.errors import StoreError
 from probe.figures import (PROBABILITY_CMAP, TOKENS_PER_PAGE, draws, new_figure, page, page_note, require,
                            tick_tokens, token_groups, token_label, token_labels, vocabulary)
+from probe.figures.legible import MIN_FONT_PT, cell_text, fit_text, text_color_on
 
 TOKENS = "token_probs.tokens"
 MULTITASK = "token_probs.multitask"
@@ -37,7 +38,8 @@ def token_probs(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
     for column, row in enumerate(rows):
         top[: len(row["top_k_probs"]), column] = row["top_k_probs"]
     cmap = matplotlib.colormaps[PROBABILITY_CMAP]
-    fig = new_figure(max(8, 0.34 * len(rows) + 3), 7.5)
+    fig = new_figure(max(8, 0.75 * len(rows) + 3), 7.5)
+    cell_pt = (fig.get_size_inches()[0] - 3.4) * 72 / max(len(rows), 1)  # y labels and colour bar: ~3.4 in
     ax, ax_top = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.3])
     ax.bar(steps, probs, color=cmap(probs), edgecolor="0.3", linewidth=0.4)
     ax.set_ylim(0, 1.05)
@@ -53,8 +55,7 @@ def token_probs(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
         for rank, (token_id, p) in enumerate(zip(row["top_k_ids"], row["top_k_probs"])):
             text = token_label(trace, vocab, token_id)
             weight = "bold" if token_id == row["token_id"] else "normal"
-            ax_top.text(column, rank, text[:8], ha="center", va="center", fontsize=6, rotation=90,
-                        fontweight=weight, color="black")
+            cell_text(ax_top, column, rank, fit_text(text, cell_pt), image.cmap(image.norm(p)), fontweight=weight)
     ax_top.set_yticks(range(k), [str(rank + 1) for rank in range(k)])
     ax_top.set_ylabel("rank among alternatives")
     ax_top.set_xlabel("emitted token (decoding step)")
@@ -89,8 +90,8 @@ def language_probs(trace, top: int = 10, window: int = 0) -> Figure:
     ax.barh(names, values, color=cmap(0.35 + 0.65 * values))
     for y, value in enumerate(values):
         inside = value > 0.85  # no room right of the bar: write inside its end
-        ax.text(value - 0.01 if inside else value + 0.01, y, f"{value:.3f}", va="center", fontsize=8,
-                ha="right" if inside else "left", color="white" if inside else "black")
+        ax.text(value - 0.01 if inside else value + 0.01, y, f"{value:.3f}", va="center", fontsize=MIN_FONT_PT,
+                ha="right" if inside else "left", color=text_color_on(cmap(0.35 + 0.65 * value)) if inside else "black")
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability")
     ax.set_ylabel("language token")

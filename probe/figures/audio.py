@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from probe.constants import HOP_LENGTH, MEL_FRAMES_PER_SECOND, N_FFT, SAMPLE_RATE, WINDOW_SECONDS
 from probe.errors import StoreError
 from probe.figures.base import config_value, draws, imshow, new_figure
+from probe.figures.legible import LABEL_BOX, MIN_FONT_PT, clip_range, over_time, range_note
 
 MAX_WAVEFORM_POINTS = 4000  # longer audio is drawn as a min/max envelope
 
@@ -93,10 +94,30 @@ def window_sequence(trace, window: int = 0) -> list[int]:
     return list(entry.get("prompt") or []) + list(entry.get("tokens") or [])
 
 
+def clip_span(trace, **_) -> tuple[float, float]:
+    """(0, duration): the span of figures drawn over the whole clip."""
+    return 0.0, duration(trace)
+
+
+def first_window_span(trace, **_) -> tuple[float, float]:
+    """The 30 s the first window's encoder frames cover: the span of figures of its activations."""
+    start = window_span(trace, 0)[0]
+    return start, start + WINDOW_SECONDS
+
+
+def window_time_span(trace, window: int | None = 0, **_) -> tuple[float, float]:
+    """The span of a per-window figure: its window's (``None``: the first spoken one)."""
+    return window_span(trace, first_spoken_window(trace) if window is None else window)
+
+
+@over_time(clip_span)
 @draws
-def waveform(trace) -> Figure:
-    """The audio as the model hears it (16 kHz mono), with the starts of later 30 s windows marked."""
-    samples = audio_samples(trace)
+def waveform(trace, time_range: tuple[float, float] | None = None) -> Figure:
+    """The audio as the model hears it (16 kHz mono), with the starts of later 30 s windows
+    marked; ``time_range`` (seconds of the clip) draws only that span."""
+    shown = clip_range(time_range, 0.0, duration(trace), "the clip")
+    offset = shown[0] if time_range is not None else 0.0
+    samples = audio_samples(trace, *shown) if time_range is not None else audio_samples(trace)
     seconds = len(samples) / SAMPLE_RATE
     fig = new_figure(10, 2.8)
     ax = fig.add_subplot()
@@ -104,39 +125,45 @@ def waveform(trace) -> Figure:
         # min/max envelope per bin: every peak stays visible without drawing every sample
         per_bin = math.ceil(len(samples) / MAX_WAVEFORM_POINTS)
         padded = np.pad(samples, (0, (-len(samples)) % per_bin)).reshape(-1, per_bin)  # [bin, sample]
-        times = (np.arange(len(padded)) + 0.5) * per_bin / SAMPLE_RATE
+        times = offset + (np.arange(len(padded)) + 0.5) * per_bin / SAMPLE_RATE
         ax.fill_between(times, padded.min(1), padded.max(1), color="tab:blue", linewidth=0.4)
     else:
-        ax.plot(np.arange(len(samples)) / SAMPLE_RATE, samples, color="tab:blue", linewidth=0.6)
+        ax.plot(offset + np.arange(len(samples)) / SAMPLE_RATE, samples, color="tab:blue", linewidth=0.6)
     for window in (trace.manifest.get("windows") or [])[1:]:
-        ax.axvline(float(window["start"]), color="0.4", linestyle="--", linewidth=0.8)
-    ax.set_xlim(0, seconds)
+        if shown[0] < float(window["start"]) < shown[1]:
+            ax.axvline(float(window["start"]), color="0.4", linestyle="--", linewidth=0.8)
+    ax.set_xlim(*(shown if time_range is not None else (0, seconds)))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("amplitude (full scale)")
-    ax.set_title(f"Waveform: {seconds:.2f} s at 16 kHz mono ({len(samples):,} samples)")
+    what = f"{seconds:.2f} s" if time_range is None else f"{shown[0]:.2f}–{shown[1]:.2f} s of {duration(trace):.2f} s"
+    ax.set_title(f"Waveform: {what} at 16 kHz mono ({len(samples):,} samples)")
     return fig
 
 
+@over_time(window_time_span)
 @draws
-def log_mel(trace, window: int = 0) -> Figure:
+def log_mel(trace, window: int = 0, time_range: tuple[float, float] | None = None) -> Figure:
     """The log-Mel spectrogram the encoder reads for one 30 s window: n_mels bins × 3000 frames,
-    with the end of the audio (where zero padding starts) marked."""
+    with the end of the audio (where zero padding starts) marked; ``time_range`` (seconds of the
+    clip, within the window) shows only that span."""
     mel = log_mel_array(trace, window)  # [n_mels, frame]
     n_mels, frames = mel.shape
     start, end = window_span(trace, window)
     seconds = frames / MEL_FRAMES_PER_SECOND
+    shown = clip_range(time_range, start, start + seconds, f"window {window + 1}")
     fig = new_figure(10, 3.6)
     ax = fig.add_subplot()
     image = imshow(ax, mel, (start, start + seconds, 0, n_mels), "magma")
-    if end - start < seconds - 0.05:
+    if end - start < seconds - 0.05 and shown[0] < end < shown[1]:
         ax.axvline(end, color="white", linestyle="--", linewidth=1)
-        ax.text(end + 0.2, n_mels * 0.92, "end of audio: zero padding follows", color="white", fontsize=8,
-                va="top")
+        ax.text(end + 0.01 * (shown[1] - shown[0]), n_mels * 0.92, "end of audio: zero padding follows",
+                color="white", fontsize=MIN_FONT_PT, va="top", bbox=dict(LABEL_BOX), clip_on=True)
+    ax.set_xlim(*shown)
     of_window = f", window {window + 1} of {len(trace.manifest['windows'])}" \
         if len(trace.manifest["windows"]) > 1 else ""
     ax.set_xlabel("time (s)")
     ax.set_ylabel("Mel bin (low → high frequency)")
     ax.set_title(f"log-Mel spectrogram: {n_mels} Mel bins × {frames} frames (10 ms hop, "
-                 f"{seconds:.0f} s{of_window})")
+                 f"{seconds:.0f} s{of_window}){range_note(time_range, shown)}")
     fig.colorbar(image, ax=ax, label="log10 power (Whisper-normalised)", pad=0.01)
     return fig

@@ -230,9 +230,9 @@ def grid_shape(n: int) -> tuple[int, int]:
 def tick_tokens(ax, labels: list[str], axis: str, max_labels: int | None = None, first: int = 0) -> None:
     """Token labels on an axis whose cells are centred on ``first``, ``first + 1``, ...; every
     n-th one where they would overlap (:func:`probe.figures.legible.thin_ticks`) or past
-    ``max_labels``, at least :data:`~probe.figures.legible.MIN_FONT_PT`, x labels turned upright."""
-    thin_ticks(ax, range(first, first + len(labels)), labels, axis, rotation=90 if axis == "x" else 0,
-               max_labels=max_labels)
+    ``max_labels``, at least :data:`~probe.figures.legible.MIN_FONT_PT`; x labels lie flat where
+    they fit, else upright."""
+    thin_ticks(ax, range(first, first + len(labels)), labels, axis, max_labels=max_labels)
 
 
 def page(n: int, first: int, count: int) -> range:
