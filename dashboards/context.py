@@ -249,8 +249,27 @@ def show_figure(trace: CachedTrace, figure: str, /, **options) -> bool:
     """Draw figure ``figure`` (the core's or a plugin's, :func:`probe.figures.figure`) of ``trace``
     with ``options``; a :class:`ProbeError` (missing or corrupt record, no such figure) is shown in
     its place, and so is a plugin figure's bug, naming the plugin.  ``figure`` is positional-only,
-    so any option name (``name=`` of a record) passes through."""
+    so any option name (``name=`` of a record) passes through.
+
+    A figure drawn over time (it takes ``time_range``) whose span is longer than
+    :data:`~probe.figures.legible.ZOOM_FROM_SECONDS` gets a time-range slider above it, so a
+    long window can be zoomed until its words and tokens are readable."""
+    from streamlit.errors import StreamlitDuplicateElementKey
+
+    from probe.figures import legible
+
     try:
+        function = figures.figure(figure)
+        span = legible.time_span(function, trace, options) if "time_range" not in options else None
+        if span is not None and span[1] - span[0] > legible.ZOOM_FROM_SECONDS:
+            key = f"time_range:{figure}:{trace.id}:{options.get('window')}"
+            try:
+                chosen = st.slider("Time range (s)", float(span[0]), float(span[1]), (float(span[0]), float(span[1])),
+                                   step=0.5, key=key, help="Zoom the figure to part of its time axis.")
+            except StreamlitDuplicateElementKey:  # the same figure of the same trace twice on one page
+                chosen = span
+            if tuple(chosen) != tuple(span):
+                options["time_range"] = (float(chosen[0]), float(chosen[1]))
         with st.spinner(f"Drawing {figure.replace('_', ' ')}…"):
             png = _figure_png(trace.store_path, trace.id, figure, tuple(sorted(options.items())))
     except ProbeError as err:

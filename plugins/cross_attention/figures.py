@@ -15,6 +15,8 @@ from probe.constants import ENCODER_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
 from probe.errors import StoreError
 from probe.figures import (draws, first_spoken_window, heads_of, imshow, layer_index, log_mel_array, new_figure,
                            require, tick_tokens, token_labels, vocabulary, window_entry, window_span)
+from probe.figures.audio import window_time_span
+from probe.figures.legible import clip_range, over_time, range_note, stagger_labels
 
 WORDS = "cross_attention.words"
 
@@ -83,15 +85,25 @@ def _word_rows(words: list[dict], tokens: list[dict]) -> list[tuple[dict, list[i
     return placed
 
 
+def _heard_in(matrix: np.ndarray, start: float, shown: tuple[float, float]) -> range:
+    """The rows (tokens) whose attention peaks inside ``shown`` seconds: first to last such row."""
+    peaks = start + (matrix.argmax(1) + 0.5) / ENCODER_FRAMES_PER_SECOND  # [token] seconds of the clip
+    inside = np.flatnonzero((peaks >= shown[0]) & (peaks <= shown[1]))
+    return range(int(inside[0]), int(inside[-1]) + 1) if len(inside) else range(len(matrix))
+
+
+@over_time(window_time_span)
 @draws
-def cross_attention(trace, layer: int | None = None, head: int | None = None, window: int | None = None) -> Figure:
+def cross_attention(trace, layer: int | None = None, head: int | None = None, window: int | None = None,
+                    time_range: tuple[float, float] | None = None) -> Figure:
     """Decoded tokens against audio time, under the log-Mel spectrogram with word timestamps,
     for one 30 s window (tokens and words of that window; time in seconds of the clip).
     ``window=None``: the first window whose text the transcript keeps (not one skipped as no speech).
 
     ``layer=None`` shows the alignment-head average (z-scored, median-filtered) the DTW word
     timings walk; a layer shows that layer's attention, of one head or averaged over heads.
-    Boxes mark each word's DTW span over its tokens.
+    Boxes mark each word's DTW span over its tokens.  ``time_range`` (seconds of the clip, within
+    the window) zooms to that span and the tokens whose attention peaks in it.
     """
     if window is None:
         window = first_spoken_window(trace)
@@ -101,15 +113,21 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None, wi
     mel = log_mel_array(trace, window)[:, : math.ceil((end - start) * MEL_FRAMES_PER_SECOND)]  # [n_mels, frame]
     vocab = vocabulary(trace)
     labels = token_labels(trace, [t["token_id"] for t in tokens], vocab=vocab)
-    fig = new_figure(11, 3 + 0.16 * max(len(tokens), 12))
+    shown = clip_range(time_range, start, end, f"window {window + 1}")
+    rows = _heard_in(matrix, start, shown) if time_range is not None else range(len(tokens))
+    boxes = [(word, [row for row in word_rows if row in rows]) for word, word_rows in _word_rows(words, tokens)]
+    matrix, labels = matrix[rows.start:rows.stop], labels[rows.start:rows.stop]
+    words = [word for word in words if word["end"] > shown[0] and word["start"] < shown[1]]
+    fig = new_figure(11, 3 + 0.22 * max(len(rows), 12))  # bounded: long windows thin their token labels
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2.4])
     mel_image = imshow(top, mel, (start, end, 0, mel.shape[0]), "magma")
     for word in words:
         top.axvline(word["start"], color="white", linewidth=0.6, alpha=0.8)
-        top.text((word["start"] + word["end"]) / 2, mel.shape[0] * 0.96, word["word"].strip(), color="white",
-                 fontsize=8, ha="center", va="top", rotation=90 if len(words) > 20 else 0)
+    stagger_labels(top, [((word["start"] + word["end"]) / 2, word["word"].strip()) for word in words])
+    top.set_xlim(*shown)
     top.set_ylabel("Mel bin")
-    top.set_title("log-Mel spectrogram with word timestamps (DTW on the alignment heads)", fontsize=10)
+    top.set_title("log-Mel spectrogram with word timestamps (DTW on the alignment heads; words without room "
+                  "are left out)" + range_note(time_range, shown), fontsize=10)
     fig.colorbar(mel_image, ax=top, label="log10 power", pad=0.01)
     if layer is None:
         heads = ", ".join(f"{l}.{h}" for l, h in (trace.manifest.get("model") or {}).get("alignment_heads", []))
@@ -119,13 +137,13 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None, wi
         what, label = f"layer {layer_index(trace, 'cross_attention.weights', layer)}, {which}", \
             "attention weight (√ scale)"
         norm = colors.PowerNorm(0.5, vmin=0, vmax=max(float(matrix.max(initial=0)), 1e-6))
-    image = bottom.imshow(matrix, aspect="auto", origin="upper", extent=(start, end, len(tokens) - 0.5, -0.5),
+    image = bottom.imshow(matrix, aspect="auto", origin="upper", extent=(start, end, rows.stop - 0.5, rows.start - 0.5),
                           cmap="viridis", norm=norm, interpolation="nearest")
-    for word, rows in _word_rows(words, tokens):
-        if rows:
-            bottom.add_patch(Rectangle((word["start"], rows[0] - 0.5), word["end"] - word["start"], len(rows),
+    for word, word_rows in boxes:
+        if word_rows:
+            bottom.add_patch(Rectangle((word["start"], word_rows[0] - 0.5), word["end"] - word["start"], len(word_rows),
                                        fill=False, edgecolor="white", linewidth=0.9))
-    tick_tokens(bottom, labels, "y")
+    tick_tokens(bottom, labels, "y", first=rows.start)
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("decoded token")
     bottom.set_title(f"Cross-attention: {what}; boxes: word spans", fontsize=10)
@@ -136,11 +154,13 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None, wi
     return fig
 
 
+@over_time(window_time_span)
 @draws
-def rejected_attention(trace, window: int, attempt: int) -> Figure:
+def rejected_attention(trace, window: int, attempt: int, time_range: tuple[float, float] | None = None) -> Figure:
     """What a rejected fallback attempt attended to: the alignment heads' mean cross-attention of
-    each of its tokens (rows, first at the bottom) over the window's audio (seconds in the clip) —
-    where a looping attempt stops moving through the audio.  Needs ``--rejected-cross-attention``."""
+    each of its tokens (rows, first at the bottom) over the window's audio (seconds in the clip, or
+    ``time_range`` of it) — where a looping attempt stops moving through the audio.  Needs
+    ``--rejected-cross-attention``."""
     require(trace, "cross_attention.rejected")
     rows = [i for i, row in enumerate(trace.table("cross_attention.rejected_tokens"))
             if row["window"] == window and row["attempt"] == attempt]
@@ -154,8 +174,10 @@ def rejected_attention(trace, window: int, attempt: int) -> Figure:
     tokens = trace.table("cross_attention.rejected_tokens")[rows[0]:rows[-1] + 1]
     fig = new_figure(10, min(9.0, 2.2 + 0.12 * len(rows)))
     ax = fig.subplots()
+    shown = clip_range(time_range, start, float(entry["end"]), f"window {window + 1}")
     image = imshow(ax, matrix, (start, start + matrix.shape[1] / ENCODER_FRAMES_PER_SECOND, -0.5, len(rows) - 0.5),
                     "magma", norm=colors.PowerNorm(0.5, vmin=0, vmax=max(float(matrix.max()), 1e-6)))
+    ax.set_xlim(*shown)
     tick_tokens(ax, token_labels(trace, [t["token_id"] for t in tokens]), "y", max_labels=40)
     fig.colorbar(image, ax=ax, label="attention (alignment-head mean)", fraction=0.03)
     record = next((a for a in entry.get("attempts") or [] if a["attempt"] == attempt), {})
