@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 # figure -> a unit (or axis name) its axis labels must mention
 UNITS = {  # the core's figures first, then each built-in plugin's, in plugin order
     "waveform": "time (s)", "log_mel": "time (s)", "windows": "time in the clip (s)",
-    "conv_stem": "time (s)", "encoder_attention": "time (s)", "decoder_attention": "token",
+    "conv_stem": "time (s)", "encoder_output": "time in the clip (s)", "encoder_attention": "time (s)",
+    "decoder_attention": "token",
     "attention_summary": "(nats)", "cross_attention": "time (s)", "token_probs": "(nats)",
     "language_probs": "probability", "logit_lens": "layer",
 }

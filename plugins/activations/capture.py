@@ -3,9 +3,12 @@
 Points named with ``--points`` (``run.points``) are kept whole, in float16 by default
 (``plugin_options["activations_dtype"]``), or as summaries when ``activations_mode`` is
 ``"summary"``.  With no points named it records the lecture set: the conv stem (``encoder.hook_conv1``,
-``encoder.hook_conv2``, first window) and per-position residual norms of every block — the decoder's
-from the replay of the chosen sequence (one capture per layer and window, not one per generation
-step: per-step hooks on every layer would cost a GPU decoding loop several percent).
+``encoder.hook_conv2``, first window), the encoder's output (``encoder.hook_ln_final``, what the
+decoder cross-attends to: [window, 1500, d_model] of every window, about 1.5 MB per window for base
+in float16; a long run keeps it on disk until the trace is written) and per-position residual norms
+of every block — the decoder's from the replay of the chosen sequence (one capture per layer and
+window, not one per generation step: per-step hooks on every layer would cost a GPU decoding loop
+several percent).
 
 Layout of the records (``activations.<point name>``):
 - encoder points: ``[window, *shape without batch]``;
@@ -26,12 +29,14 @@ import torch.nn.functional as F
 
 from probe.hookspecs import hookimpl
 from probe.points import select_points
+from probe.spill import Concatenated, Spilled
 from probe.transfer import HostCopy, to_host
 
 from probe.plugins.activations.present import Presentation
 
 __version__ = Presentation.__version__
-LECTURE_FULL = ["encoder.hook_conv1", "encoder.hook_conv2"]
+ENCODER_OUTPUT = "encoder.hook_ln_final"  # [batch, frame, d_model]: the lecture set keeps it for every window
+LECTURE_FULL = ["encoder.hook_conv1", "encoder.hook_conv2", ENCODER_OUTPUT]
 LECTURE_SUMMARY = ["encoder.blocks.*.hook_resid_post", "decoder.blocks.*.hook_resid_post"]
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -83,10 +88,9 @@ class Plugin(Presentation):
     @hookimpl
     def probe_estimate(self, run):
         state = run.state[self.name]
-        windows = len(run.window_spans) if not state["default_set"] else 1
         dtype_bytes = torch.finfo(state["dtype"]).bits // 8
-        estimate = {f"activations.{p.name}": point_bytes(p, windows, run.expected_tokens, run.options.num_beams,
-                                                        dtype_bytes)
+        estimate = {f"activations.{p.name}": point_bytes(p, _windows_kept(state, p.name, len(run.window_spans)),
+                                                        run.expected_tokens, run.options.num_beams, dtype_bytes)
                     for p in select_points(run.config, sorted(state["full"]))}
         estimate.update({f"activations.{p.name}.norm": point_bytes(p, len(run.window_spans), run.expected_tokens,
                                                                   run.options.num_beams, 4) // p.sizes[-1]
@@ -111,7 +115,7 @@ class Plugin(Presentation):
             state["positions"].setdefault(point.name, []).append(len(ctx.tokens))
             return
         if point.name in state["full"]:
-            if state["default_set"] and ctx.window > 0:
+            if _windows_kept(state, point.name, ctx.window + 1) <= ctx.window:
                 return
             kept = tensor.to(state["dtype"])
         elif point.side == "decoder":  # a step's few positions: one norm over the window's steps, at its end
@@ -144,8 +148,11 @@ class Plugin(Presentation):
             if tensors:
                 norms = torch.cat(tensors, dim=1).float().norm(dim=-1)  # [batch(beam), position]
                 state["captured"].setdefault(name, []).append((window.index, items[0][1], norms))
-        for items in state["captured"].values():  # this window's captures leave the device, without waiting
-            items[:] = [(w, step, to_host(t) if w == window.index and isinstance(t, torch.Tensor) else t)
+        # a long run's encoder output goes to disk, window by window; the rest leaves the device without waiting
+        spill = run.long and state["dtype"] != torch.bfloat16  # numpy, which writes the spill, has no bfloat16
+        for name, items in state["captured"].items():
+            keep = (lambda t: run.spill.put(t[:1])) if spill and name == ENCODER_OUTPUT else to_host
+            items[:] = [(w, step, keep(t) if w == window.index and isinstance(t, torch.Tensor) else t)
                         for w, step, t in items]
 
     @hookimpl
@@ -157,7 +164,12 @@ class Plugin(Presentation):
             summary = name not in state["full"]
             record = f"activations.{name}" + (".norm" if summary else "")
             tensors = [_on_host(t) for _, _, t in items]
-            if point.side == "encoder":
+            if point.side == "encoder" and any(isinstance(t, Spilled) for t in tensors):
+                # [window, ...], streamed from the spilled [1, ...] parts into the trace file
+                data = Concatenated([t if isinstance(t, Spilled) else t[:1] for t in tensors], axis=0,
+                                    last=tensors[0].shape[-1])
+                axes = ["window"] + list(point.shape[1:])
+            elif point.side == "encoder":
                 data = torch.stack([t[0] for t in tensors])  # [window, ...]
                 axes = ["window"] + list(point.shape[1:-1] if summary else point.shape[1:])
             else:
@@ -168,9 +180,16 @@ class Plugin(Presentation):
                     "windows": sorted({w for w, _, _ in items})}
             if name in state["replayed"]:
                 meta.update(phase="replay", positions=state["positions"][name])
-            writer.add_tensor(record, data.cpu(), plugin=self.name, meta=meta)
+            writer.add_tensor(record, data if isinstance(data, Concatenated) else data.cpu(), plugin=self.name,
+                              meta=meta)
         if state["steps"]:
             writer.add_table("activations.steps", state["steps"], plugin=self.name)
+
+
+def _windows_kept(state, name: str, windows: int) -> int:
+    """How many windows of point ``name`` are kept whole: every one, except the lecture set's conv
+    stem, kept for the first window only (its pictures show one window)."""
+    return windows if not state["default_set"] or name == ENCODER_OUTPUT else 1
 
 
 def _on_host(t) -> torch.Tensor:

@@ -1,16 +1,13 @@
 """activations' dashboard page (*Conv stem*) and its lesson steps (the conv stem, the encoder's
-output)."""
+output), each naming the transformers call that computes what it shows."""
 
 from __future__ import annotations
 
 import functools
 
-import numpy as np
-
 from probe import figures
+from probe.plugins.activations.encoder_output import audio_frames, speech_and_padding
 from probe.plugins.activations.figures import CONV1
-
-NORM = "activations.encoder.blocks.{}.hook_resid_post.norm"
 
 
 def conv_stem_page(trace, st) -> None:
@@ -33,37 +30,36 @@ def conv_stem_step(trace, st, window: int):
     d_model = ((trace.manifest.get("model") or {}).get("config") or {}).get("d_model", "d_model")
     st.markdown(f"Two convolutions turn the picture into vectors: conv1 gives **{d_model} channels × 3000 "
                 "frames**, conv2 has stride 2 and halves time to **1500 frames of 20 ms**. Compare the zoomed "
-                "panels: conv2's columns are twice as wide.")
+                "panels: conv2's columns are twice as wide. In transformers they are the first layers of "
+                "`model.model.encoder(input_features)`: `model.model.encoder.conv1` and `.conv2`, each followed "
+                "by a GELU.")
     if window > 0 and CONV1 in trace.records:
         st.caption("The trace keeps the conv stem of the first window only, so this step shows window 1.")
     return functools.partial(context.show_figure, trace, "conv_stem")
 
 
 def encoder_output_step(trace, st, window: int):
+    from probe.dashboards import context
+
     config = (trace.manifest.get("model") or {}).get("config") or {}
     layers, d_model = int(config.get("encoder_layers", 1)), config.get("d_model", "d_model")
     long_form = len(trace.manifest.get("windows") or []) > 1
-    st.markdown(f"After positional embeddings and **{layers} transformer blocks** of self-attention, the "
-                f"encoder hands the decoder **1500 × {d_model}** numbers: one vector per 20 ms. The chart shows "
-                f"how large each frame's vector is after each block in "
-                f"{f'window {window + 1}' if long_form else 'this clip'}; frames of speech and of padding differ.")
-    return functools.partial(_encoder_norms, trace, st, window, layers)
-
-
-def _encoder_norms(trace, st, window: int, layers: int) -> None:
-    names = [NORM.format(i) for i in range(layers)]
-    if not all(name in trace.records for name in names):
-        st.info("This trace has no per-frame residual norms of every encoder block (the activations plugin "
-                "records them when run without --points).")
-        return
-    kept = trace.records[names[0]]["shape"][0]
-    if kept <= window:
-        st.info(f"This trace has per-frame residual norms of its first {kept} window(s) only, not of "
-                f"window {window + 1}.")
-        return
-    norms = np.stack([trace.tensor(name)[window] for name in names], axis=1)  # [frame, layer]
-    entry = (trace.manifest.get("windows") or [{}])[window] if trace.manifest.get("windows") else {}
-    seconds = float(entry.get("end", figures.WINDOW_SECONDS)) - float(entry.get("start", 0.0))
-    frames = min(len(norms), int(np.ceil(seconds * figures.ENCODER_FRAMES_PER_SECOND)) + 50)
-    st.line_chart({f"block {i}": norms[:frames, i] for i in range(layers)},
-                  x_label="encoder frame (20 ms each)", y_label="L2 norm of the residual")
+    start, _ = figures.window_span(trace, window)
+    shown = f"window {window + 1} ({start:.2f}–{start + figures.WINDOW_SECONDS:.2f} s)" if long_form else "this clip"
+    st.markdown(f"After positional embeddings, **{layers} transformer blocks** of self-attention and a final "
+                f"layer norm, the encoder hands the decoder a **[1500, {d_model}]** matrix: one {d_model}-number "
+                "vector per 20 ms frame, for the whole 30 s window. It is "
+                "`model.model.encoder(input_features).last_hidden_state` ([1, 1500, "
+                f"{d_model}]); `model.generate(...)` computes it once per window and every decoding step "
+                f"cross-attends to it. The picture shows it for "
+                f"{shown}: time across in seconds, channels up, and under it each frame's vector length.")
+    speech, padding = speech_and_padding(trace, window)
+    audio = audio_frames(trace, window)
+    if padding is None:
+        st.markdown(f"Audio fills all 1500 frames of this window (mean vector length {speech:.1f}).")
+    else:
+        st.markdown(f"The first **{audio} frames ({audio / figures.ENCODER_FRAMES_PER_SECOND:.2f} s)** encode "
+                    f"audio, the other {1500 - audio} the zero padding after the dashed line: speech frames "
+                    f"have a mean vector length of {speech:.1f}, padding frames {padding:.1f}. The decoder still "
+                    "cross-attends to all 1500: nothing masks the padding.")
+    return functools.partial(context.show_figure, trace, "encoder_output", window=window)
