@@ -341,14 +341,24 @@ def prompt_chips(prompt: list[dict], highlight: set[int] = frozenset()) -> str:
     return f'<div class="probe-prompt">{"".join(chips)}</div>'
 
 
-def pick_window(trace: CachedTrace, key: str, default: int = 0) -> int:
+def pick_window(trace: CachedTrace, key: str, default: int = 0, resets: tuple[str, ...] = ()) -> int:
     """The 30 s window to show (0-based; labelled from 1): a picker for long audio, starting at
-    ``default``; window 0 otherwise."""
+    ``default``; window 0 otherwise.  ``resets``: session-state keys of widgets whose choices
+    belong to one window (a token, a word): they go back to their first option whenever the
+    window or the trace changes, however it changed (the picker, a link from another page)."""
     windows = trace.manifest.get("windows") or []
     if len(windows) < 2:
-        return 0
-    return st.selectbox("Window", range(len(windows)), index=min(max(default, 0), len(windows) - 1), key=key,
-                        format_func=lambda i: f"window {i + 1}: {windows[i]['start']:.1f}–{windows[i]['end']:.1f} s")
+        window = 0
+    else:
+        window = st.selectbox("Window", range(len(windows)), index=min(max(default, 0), len(windows) - 1), key=key,
+                              format_func=lambda i: f"window {i + 1}: {windows[i]['start']:.1f}–"
+                                                    f"{windows[i]['end']:.1f} s")
+    shown, marker = (trace.id, window), f"{key}.shown"
+    if resets and st.session_state.get(marker) != shown:
+        for dependent in resets:
+            st.session_state.pop(dependent, None)
+        st.session_state[marker] = shown
+    return window
 
 
 def audio_span(trace: CachedTrace, start: float, end: float) -> np.ndarray:

@@ -21,9 +21,11 @@ from probe.figures.legible import clip_range, over_time, range_note, stagger_lab
 WORDS = "cross_attention.words"
 
 
-def timed_words(trace) -> list[dict]:
-    """The trace's word timings (word, start, end in seconds of the clip, window, tokens); [] if none."""
-    return trace.json(WORDS) if WORDS in trace.records else []  # CachedTrace: read once per session
+def timed_words(trace, window: int | None = None) -> list[dict]:
+    """The trace's word timings (word, start, end in seconds of the clip, window, tokens), of every
+    window or only of ``window``; [] if none."""
+    words = trace.json(WORDS) if WORDS in trace.records else []  # CachedTrace: read once per session
+    return words if window is None else [word for word in words if word.get("window", 0) == window]
 
 
 def cross_attention_rows(trace, layer: int | None = None, head: int | None = None, window: int = 0) \
@@ -55,23 +57,52 @@ def cross_attention_rows(trace, layer: int | None = None, head: int | None = Non
     return picked[:, :frames], [tokens[i] for i in rows]
 
 
+def token_word(trace, tokens: list[dict], token_index: int, window: int = 0) -> dict | None:
+    """The timed word that ``tokens[token_index]`` is part of, or None (a timestamp or special
+    token, or text the next window decodes again).  ``tokens``: the rows
+    :func:`cross_attention_rows` gives for ``window``."""
+    return next((word for word, rows in _word_rows(timed_words(trace, window), tokens) if token_index in rows), None)
+
+
 def attended_span(trace, token_index: int, layer: int | None = None, head: int | None = None, window: int = 0,
                   margin: float = 0.06) -> tuple[float, float]:
-    """(start, end) seconds in the clip that token ``token_index`` of ``window`` attended to most:
-    the contiguous frames around its attention peak holding at least half the peak's weight,
-    widened by ``margin`` seconds."""
-    matrix, _ = cross_attention_rows(trace, layer, head, window)
-    row = matrix[token_index]  # [frame]
-    peak = int(row.argmax())
-    floor = row.min() + (row[peak] - row.min()) / 2
-    first = last = peak
-    while first > 0 and row[first - 1] >= floor:
-        first -= 1
-    while last < len(row) - 1 and row[last + 1] >= floor:
-        last += 1
+    """(start, end) seconds in the clip that token ``token_index`` of ``window`` stands for,
+    widened by ``margin`` seconds and kept inside the window.
+
+    A token of a timed word gets that word's span: the DTW on the alignment heads, as the word
+    timestamps.  Any other token (timestamps, special tokens) gets the contiguous frames around its
+    attention peak holding at least half the peak's weight, the peak looked for only between the
+    neighbouring words (from the start of the word before to the end of the word after, or to
+    where the window's kept text ends; a token decoded again by the next window: after that), so a
+    stray bright cell elsewhere in the window cannot take it."""
+    matrix, tokens = cross_attention_rows(trace, layer, head, window)  # [token, frame]
     start, end = window_span(trace, window)
-    return (max(start, start + first / ENCODER_FRAMES_PER_SECOND - margin),
-            min(end, start + (last + 1) / ENCODER_FRAMES_PER_SECOND + margin))
+    word = token_word(trace, tokens, token_index, window)
+    if word is not None:
+        low, high = word["start"], word["end"]
+    else:
+        placed = [(word, rows) for word, rows in _word_rows(timed_words(trace, window), tokens) if rows]
+        before = [word for word, rows in placed if rows[-1] < token_index]
+        after = [word for word, rows in placed if rows[0] > token_index]
+        entry = window_entry(trace, window)
+        covered = min(end, float(entry.get("next_seek", end * 100)) / 100)  # where the kept text's audio ends
+        if tokens[token_index]["step"] >= entry.get("kept", len(entry.get("tokens") or ())) and covered < end:
+            low, high = covered, end  # decoded again by the next window: it stands for audio after the seek
+        else:
+            low, high = before[-1]["start"] if before else start, after[0]["end"] if after else covered
+        first = max(0, math.floor((low - start) * ENCODER_FRAMES_PER_SECOND))
+        stop = max(first + 1, min(matrix.shape[1], math.ceil((high - start) * ENCODER_FRAMES_PER_SECOND)))
+        row = matrix[token_index, first:stop]  # [frame] between the neighbouring words
+        peak = int(row.argmax())
+        floor = row.min() + (row[peak] - row.min()) / 2
+        left = right = peak
+        while left > 0 and row[left - 1] >= floor:
+            left -= 1
+        while right < len(row) - 1 and row[right + 1] >= floor:
+            right += 1
+        low = start + (first + left) / ENCODER_FRAMES_PER_SECOND
+        high = start + (first + right + 1) / ENCODER_FRAMES_PER_SECOND
+    return max(start, low - margin), min(end, high + margin)
 
 
 def _word_rows(words: list[dict], tokens: list[dict]) -> list[tuple[dict, list[int]]]:
@@ -109,7 +140,7 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None, wi
         window = first_spoken_window(trace)
     matrix, tokens = cross_attention_rows(trace, layer, head, window)  # [token, frame]
     start, end = window_span(trace, window)
-    words = [word for word in timed_words(trace) if word.get("window", 0) == window]
+    words = timed_words(trace, window)
     mel = log_mel_array(trace, window)[:, : math.ceil((end - start) * MEL_FRAMES_PER_SECOND)]  # [n_mels, frame]
     vocab = vocabulary(trace)
     labels = token_labels(trace, [t["token_id"] for t in tokens], vocab=vocab)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 
 from probe import figures
-from probe.plugins.cross_attention.figures import attended_span, cross_attention_rows, timed_words
+from probe.plugins.cross_attention.figures import attended_span, cross_attention_rows, timed_words, token_word
 
 ALIGNMENT = "alignment heads (average)"
 MEAN = "mean of heads"
 WINDOW_KEY = "cross_window"
+TOKEN_KEY, WORD_KEY = "cross_token", "cross_word"  # choices of one window: reset when the window changes
 
 
 def cross_attention_page(trace, st) -> None:
@@ -29,7 +30,7 @@ def cross_attention_page(trace, st) -> None:
     head_choice = right.selectbox("Head", [MEAN, *range(int(config.get("decoder_attention_heads", 1)))],
                                   key="cross_head", disabled=layer is None)
     head = None if layer is None or head_choice == MEAN else head_choice
-    window = context.pick_window(trace, WINDOW_KEY)
+    window = context.pick_window(trace, WINDOW_KEY, resets=(TOKEN_KEY, WORD_KEY))
     if not context.show_figure(trace, "cross_attention", layer=layer, head=head, window=window):
         st.stop()
 
@@ -38,21 +39,32 @@ def cross_attention_page(trace, st) -> None:
     if not tokens:
         st.info("No tokens were decoded in this window.")
         st.stop()
-    labels = figures.token_labels(trace, [token["token_id"] for token in tokens])
-    token_index = st.selectbox("Token", range(len(tokens)), key="cross_token",
-                               format_func=lambda i: f"{i}: {labels[i]}")
+    labels = dict(zip((token["step"] for token in tokens),
+                      figures.token_labels(trace, [token["token_id"] for token in tokens])))
+    # a token is picked by its step in the window, so it stays picked when the attention source
+    # changes (the alignment heads show text tokens only) and never names another window's token
+    step = st.selectbox("Token", list(labels), key=TOKEN_KEY, format_func=lambda s: f"{s}: {labels[s]}")
+    token_index = next(i for i, token in enumerate(tokens) if token["step"] == step)
     start, end = attended_span(trace, token_index, layer, head, window)
-    st.caption(f"Frames holding at least half of this token's peak attention: {start:.2f}–{end:.2f} s.")
+    word = token_word(trace, tokens, token_index, window)
+    if word is not None:
+        st.caption(f"Part of the word “{word['word'].strip()}”, which DTW on the alignment heads places at "
+                   f"{word['start']:.2f}–{word['end']:.2f} s; playing {start:.2f}–{end:.2f} s.")
+    else:
+        st.caption(f"No timed word holds this token (a timestamp or special token): frames around its attention "
+                   f"peak between the neighbouring words, holding at least half the peak: {start:.2f}–{end:.2f} s.")
     st.audio(context.audio_span(trace, start, end), sample_rate=figures.SAMPLE_RATE)
 
-    words = timed_words(trace)
+    words = timed_words(trace, window)
     if words:
         st.subheader("Word timestamps")
-        word_index = st.selectbox("Word", range(len(words)), key="cross_word",
+        word_index = st.selectbox("Word", range(len(words)), key=WORD_KEY,
                                   format_func=lambda i: f"{words[i]['word'].strip()} "
                                                         f"({words[i]['start']:.2f}–{words[i]['end']:.2f} s)")
         word = words[word_index]
         st.audio(context.audio_span(trace, word["start"], word["end"]), sample_rate=figures.SAMPLE_RATE)
+        shown = "" if len(trace.manifest.get("windows") or []) < 2 else f" of window {window + 1}"
+        st.caption(f"{len(words)} words{shown}, timed by DTW on the alignment heads.")
         st.dataframe([{"word": w["word"], "start (s)": w["start"], "end (s)": w["end"], "window": w.get("window")}
                       for w in words], hide_index=True)
 
@@ -65,5 +77,9 @@ def listening_step(trace, st, window: int):
     this_window = f"window {window + 1}" if long_form else "this clip"
     st.markdown(f"Each decoder layer **cross-attends** to the 1500 encoder frames of {this_window}. A few heads "
                 "follow the speech closely (the alignment heads); averaging them and walking the matrix with dynamic "
-                "time warping gives every word a start and end time (boxes).")
+                "time warping gives every word a start and end time (boxes). In transformers the weights come from "
+                "`model.generate(input_features, return_dict_in_generate=True, output_attentions=True)"
+                ".cross_attentions` (per step, per layer: [batch, head, query, 1500]), and "
+                "`model.generate(..., return_token_timestamps=True)` runs the same DTW on "
+                "`model.generation_config.alignment_heads`.")
     return functools.partial(context.show_figure, trace, "cross_attention", window=window)
