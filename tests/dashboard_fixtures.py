@@ -5,9 +5,10 @@ also carries a third-party plugin's records; a transcribe + translate pair of th
 recorded with fewer plugins to keep the session short (the transcribe one lacks the attention,
 logit-lens and activations records, so views that need them must show an error); and a copy of
 the English trace with one record file deleted (a damaged trace); the English clip once more for
-each built-in plugin, traced with ``-p no:NAME``.  Two third-party plugins are installed as entry
-points in ``plugin_dir`` (put that folder on ``sys.path`` / ``PYTHONPATH`` for the dashboard to
-find them) and load themselves for the English trace: a small module that stores a 1-D series and
+each built-in plugin, traced with ``-p no:NAME``; and 35.7 s of the English clips one after
+another (two windows, speech in both; without the attention and logit-lens plugins).  Two
+third-party plugins are installed as entry points in ``plugin_dir`` (put that folder on
+``sys.path`` / ``PYTHONPATH`` for the dashboard to find them) and load themselves for the English trace: a small module that stores a 1-D series and
 a table and registers a page, and the worked example ``examples/plugins/encoder_change``,
 installed with pip; the README's own ``conv_energy`` example is passed as a file.
 """
@@ -70,6 +71,7 @@ class DashboardStore:
     damaged_id: str  # a copy of `english` whose cross_attention.weights file is gone
     plugin_dir: Path  # holds the loudness plugin module and the example plugin, installed, with their entry points
     without: dict  # built-in plugin name → the English clip traced with -p no:NAME
+    two_windows: object  # 35.7 s of the English clips: 2 windows with speech (activations, cross_attention, token_probs)
 
 
 _BUILT: dict[Path, DashboardStore] = {}
@@ -137,13 +139,18 @@ def build_dashboard_store(base, folder: Path) -> DashboardStore:
     speech = probe.load_audio(EXAMPLES / "en_lecture.flac").samples
     retried = probe.run(np.concatenate([noise, speech]), model=base, store=store, name="noise_then_speech",
                         openai_defaults=True, seed=0, disable=["attention", "logit_lens", "activations"])
+    lecture, fox = speech, probe.load_audio(english_clip).samples
+    gap = np.zeros(16000, dtype=np.float32)
+    two_windows = probe.run(np.concatenate([lecture, gap, fox, gap] * 3 + [lecture]), model=base, store=store,
+                            name="two_windows", disable=["attention", "logit_lens"])
     damaged_id = f"{english.id}-damaged"
     damaged = store.path / damaged_id
     shutil.copytree(english.path, damaged)
     (damaged / english.records[DAMAGED_RECORD]["file"]).unlink()
     manifest = json.loads((damaged / "manifest.json").read_text())
     (damaged / "manifest.json").write_text(json.dumps({**manifest, "name": "en_fox_damaged"}))
-    built = DashboardStore(store.path, english, translate, transcribe, retried, damaged_id, plugin_dir, without)
+    built = DashboardStore(store.path, english, translate, transcribe, retried, damaged_id, plugin_dir, without,
+                           two_windows)
     _BUILT[folder] = built
     return built
 
