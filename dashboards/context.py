@@ -377,8 +377,14 @@ def _export_bytes(store_path: str, trace_id: str, fmt: str) -> tuple[bytes, str]
     from probe.export import export_trace  # written by the export module's owner; loaded on demand
 
     trace = open_store(store_path).open(trace_id)
+
+    def drawn_png(name: str, options: dict) -> bytes:  # the page's figures: the ones the views drew
+        return _figure_png(store_path, trace_id, name, tuple(sorted(options.items())))
+
     with tempfile.TemporaryDirectory() as folder:
-        paths = export_trace(trace, fmt, out=folder)  # single files land inside, many in it
+        # single files land inside, many in it; the html page reuses the dashboard's PNGs and the
+        # other formats the export's own cache of figures saved in this process
+        paths = export_trace(trace, fmt, out=folder, png=drawn_png if fmt == "html" else None)
         if len(paths) == 1:
             return paths[0].read_bytes(), paths[0].name
         buffer = io.BytesIO()

@@ -16,6 +16,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import types
 import xml.etree.ElementTree as ET
 import zipfile
@@ -344,13 +345,13 @@ def test_unknown_format(fox):
 
 
 def test_a_failed_export_leaves_no_file(fox, tmp_path, monkeypatch):
-    from probe import figures
+    from probe.export import writers
 
-    def broken_save(fig, path, dpi=200):
+    def broken_write(path, data):
         Path(path).write_bytes(b"half a png")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(figures, "save", broken_save)
+    monkeypatch.setattr(writers, "write_file", broken_write)
     with pytest.raises(OptionError, match="No space left"):
         export_trace(fox, "png", out=tmp_path, views=["waveform"])
     assert list(tmp_path.iterdir()) == []
@@ -612,3 +613,110 @@ def test_page_plays_in_a_browser_offline(page, fox):
         finally:
             browser.close()
     assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
+
+
+# --- one drawing per figure, the time range, no stray warnings ------------------------------------
+
+
+class Counted:
+    """A plugin with two small figures that count their drawings: ``spanned`` takes a window and a
+    time range, ``steady`` neither."""
+
+    name = "counted"
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+
+    @probe.hookimpl
+    def probe_figures(self, register):
+        from probe.figures import new_figure
+
+        def spanned(trace, window=None, time_range=None):
+            self.calls.append(("spanned", {"window": window, "time_range": time_range}))
+            fig = new_figure(4, 2)
+            fig.subplots().plot([0, 1], [0, 1])
+            return fig
+
+        def steady(trace):
+            self.calls.append(("steady", {}))
+            fig = new_figure(4, 2)
+            fig.subplots().bar([0, 1], [1, 2])
+            return fig
+
+        register("spanned", spanned, caption="A span.")
+        register("steady", steady, caption="Steady.")
+
+
+@pytest.fixture
+def counted():
+    from probe import contributions
+
+    plugin = Counted()
+    contributions.configure([plugin])
+    try:
+        yield plugin
+    finally:
+        contributions.configure()
+
+
+def test_each_figure_is_drawn_once_for_every_format_of_an_export(fox, tmp_path, counted):
+    paths = export_trace(fox, "html,png,svg,pdf", out=tmp_path / "all", views=["spanned", "steady"])
+    assert sorted(p.name for p in paths) == sorted(
+        [f"{fox.id}.html", f"{fox.id}.pdf"] + [f"{fox.id}-{v}.{ext}" for v in ("spanned", "steady") for ext in ("png", "svg")])
+    assert sorted(name for name, _ in counted.calls) == ["spanned", "steady"]
+    # the page's inline PNG is screen resolution, the files print resolution, from the one drawing
+    page_png = figure_png(paths[0].read_text(encoding="utf-8"), "steady")
+    print_png = (tmp_path / "all" / f"{fox.id}-steady.png").read_bytes()
+    width = lambda png: struct.unpack(">I", png[16:20])[0]  # noqa: E731
+    assert width(page_png) == 4 * probe.export.PAGE_DPI and width(print_png) == 4 * probe.export.PRINT_DPI
+    # a later export of the same trace in this process (the dashboard's) reuses the saved figures
+    counted.calls.clear()
+    export_trace(fox, ["png", "html"], out=tmp_path / "again", views=["steady"])
+    assert counted.calls == []
+
+
+def test_time_range_reaches_the_figures_that_take_it_and_keeps_the_windows_it_overlaps(long_trace, tmp_path,
+                                                                                        counted):
+    first, second = long_trace.manifest["windows"]
+    start, end = second["start"] + 0.5, second["end"] - 0.5
+    path, = export_trace(long_trace, "html", out=tmp_path / "span.html", views=["steady", "spanned"],
+                         time_range=f"{start}:{end}")
+    assert counted.calls == [("steady", {}), ("spanned", {"window": 1, "time_range": (start, end)})]
+    page = path.read_text(encoding="utf-8")
+    assert 'id="window-2"' in page and 'id="window-1"' not in page
+    assert chosen_windows(long_trace, None, (0.0, first["end"] - 1)) == ([0], False)
+    assert chosen_windows(long_trace, None, (0.0, second["end"]))[0] == [0, 1]
+    with pytest.raises(OptionError, match="--windows 1 lies outside --time-range"):
+        export_trace(long_trace, "png", out=tmp_path, views=["spanned"], windows="1", time_range=(start, end))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("5", "is not START:END in seconds"), ("a:b", "is not START:END"), ("10:5", "the end must come after"),
+    ("3:3", "the end must come after"), ("0:999", "runs past the end of the clip"),
+    ("=-1:2", "must not be negative")])
+def test_bad_time_ranges_are_one_line_errors(fox, tmp_path, capsys, value, message):
+    from probe.cli import main
+
+    option = ["--time-range" + value] if value.startswith("=") else ["--time-range", value]
+    assert main(["export", fox.id, "--store", str(fox.path.parent), "-o", str(tmp_path), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("probe: error: --time-range") and message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_warns_nothing(fox, tmp_path, recwarn):
+    export_trace(fox, "html,png,pdf,json", out=tmp_path, views=["waveform", "token_probs"])
+    assert [str(w.message) for w in recwarn] == []
+    run = subprocess.run([sys.executable, "-m", "probe", "export", fox.id, "--store", str(fox.path.parent),
+                          "-f", "svg,csv", "--views", "language_probs", "-o", str(tmp_path / "cli")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stderr == ""
+    assert sorted(p.suffix for p in (tmp_path / "cli").iterdir()) == [".csv"] * 3 + [".svg"]
+
+
+def test_several_formats_need_a_folder(fox, tmp_path):
+    (tmp_path / "file.html").write_text("")
+    with pytest.raises(OptionError, match="several formats are written into one folder"):
+        export_trace(fox, "html,pdf", out=tmp_path / "file.html")
+    with pytest.raises(OptionError, match="unknown export format 'docx'"):
+        export_trace(fox, "html,docx")

@@ -144,7 +144,8 @@ def cmd_export(args) -> int:
     if args.plugins:
         contributions.configure(args.plugins)
         contributions.current()  # a bad -p fails here, in one line
-    for path in export_trace(trace, args.format, out=args.out, views=args.views, windows=args.windows):
+    for path in export_trace(trace, args.format, out=args.out, views=args.views, windows=args.windows,
+                             time_range=args.time_range):
         print(path)
     return 0
 

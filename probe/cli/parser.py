@@ -128,13 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a trace for lectures")
     export.add_argument("trace")
     _store_arg(export)
-    export.add_argument("--format", "-f", default="html", choices=["html", "png", "svg", "pdf", "json", "csv", "zip"])
+    export.add_argument("--format", "-f", default="html", metavar="FORMAT",
+                        help="html, png, svg, pdf, json, csv or zip; several comma-separated (e.g. html,pdf,png) "
+                             "are written into one folder with every figure drawn once (default: html)")
     export.add_argument("--out", "-o", default=None, help="output file or folder")
     export.add_argument("--views", nargs="*", default=None, help="figures to include (default: all)")
     export.add_argument("--windows", default=None, metavar="LIST",
                         help="30 s windows of long audio to draw per-window figures for, numbered from 1 as the "
                              "dashboard shows them: all, or e.g. 1,3-5 (default: all of up to 8 windows; of more, "
                              "the first 4 and those retried, looping or skipped)")
+    export.add_argument("--time-range", default=None, metavar="START:END",
+                        help="seconds of the clip the figures show, e.g. 2.5:10: passed to every figure that can "
+                             "show a span, and only the 30 s windows overlapping it are drawn")
     export.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
                         help="also export this plugin's figures and sections (module or .py file; no:NAME leaves "
                              "one out)")

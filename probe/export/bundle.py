@@ -48,12 +48,18 @@ def import_bundle(bundle: str | os.PathLike, store: Store) -> Trace:
             return store.import_dir(staging / root)
 
 
+# Stored, not deflated: FLAC is compressed already, and deflating float tensors saves ~20 % of
+# their size for ~35x the time (a 30 s base trace: 25 s against 0.7 s on the 2-core VM)
+STORED_SUFFIXES = (".flac", ".safetensors")
+
+
 def write_bundle(trace: Trace, path: Path) -> None:
-    """Every file the manifest names, under ``<trace id>/``; FLAC is stored, the rest deflated."""
+    """Every file the manifest names, under ``<trace id>/``; audio and tensors are stored, the
+    rest (JSON, Parquet tables) deflated."""
     with zipfile.ZipFile(path, "w") as archive:
         for rel in trace._member_files():
             source = trace._member_path(rel, "listed")
-            method = zipfile.ZIP_STORED if rel.endswith(".flac") else zipfile.ZIP_DEFLATED
+            method = zipfile.ZIP_STORED if rel.endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
             archive.write(source, f"{trace.id}/{rel}", compress_type=method)
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import probe
 from probe.export.markup import number, prompt_tokens, today
 from probe.export.plan import FigurePlan, caption
+from probe.export.render import PRINT_DPI, keep_layout
 from probe.figures.base import draws, quiet_missing_glyphs
 from probe.store import Trace
 
-PRINT_DPI = 200  # png/svg/pdf figures
 
 
 def write_handout(trace: Trace, plan: FigurePlan, path: Path) -> None:
@@ -30,6 +30,7 @@ def write_handout(trace: Trace, plan: FigurePlan, path: Path) -> None:
         pdf.savefig(title)
         for _, _, fig in drawn:
             pdf.savefig(fig, dpi=PRINT_DPI)
+            keep_layout(fig)  # another format of this export saves it without solving its layout again
 
 
 def _title_page(trace: Trace, contents: list[tuple[str, int | None]], missing: list[str],

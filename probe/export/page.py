@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import probe
 from probe import contributions
@@ -25,20 +25,27 @@ PAGE_DPI = 110  # figures inlined in the html page: sharp on screen, small page
 FIGURES_ORDER = 60
 
 
+# PNG bytes of figure ``name`` drawn with ``options`` at PAGE_DPI, from elsewhere (the dashboard's
+# already-drawn figures); None: drawn here
+PngSource = Callable[[str, dict], bytes]
+
+
 def render_html(trace: Trace, views: list[str] | None = None,
-                windows: str | Iterable[int] | None = None) -> str:
-    """The self-contained page for ``trace``: nothing in it loads from the network.  ``views`` and
-    ``windows`` choose figures and windows as in :func:`probe.export.export_trace`."""
-    return page(trace, FigurePlan.of(trace, views, windows))
+                windows: str | Iterable[int] | None = None,
+                time_range: str | tuple[float, float] | None = None) -> str:
+    """The self-contained page for ``trace``: nothing in it loads from the network.  ``views``,
+    ``windows`` and ``time_range`` choose figures and windows as in
+    :func:`probe.export.export_trace`."""
+    return page(trace, FigurePlan.of(trace, views, windows, time_range))
 
 
-def page(trace: Trace, plan: FigurePlan) -> str:
+def page(trace: Trace, plan: FigurePlan, png: PngSource | None = None) -> str:
     title = trace.name or trace.id
     drawn = list(plan.windows)  # the windows this export covers (every one, unless --windows picks)
     available = [s for s in contributions.current().sections if s.render is not None and s.available(trace)]
     transcript = "".join(_render(s, trace, drawn) or "" for s in available if "transcript" in s.replaces) \
         or plain_transcript(trace)
-    parts: list[tuple[float, str]] = [(FIGURES_ORDER, "".join(figure_sections(plan)))]
+    parts: list[tuple[float, str]] = [(FIGURES_ORDER, "".join(figure_sections(plan, png)))]
     for section in available:
         if "transcript" in section.replaces:
             continue
@@ -86,16 +93,24 @@ def _meta_line(trace: Trace) -> str:
     return " · ".join(part for part in parts if part)
 
 
-def figure_sections(plan: FigurePlan) -> list[str]:
+def figure_sections(plan: FigurePlan, source: PngSource | None = None) -> list[str]:
     """"Inside the model" with the figures drawn once, then one section per chosen window with
-    that window's figures (long traces only); the note of what a default choice left out."""
-    from probe import figures as drawing  # matplotlib loads only for exports that draw
+    that window's figures (long traces only); the note of what a default choice left out.
+    ``source`` gives a figure's PNG when someone has drawn it already (the dashboard)."""
+    from probe.export.render import figure_bytes
+
+    def image(name: str, window: int | None) -> bytes:
+        if source is not None:
+            return source(name, plan.options(name, window))
+        return figure_bytes(plan, name, window, "png", PAGE_DPI)
 
     figures: dict[int | None, list[str]] = {None: []}
     figures.update((window, []) for window in plan.windows if plan.per_window)
     skipped: list[tuple[str, int | None, str]] = []
-    for name, window, fig in plan.drawn(skipped):
-        png = drawing.png_bytes(fig, dpi=PAGE_DPI)
+    for name, window in plan.pairs:
+        png = plan.attempt(name, window, lambda: image(name, window), skipped)
+        if png is None:
+            continue
         text = label(name, window)
         anchor = name if window is None else f"{name}-window-{window + 1}"
         figures[window].append(f'<figure id="figure-{esc(anchor)}"><div class="scroll">'

@@ -4,12 +4,15 @@ trace holds) and which 30 s windows, in the order pages and handouts show them.
 A figure that shows one window (its function takes ``window=``) is drawn for each chosen window
 (:func:`chosen_windows`; numbered from 1, as the dashboard labels them); figures that do not depend
 on the window are drawn once.  A figure whose records the trace lacks (its plugin did not run) is
-left out without a word, unless the user named it.
+left out without a word, unless the user named it.  A time range (``--time-range START:END``,
+:func:`parse_time_range`) goes to every figure whose function takes a ``time_range`` keyword and
+keeps only the windows that overlap it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+import math
+from typing import Any, Callable, Iterable, Iterator
 
 from probe import contributions
 from probe.errors import OptionError, PluginError, ProbeError, StoreError
@@ -44,7 +47,8 @@ def selected_views(views: list[str] | None) -> tuple[list[str], bool]:
     return (list(dict.fromkeys(picked)), True) if picked else (names, False)
 
 
-def chosen_windows(trace: Trace, windows: str | Iterable[int] | None = None) -> tuple[list[int], bool]:
+def chosen_windows(trace: Trace, windows: str | Iterable[int] | None = None,
+                   time_range: tuple[float, float] | None = None) -> tuple[list[int], bool]:
     """(the 0-based windows an export draws per-window figures for, whether that is all of them).
 
     ``windows`` numbers windows from 1, as the dashboard labels them: ``"all"``, a list such as
@@ -52,10 +56,23 @@ def chosen_windows(trace: Trace, windows: str | Iterable[int] | None = None) -> 
     every window; a longer one its first :data:`FIRST_WINDOWS`, then the windows that were
     decoded again, loop or were skipped as no speech, up to :data:`MAX_DEFAULT_WINDOWS` in all.
     A number outside the trace or a list that does not parse raises a one-line
-    :class:`~probe.errors.OptionError`.
+    :class:`~probe.errors.OptionError`.  With ``time_range`` (seconds, :func:`parse_time_range`)
+    only windows overlapping it are drawn: by default every one of them (up to
+    :data:`MAX_DEFAULT_WINDOWS`); a picked window outside it is an error.
     """
     entries = trace.manifest.get("windows") or []
     total = max(1, len(entries))
+    if time_range is not None and entries:
+        inside = [w["index"] for w in entries if overlaps(w, time_range)]
+        if windows is None:
+            return inside[:MAX_DEFAULT_WINDOWS], len(inside) == total and total <= MAX_DEFAULT_WINDOWS
+        chosen, complete = chosen_windows(trace, windows)
+        outside = [w for w in chosen if w not in inside]
+        if outside:
+            start, end = time_range
+            raise OptionError(f"--windows {outside[0] + 1} lies outside --time-range {start:g}:{end:g}; the range "
+                              f"covers windows {window_list(inside)}")
+        return chosen, complete
     if windows is None:
         if total <= ALL_WINDOWS_UP_TO:
             return list(range(total)), True
@@ -72,6 +89,47 @@ def chosen_windows(trace: Trace, windows: str | Iterable[int] | None = None) -> 
                           "the dashboard shows them)")
     chosen = sorted({n - 1 for n in numbers})
     return chosen, len(chosen) == total
+
+
+def parse_time_range(trace: Trace, time_range: str | tuple[float, float] | None) -> tuple[float, float] | None:
+    """``"START:END"`` (seconds of the clip) or a pair as (start, end); None stays None.  Text that
+    is not two numbers, an end not after its start, or a span outside the clip raises a one-line
+    :class:`~probe.errors.OptionError`."""
+    if time_range is None:
+        return None
+    text = time_range if isinstance(time_range, str) else ":".join(str(t) for t in time_range)
+    first, colon, last = text.partition(":")
+    try:
+        start, end = float(first), float(last)
+    except ValueError:
+        start = end = float("nan")
+    if not colon or not (math.isfinite(start) and math.isfinite(end)):
+        raise OptionError(f"--time-range {text!r} is not START:END in seconds; write e.g. 2.5:10")
+    if end <= start:
+        raise OptionError(f"--time-range {text}: the end must come after the start; write START:END with "
+                          "START < END, e.g. 2.5:10")
+    if start < 0:
+        raise OptionError(f"--time-range {text}: the start must not be negative; seconds count from 0")
+    length = clip_seconds(trace)
+    if length is not None and end > length + 0.01:
+        raise OptionError(f"--time-range {text} runs past the end of the clip; trace {trace.id} is "
+                          f"{length:.2f} s long, so end it by {length:.2f}")
+    return start, end
+
+
+def clip_seconds(trace: Trace) -> float | None:
+    """The audio's length in seconds (the manifest's audio duration, else where the last window ends)."""
+    audio = trace.manifest.get("audio")
+    duration = audio.get("duration") if isinstance(audio, dict) else None
+    if isinstance(duration, (int, float)):
+        return float(duration)
+    windows = trace.manifest.get("windows") or []
+    return max((float(w["end"]) for w in windows), default=None)
+
+
+def overlaps(window: dict, time_range: tuple[float, float]) -> bool:
+    """Whether a window's span (seconds) shares any time with ``time_range``."""
+    return window["start"] < time_range[1] and window["end"] > time_range[0]
 
 
 def _window_numbers(windows: str | Iterable[int], total: int) -> list[int]:
@@ -126,16 +184,21 @@ def label(name: str, window: int | None) -> str:
 
 
 class FigurePlan:
-    """(figure, window) pairs in the order pages show them, and why.
+    """(figure, window) pairs in the order pages show them, and why; each figure drawn once.
 
     A trace of one window draws every figure once.  A longer one draws the figures that do not
     depend on the window once, then each chosen window's own figures (window ``None``: the
-    figure's default).  Figures whose records the trace lacks are not planned, unless picked."""
+    figure's default).  Figures whose records the trace lacks are not planned, unless picked.
+    ``time_range`` (seconds) goes to every figure whose function takes a ``time_range`` keyword.
+
+    One plan serves every format of an export: a figure is drawn the first time a format asks for
+    it and kept, each file format saved from that one drawing (:mod:`.render`)."""
 
     def __init__(self, trace: Trace, names: list[str], picked: bool, windows: list[int],
-                 complete: bool, requested: bool):
+                 complete: bool, requested: bool, time_range: tuple[float, float] | None = None):
         self.trace, self.picked = trace, picked
         self.windows, self.complete, self.requested = windows, complete, requested
+        self.time_range = time_range
         self.total = len(trace.manifest.get("windows") or [])
         found = exportable()
         self.figures = {name: found[name] for name in names if picked or found[name].available(trace)}
@@ -146,12 +209,16 @@ class FigurePlan:
             once = [name for name in names if not self.figures[name].per_window]
             each = [name for name in names if self.figures[name].per_window]
             self.pairs = [(name, None) for name in once] + [(name, w) for w in windows for name in each]
+        self.keep = False  # keep each drawn figure for the next format (an export of several)
+        self._drawn: dict[tuple[str, int | None], Any] = {}  # (name, window) → Figure or ProbeError
 
     @classmethod
-    def of(cls, trace: Trace, views: list[str] | None, windows: str | Iterable[int] | None) -> "FigurePlan":
+    def of(cls, trace: Trace, views: list[str] | None, windows: str | Iterable[int] | None,
+           time_range: str | tuple[float, float] | None = None) -> "FigurePlan":
         names, picked = selected_views(views)
-        chosen, complete = chosen_windows(trace, windows)
-        return cls(trace, names, picked, chosen, complete, windows is not None)
+        span = parse_time_range(trace, time_range)
+        chosen, complete = chosen_windows(trace, windows, span)
+        return cls(trace, names, picked, chosen, complete, windows is not None or span is not None, span)
 
     @property
     def per_window(self) -> bool:
@@ -166,28 +233,61 @@ class FigurePlan:
                 f"as no speech. Export every window with `probe export {self.trace.id} --windows all`, "
                 "or pick some with e.g. `--windows 5-8`.")
 
+    def options(self, name: str, window: int | None) -> dict[str, Any]:
+        """The keywords figure ``name`` is drawn with: its window (if any) and the time range,
+        each only where the figure's function takes it."""
+        parameters = self.figures[name].parameters
+        options: dict[str, Any] = {} if window is None else {"window": window}
+        if self.time_range is not None and "time_range" in parameters:
+            options["time_range"] = self.time_range
+        return options
+
+    def attempt(self, name: str, window: int | None, make: Callable[[], Any],
+                skipped: list[tuple[str, int | None, str]] | None = None) -> Any:
+        """``make()``'s result, or None when the figure cannot be drawn from this trace's records.
+
+        A corrupt or incomplete record is an error when the user named the figure; among all
+        figures it is left out and noted in ``skipped`` as (name, window, reason).  Any other
+        exception is the plugin's bug: a one-line :class:`PluginError` naming it."""
+        figure = self.figures[name]
+        try:
+            return make()
+        except ProbeError as err:
+            if self.picked:
+                raise
+            if skipped is not None:
+                skipped.append((name, window, str(err)))
+            return None
+        except Exception as exc:  # a plugin's bug: one line naming it, and how to export without it
+            raise PluginError(f"plugin {figure.plugin!r} raised drawing figure {name!r}: {type(exc).__name__}: "
+                              f"{exc} (leave it out with --views, or the plugin with -p no:{figure.plugin})") \
+                from exc
+
+    def figure(self, name: str, window: int | None) -> Any:
+        """Figure ``name`` of ``window``; with :attr:`keep` (an export of several formats) drawn
+        on first use and kept for every later format, and a record it cannot be drawn from raises
+        the same :class:`ProbeError` each time without trying again."""
+        key = (name, window)
+        found = self._drawn.get(key)
+        if found is None:
+            try:
+                found = self.figures[name].function(self.trace, **self.options(name, window))
+            except ProbeError as err:
+                self._drawn[key] = err
+                raise
+            if self.keep:
+                self._drawn[key] = found
+        if isinstance(found, ProbeError):
+            raise found
+        return found
+
     def drawn(self, skipped: list[tuple[str, int | None, str]] | None = None) \
             -> Iterator[tuple[str, int | None, Any]]:
-        """(name, window, figure) for each pair, drawn one at a time as they are written.
-
-        A figure that cannot be drawn (a corrupt or incomplete record) is an error when the user
-        named it; among all figures it is left out and noted in ``skipped`` as (name, window,
-        reason)."""
+        """(name, window, figure) for each pair that can be drawn (see :meth:`attempt`)."""
         for name, window in self.pairs:
-            figure = self.figures[name]
-            try:
-                fig = figure.function(self.trace) if window is None else figure.function(self.trace, window=window)
-            except ProbeError as err:
-                if self.picked:
-                    raise
-                if skipped is not None:
-                    skipped.append((name, window, str(err)))
-                continue
-            except Exception as exc:  # a plugin's bug: one line naming it, and how to export without it
-                raise PluginError(f"plugin {figure.plugin!r} raised drawing figure {name!r}: {type(exc).__name__}: "
-                                  f"{exc} (leave it out with --views, or the plugin with -p no:{figure.plugin})") \
-                    from exc
-            yield name, window, fig
+            fig = self.attempt(name, window, lambda: self.figure(name, window), skipped)
+            if fig is not None:
+                yield name, window, fig
 
     def file_stem(self, name: str, window: int | None) -> str:
         """``<trace>-<view>``, with ``-window-<n>`` (zero-padded to sort) for a window's figure."""

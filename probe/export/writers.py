@@ -11,21 +11,22 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from typing import TYPE_CHECKING
+
 from probe import contributions
 from probe.errors import OptionError, StoreError
-from probe.export.bundle import write_bundle
-from probe.export.handout import PRINT_DPI, write_handout
 from probe.export.markup import audio_field, prompt_tokens
-from probe.export.page import page as render_page
-from probe.export.plan import FigurePlan
+from probe.export.render import PRINT_DPI
 from probe.publish import staged
-from probe.store import Trace
+
+if TYPE_CHECKING:  # the page, handout and bundle code (and matplotlib) load only for the formats that need them
+    from probe.export.plan import FigurePlan
+    from probe.store import Trace
 
 
-def save(fig, path: Path, dpi: int) -> None:
-    from probe.figures import save as save_figure  # matplotlib loads only for exports that draw
 
-    save_figure(fig, path, dpi=dpi)
+def write_file(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def export_tables(trace: Trace) -> dict[str, list[dict]]:
@@ -41,19 +42,26 @@ def export_tables(trace: Trace) -> dict[str, list[dict]]:
     return tables
 
 
-def _export_html(trace: Trace, out, plan: FigurePlan) -> list[Path]:
-    page = render_page(trace, plan)
+def _export_html(trace: Trace, out, plan: FigurePlan, png=None) -> list[Path]:
+    from probe.export.page import page as render_page
+
+    page = render_page(trace, plan, png)
     path = out_file(trace, out, "html")
     write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return [path]
 
 
-def _export_figure_files(trace: Trace, out, plan: FigurePlan, suffix: str) -> list[Path]:
+def _export_figure_files(trace: Trace, out, plan: FigurePlan, fmt: str) -> list[Path]:
+    from probe.export.render import figure_bytes
+
     folder = out_dir(trace, out)
     written = []
-    for name, window, fig in plan.drawn():
-        path = folder / f"{plan.file_stem(name, window)}{suffix}"
-        write_atomic(path, lambda tmp, fig=fig: save(fig, tmp, dpi=PRINT_DPI))
+    for name, window in plan.pairs:
+        data = plan.attempt(name, window, lambda: figure_bytes(plan, name, window, fmt, PRINT_DPI))
+        if data is None:
+            continue
+        path = folder / f"{plan.file_stem(name, window)}.{fmt}"
+        write_atomic(path, lambda tmp, data=data: write_file(tmp, data))
         written.append(path)
     if not written:
         raise plan.no_figures()
@@ -61,6 +69,8 @@ def _export_figure_files(trace: Trace, out, plan: FigurePlan, suffix: str) -> li
 
 
 def _export_pdf(trace: Trace, out, plan: FigurePlan) -> list[Path]:
+    from probe.export.handout import write_handout
+
     path = out_file(trace, out, "pdf")
     write_atomic(path, lambda tmp: write_handout(trace, plan, tmp))
     return [path]
@@ -87,6 +97,8 @@ def _export_csv(trace: Trace, out, views) -> list[Path]:
 
 
 def _export_zip(trace: Trace, out, views) -> list[Path]:
+    from probe.export.bundle import write_bundle
+
     path = out_file(trace, out, "zip")
     write_atomic(path, lambda tmp: write_bundle(trace, tmp))
     return [path]
@@ -94,8 +106,8 @@ def _export_zip(trace: Trace, out, views) -> list[Path]:
 
 EXPORTERS: dict[str, Callable[[Trace, Any, Any], list[Path]]] = {
     "html": _export_html,
-    "png": lambda trace, out, plan: _export_figure_files(trace, out, plan, ".png"),
-    "svg": lambda trace, out, plan: _export_figure_files(trace, out, plan, ".svg"),
+    "png": lambda trace, out, plan: _export_figure_files(trace, out, plan, "png"),
+    "svg": lambda trace, out, plan: _export_figure_files(trace, out, plan, "svg"),
     "pdf": _export_pdf,
     "json": _export_json,
     "csv": _export_csv,
