@@ -279,10 +279,17 @@ def test_text_over_images_has_contrast(drawn, name):
         assert checked, f"{name} writes no text over its cells"
 
 
+@pytest.fixture(scope="module")
+def zoomed(long_trace):
+    """Every figure drawn over time, zoomed to ZOOM: name → figure."""
+    return {figure.name: figure.function(long_trace, time_range=ZOOM, **_options(figure))
+            for figure in _figures() if "time_range" in figure.parameters}
+
+
 @pytest.mark.parametrize("name", [figure.name for figure in _figures() if "time_range" in figure.parameters])
-def test_time_range_narrows_the_time_axis(long_trace, name):
+def test_time_range_narrows_the_time_axis(long_trace, zoomed, name):
     figure = contributions.current().figure(name)
-    fig = figure.function(long_trace, time_range=ZOOM, **_options(figure))
+    fig = zoomed[name]
     timed = [ax for ax in fig.axes if ax.get_visible() and "time" in ax.get_xlabel()]
     assert timed, f"{name} has no time axis"
     for ax in timed:
@@ -306,8 +313,8 @@ def test_time_range_outside_the_window_is_a_one_line_error(long_trace):
         figure.function(long_trace, window=0, time_range=(5.0, 5.0))
 
 
-def test_cross_attention_zoom_keeps_the_tokens_heard_there(long_trace):
-    fig = contributions.current().figure("cross_attention").function(long_trace, time_range=ZOOM)
+def test_cross_attention_zoom_keeps_the_tokens_heard_there(zoomed):
+    fig = zoomed["cross_attention"]
     attention = next(ax for ax in fig.axes if ax.get_ylabel() == "decoded token")
     tokens = attention.images[0].get_array().shape[0]
     expected = (ZOOM[1] - ZOOM[0]) / SECONDS * N_TOKENS
@@ -321,3 +328,28 @@ def test_text_colour_follows_the_background():
         for cmap in ("RdYlGn", "viridis", "magma", "cividis"):
             background = colors.to_rgb(matplotlib.colormaps[cmap](value))
             assert legible.contrast_ratio(legible.text_color_on(background), background) >= legible.MIN_CONTRAST
+
+
+def _zoom_page(store_path: str, trace_id: str) -> None:
+    """A page drawing one figure over time and one not, through the dashboard's show_figure."""
+    from probe.dashboards import context
+
+    trace = context.open_trace(store_path, trace_id)
+    context.show_figure(trace, "waveform")
+    context.show_figure(trace, "language_probs")
+
+
+def test_dashboard_offers_a_time_range_slider_for_long_spans(long_trace):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    app = AppTest.from_function(_zoom_page, args=(str(long_trace.path.parent), long_trace.id), default_timeout=120)
+    app.run()
+    assert not app.exception and not app.error
+    assert [slider.label for slider in app.slider] == ["Time range (s)"]  # the waveform's; languages have no time
+    assert app.slider[0].value == (0.0, SECONDS)
+    app.slider[0].set_value((10.0, 15.0)).run()
+    assert not app.exception and not app.error
+    assert app.slider[0].value == (10.0, 15.0)
