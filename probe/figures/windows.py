@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from probe.errors import StoreError
 from probe.figures.audio import clip_span, duration
 from probe.figures.base import draws, new_figure
-from probe.figures.legible import MIN_FONT_PT, clip_range, over_time, range_note, text_color_on
+from probe.figures.legible import MIN_FONT_PT, clip_range, over_time, range_note, text_color_on, text_width_pt
 
 
 def _window_concern(window: dict) -> float:
@@ -30,7 +30,7 @@ def windows_timeline(trace, time_range: tuple[float, float] | None = None) -> Fi
     """Every window generate() decoded, on the clip's time axis: the span its transcript used
     (seek to the next seek), coloured from calm to suspect by its hallucination signals, with its
     fallback attempts marked (× rejected, ○ kept, ■ skipped as no speech), numbered from 1 as the
-    window pickers label them, and the no-speech
+    window pickers label them (where the bar has room for the number), and the no-speech
     probability and average log-probability below; ``time_range`` (seconds of the clip) shows
     only that span."""
     windows = trace.manifest.get("windows") or []
@@ -41,6 +41,7 @@ def windows_timeline(trace, time_range: tuple[float, float] | None = None) -> Fi
     fig = new_figure(10, 4.2)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1.2, 1]})
     cmap = matplotlib.colormaps["RdYlGn_r"]
+    axis_pt = (fig.get_size_inches()[0] - 2.6) * 72  # the time axis, less labels and colour bar
     for window in windows:
         start = float(window["start"])
         used = max(float(window.get("next_seek", 0)) / 100, start + 0.05)
@@ -49,7 +50,8 @@ def windows_timeline(trace, time_range: tuple[float, float] | None = None) -> Fi
         colour = cmap(0.1 + 0.8 * concern)
         top.barh(0, end - start, left=start, height=0.6, color=colour, edgecolor="0.2",
                  hatch="//" if window.get("skipped") else None)
-        if shown[0] <= (start + end) / 2 <= shown[1]:
+        bar_pt = (min(end, shown[1]) - max(start, shown[0])) / (shown[1] - shown[0]) * axis_pt
+        if shown[0] <= (start + end) / 2 <= shown[1] and text_width_pt(str(window["index"] + 1)) + 4 <= bar_pt:
             top.text((start + end) / 2, 0, str(window["index"] + 1), ha="center", va="center",
                      fontsize=max(9, MIN_FONT_PT), color=text_color_on(colour), clip_on=True)
         for attempt in window.get("attempts") or []:
