@@ -6,7 +6,8 @@ recorded with fewer plugins to keep the session short (the transcribe one lacks 
 logit-lens and activations records, so views that need them must show an error); and a copy of
 the English trace with one record file deleted (a damaged trace); the English clip once more for
 each built-in plugin, traced with ``-p no:NAME``; and 35.7 s of the English clips one after
-another (two windows, speech in both; without the attention and logit-lens plugins).  Two
+another (two windows, speech in both; without the attention and logit-lens plugins); the Mandarin
+clip once more with every built-in plugin.  Two
 third-party plugins are installed as entry points in ``plugin_dir`` (put that folder on
 ``sys.path`` / ``PYTHONPATH`` for the dashboard to find them) and load themselves for the English trace: a small module that stores a 1-D series and
 a table and registers a page, and the worked example ``examples/plugins/encoder_change``,
@@ -72,6 +73,7 @@ class DashboardStore:
     plugin_dir: Path  # holds the loudness plugin module and the example plugin, installed, with their entry points
     without: dict  # built-in plugin name → the English clip traced with -p no:NAME
     two_windows: object  # 35.7 s of the English clips: 2 windows with speech (activations, cross_attention, token_probs)
+    mandarin: object  # the Mandarin clip transcribed with every built-in plugin (characters split over tokens)
 
 
 _BUILT: dict[Path, DashboardStore] = {}
@@ -133,6 +135,7 @@ def build_dashboard_store(base, folder: Path) -> DashboardStore:
                           disable=["attention", "activations"])
     transcribe = probe.run(mandarin_clip, model=base, store=store, name="zh_transcribe",
                            disable=["attention", "logit_lens", "activations"])
+    mandarin = probe.run(mandarin_clip, model=base, store=store, name="zh_every_plugin", language="zh")
     import numpy as np
 
     noise = 0.01 * np.random.default_rng(0).standard_normal(31 * 16000).astype(np.float32)
@@ -150,7 +153,7 @@ def build_dashboard_store(base, folder: Path) -> DashboardStore:
     manifest = json.loads((damaged / "manifest.json").read_text())
     (damaged / "manifest.json").write_text(json.dumps({**manifest, "name": "en_fox_damaged"}))
     built = DashboardStore(store.path, english, translate, transcribe, retried, damaged_id, plugin_dir, without,
-                           two_windows)
+                           two_windows, mandarin)
     _BUILT[folder] = built
     return built
 

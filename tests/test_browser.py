@@ -64,8 +64,16 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 90) 
     raise TimeoutError(f"the dashboard at {url} did not come up in {timeout} s")
 
 
-@pytest.fixture(scope="module")
+# One served dashboard for the whole session: the other browser test modules import these
+# fixtures, and each import would otherwise start its own server (~15 s, and cold caches).
+_SHARED: dict = {}
+
+
+@pytest.fixture(scope="session")
 def dashboard_url(dashboard_store):
+    if "url" in _SHARED:
+        yield _SHARED["url"]
+        return
     assert CHROMIUM.exists(), "needs Debian's chromium at /usr/bin/chromium (scripts/setup.sh installs it)"
     port = free_port()
     script = Path(sys.executable).with_name("probe")
@@ -77,8 +85,10 @@ def dashboard_url(dashboard_store):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_healthy(url, server)
+        _SHARED["url"] = url
         yield url
     finally:
+        _SHARED.pop("url", None)
         os.killpg(server.pid, signal.SIGKILL)  # the CLI and the Streamlit process it started
         server.wait()
 
@@ -93,7 +103,7 @@ def page():
             browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def screenshots(tmp_path_factory) -> Path:
     folder = Path(os.environ.get("PROBE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)

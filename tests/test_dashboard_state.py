@@ -159,6 +159,8 @@ def test_lesson_names_the_transformers_calls_and_shows_the_encoder_output(open_v
     assert "model.model.encoder(input_features).last_hidden_state" in steps["The encoder's output"]
     assert "processor.get_decoder_prompt_ids(" in steps["The special-token prompt"]
     assert "model.generate(" in steps["Cross-attention: listening while writing"]
+    assert "model.detect_language(input_features)" in steps["Which language?"]
+    assert "model.compute_transition_scores(" in steps["Tokens and their probabilities"]
     d_model = two_windows.manifest["model"]["config"]["d_model"]
     assert f"[1500, {d_model}]" in steps["The encoder's output"]
     while app.subheader[0].value != "The encoder's output":

@@ -126,7 +126,9 @@ def language_step(trace, st, window: int):
 
     st.markdown("The language token is not guessed from text: at the first step the decoder gives every "
                 "language token a probability, and the most likely one is forced into the prompt. The same "
-                "step gives `<|nospeech|>` its probability, which decides whether a window is skipped.")
+                "step gives `<|nospeech|>` its probability, which decides whether a window is skipped. In "
+                "transformers: `model.detect_language(input_features)` (the softmax of the logits at "
+                "`<|startoftranscript|>` over the language tokens).")
     return functools.partial(context.show_figure, trace, "language_probs", window=window)
 
 
@@ -136,7 +138,9 @@ def tokens_step(trace, st, window: int):
 
     windows = trace.manifest.get("windows") or []
     st.markdown("At every step the decoder outputs a probability for each of the ~51 000 tokens; greedy "
-                "decoding keeps the most likely. Red tokens were close calls — hover them for the alternatives.")
+                "decoding keeps the most likely. Red tokens were close calls — hover them for the alternatives. In "
+                "transformers: `model.generate(input_features, output_scores=True, return_dict_in_generate=True)`, "
+                "then `model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)`.")
     if len(windows) <= 1:
         st.html(transcript_html(trace))
         return functools.partial(context.show_figure, trace, "token_probs")
