@@ -131,11 +131,12 @@ def build_dashboard_store(base, folder: Path) -> DashboardStore:
         sys.path.remove(str(plugin_dir))
     without = {name: probe.run(english_clip, model=base, store=store, name=f"en_fox_without_{name}",
                                disable=[name]) for name in DEFAULT_PLUGINS}
+    # before the transcribe + translate pair: Compare opens a trace beside the newest other trace of its audio
+    mandarin = probe.run(mandarin_clip, model=base, store=store, name="zh_every_plugin", language="zh")
     translate = probe.run(mandarin_clip, model=base, store=store, name="zh_translate", task="translate",
                           disable=["attention", "activations"])
     transcribe = probe.run(mandarin_clip, model=base, store=store, name="zh_transcribe",
                            disable=["attention", "logit_lens", "activations"])
-    mandarin = probe.run(mandarin_clip, model=base, store=store, name="zh_every_plugin", language="zh")
     import numpy as np
 
     noise = 0.01 * np.random.default_rng(0).standard_normal(31 * 16000).astype(np.float32)

@@ -80,6 +80,12 @@ def hostile(tmp_path_factory, fox) -> Trace:
     table[1]["token"] = HOSTILE
     table[1]["top_k_tokens"][0] = HOSTILE
     pq.write_table(pa.Table.from_pylist(table), tokens_file)
+    token_id = str(table[1]["token_id"])  # tokens are displayed from the bytes each window keeps
+    for window in manifest["windows"]:
+        if token_id in window.get("token_bytes", {}):
+            window["token_bytes"][token_id] = HOSTILE.encode().hex()
+    assert any(window.get("token_bytes", {}).get(token_id) == HOSTILE.encode().hex() for window in manifest["windows"])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     return store.open(fox.id)
 
 

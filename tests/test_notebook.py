@@ -54,6 +54,10 @@ def test_trace_html_escapes_what_the_trace_says(dashboard_store, tmp_path):
     manifest.update(name="<script>alert(1)</script>", transcript="<b>bold</b> & co", language="<i>zh</i>")
     manifest["model"]["id"] = "<img src=x onerror=alert(2)>"
     manifest["prompt"][0]["token"] = "<|start\"of'<x>|>"
+    first = str(manifest["prompt"][0]["id"])  # prompt chips read each window's token bytes
+    for window in manifest["windows"]:
+        assert first in window["token_bytes"]
+        window["token_bytes"][first] = "<|start\"of'<x>|>".encode().hex()
     (copy / "manifest.json").write_text(json.dumps(manifest))
     html = Trace(copy)._repr_html_()
     for raw in ("<script>alert", "<b>bold", "<i>zh", "<img src=x", "<x>"):

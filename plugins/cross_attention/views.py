@@ -65,7 +65,7 @@ def cross_attention_page(trace, st) -> None:
         st.audio(context.audio_span(trace, word["start"], word["end"]), sample_rate=figures.SAMPLE_RATE)
         shown = "" if len(trace.manifest.get("windows") or []) < 2 else f" of window {window + 1}"
         st.caption(f"{len(words)} words{shown}, timed by DTW on the alignment heads.")
-        st.dataframe([{"word": w["word"], "start (s)": w["start"], "end (s)": w["end"], "window": w.get("window")}
+        st.dataframe([{"word": w["word"], "start (s)": w["start"], "end (s)": w["end"], "window": int(w.get("window") or 0) + 1}
                       for w in words], hide_index=True)
 
 

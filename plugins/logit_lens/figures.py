@@ -49,7 +49,9 @@ def logit_lens(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
         for layer in range(n_layers):
             for column, token in enumerate(columns):
                 is_top = chosen_rank[layer, token] == 0
-                text = fit_text(token_label(trace, vocab, int(top_ids[layer, token])), cell_pt)
+                # the layer's top is the emitted token: labelled as in its sequence (语¹/₂, not its bytes)
+                top = labels[column] if is_top else token_label(trace, vocab, int(top_ids[layer, token]))
+                text = fit_text(top, cell_pt)
                 cell_text(ax, column, layer, text, image.cmap(image.norm(chosen_prob[layer, token])),
                           fontweight="bold" if is_top else "normal")
     ax.set_yticks(range(n_layers), [f"block {layer}" for layer in range(n_layers)])

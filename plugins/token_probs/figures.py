@@ -53,8 +53,9 @@ def token_probs(trace, first: int = 0, count: int = TOKENS_PER_PAGE) -> Figure:
                           interpolation="nearest")
     for column, row in enumerate(rows):
         for rank, (token_id, p) in enumerate(zip(row["top_k_ids"], row["top_k_probs"])):
-            text = token_label(trace, vocab, token_id)
-            weight = "bold" if token_id == row["token_id"] else "normal"
+            emitted = token_id == row["token_id"]  # labelled as in its sequence: 语¹/₂, not its bytes
+            text = labels[column] if emitted else token_label(trace, vocab, token_id)
+            weight = "bold" if emitted else "normal"
             cell_text(ax_top, column, rank, fit_text(text, cell_pt), image.cmap(image.norm(p)), fontweight=weight)
     ax_top.set_yticks(range(k), [str(rank + 1) for rank in range(k)])
     ax_top.set_ylabel("rank among alternatives")

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a trace for lectures")
     export.add_argument("trace")
     _store_arg(export)
-    export.add_argument("--format", "-f", default="html", metavar="FORMAT",
+    export.add_argument("--format", "-f", default="html", metavar="FORMAT", type=_export_formats,
                         help="html, png, svg, pdf, json, csv or zip; several comma-separated (e.g. html,pdf,png) "
                              "are written into one folder with every figure drawn once (default: html)")
     export.add_argument("--out", "-o", default=None, help="output file or folder")
@@ -180,3 +180,15 @@ def _version() -> str:
     from probe import __version__
 
     return __version__
+
+
+def _export_formats(value: str) -> str:
+    """``--format``: one export format or several, comma-separated; an unknown one is argparse's
+    one-line "invalid choice" before any store is opened."""
+    from probe.export import FORMATS
+
+    for name in (part.strip().lower() for part in value.split(",")):
+        if name not in FORMATS:
+            raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(FORMATS)}; "
+                                             "several comma-separated)")
+    return value
