@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 import probe.dashboards
 from probe.dashboards import context
 from probe.plugin_manager import DEFAULT_PLUGINS
+from probe.plugins.cross_attention.views import token_key, word_key
 from probe.store import Store
 from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fixture)
 
@@ -183,13 +184,13 @@ def test_cross_attention_lists_tokens_and_words_and_plays_their_spans(open_view,
     trace = dashboard_store.english
     app = open_view("cross_attention", trace.id)
     no_exception(app)
-    tokens = app.selectbox(key="cross_token").options
+    tokens = app.selectbox(key=token_key(0)).options
     assert any(option.endswith(": fox") for option in tokens)
-    words = app.selectbox(key="cross_word").options
+    words = app.selectbox(key=word_key(0)).options
     assert len(words) == len(trace.words()) and any(option.startswith("fox (") for option in words)
     assert len(app.get("audio")) == 2  # the token's span and the word's span
     span = app.caption[0].value
-    app.selectbox(key="cross_token").set_value(tokens.index(next(o for o in tokens if o.endswith(": fox")))).run()
+    app.selectbox(key=token_key(0)).set_value(tokens.index(next(o for o in tokens if o.endswith(": fox")))).run()
     assert app.caption[0].value != span
     first = image_urls(app)
     app.selectbox(key="cross_source").set_value(3).run()

@@ -21,6 +21,7 @@ import probe
 from probe import figures
 from probe.plugins.activations.encoder_output import ENCODER_OUTPUT, audio_frames, speech_and_padding
 from probe.plugins.cross_attention.figures import attended_span, cross_attention_rows, timed_words, token_word
+from probe.plugins.cross_attention.views import token_key, word_key
 from tests.dashboard_fixtures import dashboard_store  # noqa: F401  (session fixture)
 from tests.test_dashboard import open_view, texts  # noqa: F401  (open_view: fixture)
 
@@ -36,27 +37,27 @@ def two_windows(dashboard_store):
     return trace
 
 
-def token_options(app) -> list:
-    return app.selectbox(key="cross_token").options
+def token_options(app, window: int) -> list:
+    return app.selectbox(key=token_key(window)).options
 
 
 @pytest.mark.integration
 def test_switching_the_cross_attention_window_resets_token_and_word(open_view, two_windows):
     app = open_view("cross_attention", two_windows.id)
     assert not app.exception
-    first_window = token_options(app)
-    app.selectbox(key="cross_token").set_value(_steps(two_windows, 0)[5]).run()
-    app.selectbox(key="cross_word").set_value(4).run()
-    assert app.selectbox(key="cross_token").value == _steps(two_windows, 0)[5]
-    assert app.selectbox(key="cross_word").value == 4
+    first_window = token_options(app, 0)
+    app.selectbox(key=token_key(0)).set_value(_steps(two_windows, 0)[5]).run()
+    app.selectbox(key=word_key(0)).set_value(4).run()
+    assert app.selectbox(key=token_key(0)).value == _steps(two_windows, 0)[5]
+    assert app.selectbox(key=word_key(0)).value == 4
 
     app.selectbox(key="cross_window").set_value(1).run()
     assert not app.exception
-    assert app.selectbox(key="cross_token").value == _steps(two_windows, 1)[0]  # the first token of window 2
-    assert app.selectbox(key="cross_word").value == 0
-    assert token_options(app) != first_window and len(token_options(app)) == len(_steps(two_windows, 1))
+    assert app.selectbox(key=token_key(1)).value == _steps(two_windows, 1)[0]  # the first token of window 2
+    assert app.selectbox(key=word_key(1)).value == 0
+    assert token_options(app, 1) != first_window and len(token_options(app, 1)) == len(_steps(two_windows, 1))
     words = timed_words(two_windows, 1)
-    assert app.selectbox(key="cross_word").options == [f"{w['word'].strip()} ({w['start']:.2f}–{w['end']:.2f} s)"
+    assert app.selectbox(key=word_key(1)).options == [f"{w['word'].strip()} ({w['start']:.2f}–{w['end']:.2f} s)"
                                                        for w in words]
     table = app.dataframe[0].value
     assert list(table["window"]) == [2] * len(words)  # numbered from 1, as the picker shows
@@ -66,20 +67,20 @@ def test_switching_the_cross_attention_window_resets_token_and_word(open_view, t
             f"{first_word['start']:.2f}–{first_word['end']:.2f} s") in texts(app)
     assert f"{len(words)} words of window 2" in texts(app)
 
-    app.selectbox(key="cross_token").set_value(_steps(two_windows, 1)[3]).run()
+    app.selectbox(key=token_key(1)).set_value(_steps(two_windows, 1)[3]).run()
     app.selectbox(key="cross_window").set_value(0).run()  # and back: window 1's first token again
-    assert app.selectbox(key="cross_token").value == _steps(two_windows, 0)[0]
+    assert app.selectbox(key=token_key(0)).value == _steps(two_windows, 0)[0]
 
 
 @pytest.mark.integration
 def test_the_picked_token_survives_a_change_of_attention_source(open_view, two_windows):
     app = open_view("cross_attention", two_windows.id)
     text_step = _steps(two_windows, 0)[6]
-    app.selectbox(key="cross_token").set_value(text_step).run()
+    app.selectbox(key=token_key(0)).set_value(text_step).run()
     app.selectbox(key="cross_source").set_value(2).run()  # a layer: every token, timestamps too
     assert not app.exception
-    assert app.selectbox(key="cross_token").value == text_step
-    assert len(token_options(app)) > len(_steps(two_windows, 0))
+    assert app.selectbox(key=token_key(0)).value == text_step
+    assert len(token_options(app, 0)) > len(_steps(two_windows, 0))
 
 
 def _steps(trace, window: int, layer: int | None = None) -> list[int]:

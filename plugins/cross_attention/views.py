@@ -17,6 +17,16 @@ WINDOW_KEY = "cross_window"
 TOKEN_KEY, WORD_KEY = "cross_token", "cross_word"  # choices of one window: reset when the window changes
 
 
+def token_key(window: int) -> str:
+    """The token picker's key in ``window``: one widget per window, so the browser never shows a
+    token of the window picked before (a kept key would keep its old text on screen)."""
+    return f"{TOKEN_KEY}.{window}"
+
+
+def word_key(window: int) -> str:
+    return f"{WORD_KEY}.{window}"
+
+
 def cross_attention_page(trace, st) -> None:
     from probe.dashboards import context
 
@@ -30,7 +40,9 @@ def cross_attention_page(trace, st) -> None:
     head_choice = right.selectbox("Head", [MEAN, *range(int(config.get("decoder_attention_heads", 1)))],
                                   key="cross_head", disabled=layer is None)
     head = None if layer is None or head_choice == MEAN else head_choice
-    window = context.pick_window(trace, WINDOW_KEY, resets=(TOKEN_KEY, WORD_KEY))
+    n_windows = max(1, len(trace.manifest.get("windows") or []))
+    window = context.pick_window(trace, WINDOW_KEY, resets=tuple(key(i) for i in range(n_windows)
+                                                                 for key in (token_key, word_key)))
     if not context.show_figure(trace, "cross_attention", layer=layer, head=head, window=window):
         st.stop()
 
@@ -43,7 +55,8 @@ def cross_attention_page(trace, st) -> None:
                       figures.token_labels(trace, [token["token_id"] for token in tokens])))
     # a token is picked by its step in the window, so it stays picked when the attention source
     # changes (the alignment heads show text tokens only) and never names another window's token
-    step = st.selectbox("Token", list(labels), key=TOKEN_KEY, format_func=lambda s: f"{s}: {labels[s]}")
+    step = st.selectbox("Token", list(labels), key=token_key(window),
+                        format_func=lambda s: f"{s}: {labels[s]}")
     token_index = next(i for i, token in enumerate(tokens) if token["step"] == step)
     start, end = attended_span(trace, token_index, layer, head, window)
     word = token_word(trace, tokens, token_index, window)
@@ -58,7 +71,7 @@ def cross_attention_page(trace, st) -> None:
     words = timed_words(trace, window)
     if words:
         st.subheader("Word timestamps")
-        word_index = st.selectbox("Word", range(len(words)), key=WORD_KEY,
+        word_index = st.selectbox("Word", range(len(words)), key=word_key(window),
                                   format_func=lambda i: f"{words[i]['word'].strip()} "
                                                         f"({words[i]['start']:.2f}–{words[i]['end']:.2f} s)")
         word = words[word_index]
