@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from probe.errors import OptionError, ProbeError
-from probe.export.markup import audio_field, esc, number, prompt_tokens
+from probe.export.markup import audio_field, esc, number, prompt_code
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -115,7 +115,7 @@ def summary_table(trace: Trace) -> str:
 
 
 def prompt_chips(trace: Trace) -> str:
-    chips = "".join(f'<code class="tok">{esc(token.get("token"))}</code>' for token in prompt_tokens(trace))
+    chips = prompt_code(trace)
     return f'<p>prompt: {chips or "(none recorded)"}</p>'
 
 

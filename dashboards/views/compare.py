@@ -7,6 +7,7 @@ import streamlit as st
 
 from probe import contributions
 from probe.dashboards import context
+from probe.tokens import prompt_entries
 
 trace = context.current_trace()
 # Start from the same audio recorded another way, if the store has it.
@@ -24,7 +25,7 @@ with left:
     st.caption(f"`{trace.id}`")
 with right:
     other = context.pick_trace("Compare with", "compare_trace", default=twins[0] if twins else None)
-prompts = [shown.manifest.get("prompt") or [] for shown in (trace, other)]
+prompts = [prompt_entries(shown.manifest) for shown in (trace, other)]  # split characters joined
 # the prompt tokens only one of the two has (e.g. <|translate|> against <|transcribe|>) stand out
 differing = {entry["id"] for entry in prompts[0]} ^ {entry["id"] for entry in prompts[1]}
 for column, shown, prompt in zip((left, right), (trace, other), prompts):

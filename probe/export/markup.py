@@ -88,6 +88,11 @@ def prompt_tokens(trace: Trace) -> list[dict]:
     return prompt_entries(trace.manifest)
 
 
+def prompt_code(trace: Trace) -> str:
+    """The first window's prompt as ``<code class="tok">`` chips (the export page and a notebook's trace)."""
+    return "".join(f'<code class="tok">{esc(str(token.get("token")))}</code>' for token in prompt_tokens(trace))
+
+
 def audio_field(trace: Trace, key: str) -> Any:
     audio = trace.manifest.get("audio")
     return audio.get(key) if isinstance(audio, dict) else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 
-from probe.export.markup import esc, number, prompt_tokens
+from probe.export.markup import esc, number, prompt_code
 from probe.tokens import labels, prompt_pieces, text
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,7 @@ def prompt(trace: Trace, drawn: list[int]) -> str:
     windows = manifest.get("windows") or []
     if len(windows) > 1:
         return _prompt_by_window(trace, windows)
-    chips = "".join(f'<code class="tok">{esc(str(t.get("token")))}</code>' for t in prompt_tokens(trace))
+    chips = prompt_code(trace)
     task = (manifest.get("decode") or {}).get("task") or "transcribe"
     facts = [("language", f"{trace.language or '?'} (p = {number(manifest.get('language_probability'))})"),
              ("no-speech probability", number(manifest.get("no_speech_probability"))),
