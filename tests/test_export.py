@@ -11,12 +11,14 @@ import base64
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import stat
 import struct
 import subprocess
 import sys
+import textwrap
 import types
 import xml.etree.ElementTree as ET
 import zipfile
@@ -726,3 +728,85 @@ def test_several_formats_need_a_folder(fox, tmp_path):
         export_trace(fox, "html,pdf", out=tmp_path / "file.html")
     with pytest.raises(OptionError, match="unknown export format 'docx'"):
         export_trace(fox, "html,docx")
+
+
+def test_figures_drawn_in_worker_processes_equal_those_drawn_here(fox, tmp_path):
+    """An export forks one drawing process per core (2 here): the figures it writes are the bytes
+    this process draws alone, the parent draws none of them, and a figure that raises in a worker
+    is the same one-line error naming its plugin."""
+    script = tmp_path / "export_in_workers.py"
+    script.write_text(textwrap.dedent('''
+        import json, os, sys
+        import probe
+        from probe import contributions
+        from probe.errors import PluginError
+        from probe.export import export_trace, render
+
+        store, trace_id, out, pids = sys.argv[1:5]
+        trace = probe.Store(store).open(trace_id)
+
+        class Spy:
+            name = "spy"
+
+            @probe.hookimpl
+            def probe_figures(self, register):
+                from probe.figures import new_figure
+
+                def pid(trace):
+                    with open(pids, "a") as handle:
+                        handle.write(f"{os.getpid()}\\n")
+                    fig = new_figure(4, 2)
+                    fig.subplots().plot([0, 1], [1, 0])
+                    return fig
+
+                def broken(trace):
+                    raise KeyError("no such head")
+
+                register("pid", pid, caption="Who drew me.")
+                register("broken", broken, caption="Raises.")
+
+        contributions.configure([Spy()])
+        views = ["pid", "waveform", "log_mel", "language_probs", "token_probs"]
+        for workers in ("2", "1"):
+            os.environ["PROBE_EXPORT_WORKERS"] = workers
+            render.clear_cache()  # each export draws afresh
+            export_trace(trace, "png,svg", out=f"{out}/{workers}", views=views)
+        os.environ["PROBE_EXPORT_WORKERS"] = "2"
+        render.clear_cache()
+        try:
+            export_trace(trace, "png", out=f"{out}/broken", views=["pid", "broken"])
+            error = None
+        except PluginError as err:
+            error = str(err)
+        print(json.dumps({"parent": os.getpid(), "error": error}))
+    '''))
+    pids = tmp_path / "pids.txt"
+    run = subprocess.run([sys.executable, str(script), str(fox.path.parent), fox.id, str(tmp_path), str(pids)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    drawn_by = [int(line) for line in pids.read_text().split()]
+    # each export drew "pid" once: the first and last in a worker, the serial one in the parent
+    assert len(drawn_by) == 3 and drawn_by[1] == result["parent"]
+    assert drawn_by[0] != result["parent"] and drawn_by[2] != result["parent"]
+    parallel, serial = sorted((tmp_path / "2").glob("*.png")), sorted((tmp_path / "1").glob("*.png"))
+    assert [p.name for p in parallel] == [p.name for p in serial] and len(parallel) == 5
+    for one, other in zip(parallel, serial):
+        assert one.read_bytes() == other.read_bytes(), one.name
+    assert len(list((tmp_path / "2").glob("*.svg"))) == 5
+    assert result["error"].startswith("plugin 'spy' raised drawing figure 'broken': KeyError: 'no such head'")
+    assert not (tmp_path / "broken").exists() or not list((tmp_path / "broken").iterdir())
+
+
+def test_figures_are_drawn_here_where_forking_is_not_safe(monkeypatch):
+    from probe.export import render
+
+    monkeypatch.delenv(render.WORKERS_ENV, raising=False)
+    monkeypatch.setattr(render.threading, "active_count", lambda: 1)
+    assert render.workers(1) == 1 and render.workers(100) == min(len(os.sched_getaffinity(0)), render.MAX_WORKERS)
+    monkeypatch.setenv(render.WORKERS_ENV, "1")
+    assert render.workers(100) == 1
+    monkeypatch.setenv(render.WORKERS_ENV, "3")
+    assert render.workers(100) == 3
+    monkeypatch.setattr(render.threading, "active_count", lambda: 2)  # a dashboard's, a kernel's threads
+    assert render.workers(100) == 1

@@ -4,7 +4,8 @@ lecture meets: a full 30 s window with 200 decoded tokens (and 200 word timings)
 The trace is synthetic — written through the store's writer with every record the built-in
 figures read, shaped as the plugins write them (a base-sized model: 6 layers, 8 heads) — so the
 test needs no model run.  Each registered figure (per-window ones for window 0) is drawn and
-checked: its pixel size within :func:`probe.figures.legible.max_pixels` at screen and print dpi,
+checked: its pixel size within :func:`probe.figures.legible.max_pixels` at screen and print dpi
+with nothing drawn outside it,
 no text under :data:`~probe.figures.legible.MIN_FONT_PT`, no two tick labels of an axis and no two
 labels inside an axes overlapping, text over an image in at least 4.5:1 contrast with the colour
 under it, and ``time_range`` narrowing the time axis to the range asked for.
@@ -163,10 +164,20 @@ def _figures():
 
 
 def saved_pixels(fig, dpi: float) -> tuple[float, float]:
-    """The pixel size ``fig`` is saved at with ``dpi`` (bbox_inches="tight", as png_bytes and save
-    do): its tight box plus the pad, without rendering a PNG (``fig`` is laid out already)."""
+    """The pixel size ``fig`` is saved at with ``dpi``: its own size, as its layout engine fills
+    it (png_bytes and save keep that layout, :func:`probe.figures.base.fix_layout`)."""
+    width, height = fig.get_size_inches()
+    return width * dpi, height * dpi
+
+
+def cut_off(fig) -> list[str]:
+    """How far drawn content reaches outside the figure, edge by edge (inches; empty if nowhere):
+    a figure saved at its own size would lose it."""
     box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
-    return (box.width + 2 * legible.SAVE_PAD_IN) * dpi, (box.height + 2 * legible.SAVE_PAD_IN) * dpi
+    width, height = fig.get_size_inches()
+    return [f"{edge} by {amount:.2f} in" for edge, amount in
+            (("left", -box.x0), ("bottom", -box.y0), ("right", box.x1 - width), ("top", box.y1 - height))
+            if amount > 0.02]
 
 
 @pytest.fixture(scope="module")
@@ -179,10 +190,8 @@ def drawn(long_trace):
     return result
 
 
-def test_saved_size_is_the_tight_box_and_its_pad(drawn):
+def test_saved_size_is_the_figure_as_laid_out(drawn):
     fig = drawn["waveform"]
-    fig.set_dpi(legible.SCREEN_DPI)  # text is measured at the dpi it is saved at
-    fig.draw_without_rendering()
     size = Image.open(io.BytesIO(png_bytes(fig))).size
     assert size == pytest.approx(saved_pixels(fig, legible.SCREEN_DPI), abs=1.0)  # savefig truncates
 
@@ -204,6 +213,7 @@ def test_figure_fits_a_screen_and_a_page(drawn, name):
         most = legible.max_pixels(dpi)
         assert width <= most[0] + 1 and height <= most[1] + 1, \
             f"{name} is {width:.0f}×{height:.0f} px at {dpi} dpi, more than {most}"
+    assert not cut_off(drawn[name]), f"{name} reaches outside its figure: {cut_off(drawn[name])}"
 
 
 @pytest.mark.parametrize("name", [figure.name for figure in _figures()])

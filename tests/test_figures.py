@@ -92,6 +92,15 @@ def test_log_mel_matches_whisper_feature_extractor(english):
     np.testing.assert_allclose(figures.log_mel_array(english), expected["input_features"][0], atol=2e-4)
 
 
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_stored_mel_filters_are_transformers_filter_bank(n_mels):
+    from transformers.audio_utils import mel_filter_bank
+
+    expected = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0,
+                               max_frequency=8000.0, sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    np.testing.assert_array_equal(figures.audio.mel_filters(n_mels), expected)
+
+
 def test_conv_stem_shows_3000_to_1500_frames(english):
     fig = figures.conv_stem(english, channels=8)
     assert "3000 → 1500" in fig.get_suptitle()

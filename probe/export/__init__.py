@@ -87,6 +87,10 @@ def export_trace(trace: Trace, fmt: str | Iterable[str], out: str | os.PathLike 
     plan = FigurePlan.of(trace, views, windows, time_range) if drawing else None
     if plan is not None:
         plan.keep = len(drawing) > 1  # every figure drawn once, saved for each format
+        from probe.export.render import prerender, targets
+
+        prerender(plan, targets(drawing, html_drawn_elsewhere=png is not None))  # on every core
+        plan.check()
     if len(formats) > 1:
         folder = Path(out if out is not None else Path.cwd()).expanduser().absolute()
         if folder.exists() and not folder.is_dir():

@@ -1,8 +1,10 @@
 """The PDF handout: a title page (title, transcript, model, language, prompt, contents) and then
-one figure per page, the same figures the HTML page inlines."""
+one figure per page, the same figures the HTML page inlines; each page is saved on its own (so
+pages can be drawn in parallel and shared with the other formats) and pypdf joins them."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import textwrap
 from pathlib import Path
@@ -11,26 +13,36 @@ from typing import Any
 import probe
 from probe.export.markup import number, prompt_tokens, today
 from probe.export.plan import FigurePlan, caption
-from probe.export.render import PRINT_DPI, keep_layout
+from probe.export.render import PRINT_DPI, figure_bytes
 from probe.figures.base import draws, quiet_missing_glyphs
 from probe.store import Trace
 
 
 
 def write_handout(trace: Trace, plan: FigurePlan, path: Path) -> None:
-    from matplotlib.backends.backend_pdf import PdfPages
+    """The title page, then each figure's page as :func:`~.render.figure_bytes` saved it (drawn
+    once for every format of the export, in worker processes where it can be), joined by pypdf."""
+    from pypdf import PdfReader, PdfWriter
 
     skipped: list[tuple[str, int | None, str]] = []
-    drawn = list(plan.drawn(skipped))  # first: the title page lists them
-    if not drawn:
+    pages = []  # (name, window, one-page PDF)
+    for name, window in plan.pairs:  # first: the title page lists them
+        data = plan.attempt(name, window, lambda: figure_bytes(plan, name, window, "pdf", PRINT_DPI), skipped)
+        if data is not None:
+            pages.append((name, window, data))
+    if not pages:
         raise plan.no_figures()
     missing = list(dict.fromkeys(name for name, _, _ in skipped))
-    title = _title_page(trace, [(name, window) for name, window, _ in drawn], missing, plan.note())
-    with PdfPages(path, metadata=_pdf_metadata(trace)) as pdf, quiet_missing_glyphs():
-        pdf.savefig(title)
-        for _, _, fig in drawn:
-            pdf.savefig(fig, dpi=PRINT_DPI)
-            keep_layout(fig)  # another format of this export saves it without solving its layout again
+    title = _title_page(trace, [(name, window) for name, window, _ in pages], missing, plan.note())
+    buffer = io.BytesIO()
+    with quiet_missing_glyphs():
+        title.savefig(buffer, format="pdf")  # the whole A4 page, as laid out
+    writer = PdfWriter()
+    for data in [buffer.getvalue()] + [data for _, _, data in pages]:
+        writer.append(PdfReader(io.BytesIO(data)))
+    writer.add_metadata({f"/{key}": value for key, value in _pdf_metadata(trace).items()})
+    with open(path, "wb") as handle:
+        writer.write(handle)
 
 
 def _title_page(trace: Trace, contents: list[tuple[str, int | None]], missing: list[str],

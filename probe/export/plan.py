@@ -210,7 +210,9 @@ class FigurePlan:
             each = [name for name in names if self.figures[name].per_window]
             self.pairs = [(name, None) for name in once] + [(name, w) for w in windows for name in each]
         self.keep = False  # keep each drawn figure for the next format (an export of several)
-        self._drawn: dict[tuple[str, int | None], Any] = {}  # (name, window) → Figure or ProbeError
+        self._drawn: dict[tuple[str, int | None], Any] = {}  # (name, window) → Figure or the error drawing it
+        # (name, window, format, dpi) → bytes that worker processes saved (render.prerender)
+        self.prerendered: dict[tuple[str, int | None, str, int], bytes] = {}
 
     @classmethod
     def of(cls, trace: Trace, views: list[str] | None, windows: str | Iterable[int] | None,
@@ -277,9 +279,25 @@ class FigurePlan:
                 raise
             if self.keep:
                 self._drawn[key] = found
-        if isinstance(found, ProbeError):
+        if isinstance(found, Exception):
             raise found
         return found
+
+    def failed(self, pair: tuple[str, int | None], error: ProbeError | tuple[str, str]) -> None:
+        """Keep what drawing ``pair`` raised in a worker process (:func:`.render.prerender`): a
+        :class:`ProbeError`, or a plugin's exception as (type name, message), re-raised under that
+        type's name so :meth:`attempt` reports it as if it had happened here."""
+        if not isinstance(error, ProbeError):
+            kind, message = error
+            error = type(kind, (Exception,), {"__module__": "builtins"})(message)
+        self._drawn[pair] = error
+
+    def check(self) -> None:
+        """Raise now what :meth:`attempt` would raise for a figure that failed in a worker process
+        (a plugin's bug; a record the user's pick needs), before any file of the export is written."""
+        for (name, window), found in list(self._drawn.items()):
+            if isinstance(found, Exception):
+                self.attempt(name, window, lambda: self.figure(name, window))
 
     def drawn(self, skipped: list[tuple[str, int | None, str]] | None = None) \
             -> Iterator[tuple[str, int | None, Any]]:

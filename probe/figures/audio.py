@@ -1,14 +1,18 @@
 """Figures of the sound itself: the waveform and the log-Mel spectrogram the encoder reads, and
 the trace's audio and window spans they are drawn from.
 
-The log-Mel is recomputed from the stored audio with transformers' numpy audio functions (the
-numpy path of ``WhisperFeatureExtractor``), so no torch is imported.
+The log-Mel is recomputed from the stored audio as ``WhisperFeatureExtractor`` computes it: a
+centred, reflect-padded STFT with a periodic Hann window in numpy, and transformers' Slaney mel
+filter bank, kept in ``mel_filters.npz`` for the 80 and 128 bins of every released checkpoint
+(``tests/test_figures.py`` checks the file against ``transformers.audio_utils``): importing
+transformers to draw one figure took longer than drawing it.  No torch is imported.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -59,33 +63,37 @@ def window_span(trace, window: int = 0) -> tuple[float, float]:
     return float(entry["start"]), float(entry["end"])
 
 
+MEL_FILTERS = Path(__file__).with_name("mel_filters.npz")  # mel_80, mel_128: [n_fft // 2 + 1, n_mels] float64
+
+
 @functools.cache
 def mel_filters(n_mels: int) -> np.ndarray:
-    from transformers.audio_utils import mel_filter_bank  # numpy; transformers' package import is slow
+    """The bank WhisperFeatureExtractor builds: 201 FFT bins → ``n_mels``, 0–8 kHz, Slaney scale and
+    norm; [201, n_mels].  Other bin counts than the stored ones are built by transformers."""
+    with np.load(MEL_FILTERS) as stored:
+        if f"mel_{n_mels}" in stored:
+            return stored[f"mel_{n_mels}"]
+    from transformers.audio_utils import mel_filter_bank
 
-    # The bank WhisperFeatureExtractor builds: 201 FFT bins → n_mels, 0–8 kHz, Slaney scale and norm.
     return mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
                            max_frequency=8000.0, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
 
 
 def log_mel_array(trace, window: int = 0) -> np.ndarray:
     """The log-Mel spectrogram the encoder saw for ``window``: [n_mels, 3000] (100 frames/s, the
-    window's audio padded to 30 s), on Whisper's scale.
-
-    The numpy path of transformers' ``WhisperFeatureExtractor``, called through its numpy
-    building blocks because importing the extractor class imports torch when it is installed.
-    """
-    from transformers.audio_utils import spectrogram, window_function
-
+    window's audio padded to 30 s), on Whisper's scale: ``WhisperFeatureExtractor``'s numbers."""
     start, end = window_span(trace, window)
     samples = audio_samples(trace, start, end)  # only this window's span is decoded
-    padded = np.zeros(WINDOW_SECONDS * SAMPLE_RATE, dtype=np.float32)  # [sample]
+    padded = np.zeros(WINDOW_SECONDS * SAMPLE_RATE, dtype=np.float64)  # [sample]
     padded[: len(samples)] = samples[: len(padded)]
-    power = spectrogram(padded, window_function(N_FFT, "hann"), frame_length=N_FFT, hop_length=HOP_LENGTH,
-                        power=2.0, mel_filters=mel_filters(config_value(trace, "num_mel_bins", 80)),
-                        log_mel="log10")[:, :-1]  # [n_mels, 3000]: the STFT's extra last frame dropped
-    power = np.maximum(power, power.max() - 8.0)  # an 80 dB range
-    return ((power + 4.0) / 4.0).astype(np.float32)
+    centred = np.pad(padded, N_FFT // 2, mode="reflect")  # frame t centred on sample t * hop
+    frames = np.lib.stride_tricks.sliding_window_view(centred, N_FFT)[::HOP_LENGTH]  # [3001, n_fft]
+    hann = np.hanning(N_FFT + 1)[:-1]  # periodic
+    power = np.abs(np.fft.rfft(frames * hann, axis=-1)) ** 2  # [3001, n_fft // 2 + 1]
+    mel = power @ mel_filters(config_value(trace, "num_mel_bins", 80))  # [3001, n_mels]
+    log_mel = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]  # [n_mels, 3000]: the STFT's extra last frame dropped
+    log_mel = np.maximum(log_mel, log_mel.max() - 8.0)  # an 80 dB range
+    return ((log_mel + 4.0) / 4.0).astype(np.float32)
 
 
 def window_sequence(trace, window: int = 0) -> list[int]:

@@ -21,13 +21,16 @@ import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from probe.constants import N_TIMESTAMP_TOKENS, TIMESTAMP_SECONDS
 from probe.errors import StoreError
-from probe.figures.legible import MIN_FONT_PT, PRINT_DPI, SCREEN_DPI, bounded_size, settle, thin_ticks
+from probe.figures.legible import MIN_FONT_PT, PRINT_DPI, SCREEN_DPI, SOLVED, bounded_size, settle, thin_ticks
 from probe.tokens import describe, groups, labels, piece_text, read_bytes_map
 
 MAX_COLUMNS = 1500  # widest image drawn; wider arrays are mean-pooled along time
+FIXED = "_probe_layout_fixed"  # figure attribute: laid out once and kept (fix_layout)
+PNG_COMPRESS_LEVEL = 3  # zlib: as small as the default 6 within 10 %, and quicker to write
 TOKENS_PER_PAGE = 20  # token-by-token figures show this many tokens at a time (cell text ≥ MIN_FONT_PT fits)
 PROBABILITY_CMAP = "RdYlGn"
 ATTENTION_CMAP = "magma"
@@ -69,16 +72,92 @@ class _FallbackWeights:
 logging.getLogger("matplotlib.font_manager").addFilter(_FallbackWeights())
 
 
+@functools.cache
+def _charmap(family: str) -> frozenset[int]:
+    """The code points font ``family`` has glyphs for (empty if it is not installed)."""
+    try:
+        path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+        return frozenset(font_manager.get_font(path).get_charmap())
+    except (ValueError, OSError, RuntimeError):
+        return frozenset()
+
+
+def families_for(text: str) -> list[str]:
+    """DejaVu Sans and, in :func:`font_families` order, only the fallback fonts that ``text``'s
+    characters need.  Every family in the list costs a font lookup per drawn text, so an English
+    trace draws with DejaVu Sans alone; characters no installed font has are left to fall back
+    (and draw as boxes) as with the full list."""
+    families = font_families()
+    missing = {ord(char) for char in set(text) if not char.isspace()} - _charmap(families[0])
+    chosen = [families[0]]
+    for family in families[1:]:
+        if not missing:
+            break
+        covered = missing & _charmap(family)
+        if covered:
+            chosen.append(family)
+            missing -= covered
+    return chosen
+
+
+def fit_fonts(fig: Figure) -> Figure:
+    """Give every text of ``fig`` drawn in the default fallback fonts (:func:`font_families`) only
+    those its texts need (:func:`families_for`): an English figure draws in DejaVu Sans alone,
+    whatever scripts the trace's other figures hold.  Texts a figure set its own font for keep it;
+    tick labels made later copy the first tick's font."""
+    every = font_families()
+    texts = [text for text in fig.findobj(Text) if text.get_fontfamily() == every]
+    families = families_for("".join(text.get_text() for text in texts))
+    if families != every:
+        for text in texts:
+            text.set_fontfamily(families)
+    return fig
+
+
 def draws(function: Callable[..., Figure]) -> Callable[..., Figure]:
-    """Build the figure with fonts that fall back to other scripts (token texts can be any), then
-    settle its crowded labels against the drawn layout (:func:`probe.figures.legible.settle`)."""
+    """Build the figure with fonts that fall back to other scripts (token texts can be any), keep
+    only the fonts its texts need (:func:`fit_fonts`), then settle its crowded labels against the
+    drawn layout (:func:`probe.figures.legible.settle`)."""
 
     @functools.wraps(function)
     def draw(*args, **kwargs) -> Figure:
         with matplotlib.rc_context({"font.family": font_families()}):
-            return settle(function(*args, **kwargs))
+            return settle(fit_fonts(function(*args, **kwargs)))
 
     return draw
+
+
+def fix_layout(fig: Figure) -> Figure:
+    """Solve ``fig``'s constrained layout once (unless :func:`~probe.figures.legible.settle` just
+    did, drawing its final labels) and keep those positions: every later save only draws.
+
+    A constrained figure is otherwise laid out again on every save, twice over (matplotlib draws
+    it once without rendering to solve the layout, then solves it again as it renders), which is
+    most of what saving a figure with many labels costs; the layout engine is run here on its
+    own, without the drawing around it.  The positions are figure fractions and
+    points, so they hold at any dpi.  For figures that are finished (exports, the dashboard's
+    PNGs); one a user goes on adding to keeps its layout engine."""
+    engine = fig.get_layout_engine()
+    if engine is None:
+        return fig
+    if type(engine).__name__ == "ConstrainedLayoutEngine" and not getattr(fig, SOLVED, False):
+        engine.execute(fig)  # what drawing does first; the positions come out the same, pixel for pixel
+    # set_layout_engine("none") would leave a placeholder engine (colour bars made under a layout
+    # keep one), and any engine makes every save draw the figure twice; this figure needs none.
+    fig._layout_engine = None
+    setattr(fig, FIXED, True)
+    return fig
+
+
+def save_options(fig: Figure, fmt: str) -> dict:
+    """``savefig`` keywords for a finished figure: a figure laid out by its engine
+    (:func:`fix_layout`) is saved as it stands, one drawing; any other (a plugin's figure built
+    without :func:`new_figure`) with ``bbox_inches="tight"`` so nothing outside it is cut.  PNGs
+    are compressed at :data:`PNG_COMPRESS_LEVEL`."""
+    options: dict = {} if getattr(fig, FIXED, False) else {"bbox_inches": "tight"}
+    if fmt == "png":
+        options["pil_kwargs"] = {"compress_level": PNG_COMPRESS_LEVEL}
+    return options
 
 
 @contextlib.contextmanager
@@ -297,14 +376,16 @@ def middle_layer(trace, key: str) -> int:
 def save(fig: Figure, path: str | Path, dpi: int = PRINT_DPI) -> Path:
     """Write ``fig`` to ``path``; the format follows the suffix (png, svg, pdf)."""
     path = Path(path)
+    fix_layout(fig)
     with quiet_missing_glyphs():
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        fig.savefig(path, dpi=dpi, **save_options(fig, path.suffix.lstrip(".").lower()))
     return path
 
 
 def png_bytes(fig: Figure, dpi: int = SCREEN_DPI) -> bytes:
     """``fig`` as PNG bytes, for screens (the dashboard) rather than print."""
     buffer = io.BytesIO()
+    fix_layout(fig)
     with quiet_missing_glyphs():
-        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(buffer, format="png", dpi=dpi, **save_options(fig, "png"))
     return buffer.getvalue()

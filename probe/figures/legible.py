@@ -38,6 +38,7 @@ MIN_CONTRAST = 4.5  # WCAG AA for normal text
 
 _TICKS = "_probe_thinned_ticks"  # axis attribute: {"x"|"y": (positions, labels)}
 _STAGGERED = "_probe_staggered"  # axes attribute: [(text, [y in axes fraction per row])]
+SOLVED = "_probe_layout_solved"  # figure attribute: settle() drew it with its final labels
 
 
 def max_pixels(dpi: float) -> tuple[int, int]:
@@ -252,6 +253,7 @@ def settle(fig: Figure, max_rounds: int = 8) -> Figure:
         renderer = fig.canvas.get_renderer()
     for ax in staggered:
         _place_staggered(ax, renderer)
+    setattr(fig, SOLVED, True)  # word labels take no part in the layout: it stands as last drawn
     return fig
 
 
