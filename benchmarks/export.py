@@ -6,9 +6,10 @@ drift on a shared machine hits them alike; the JSON holds every run and the medi
 
 - ``all_figure_formats``: ``-f html,png,svg,pdf`` in one process (every figure drawn once for all
   four), against the sum of the four separate exports;
-- ``baseline`` (``--baseline-rev``, default the commit before the export drew each figure once):
-  the same commands with ``probe/export`` and ``probe/cli`` as they were at that commit and the
-  rest of the working tree as it is, so only the export's own code differs;
+- ``baseline`` (``--baseline-rev``, default the commit before exports drew on every core and laid
+  each figure out once): the same commands with the package (probe, plugins, dashboards) as it was
+  at that commit, or with ``--baseline-parts probe/export,probe/cli`` only those folders, the rest
+  of the working tree as it is;
 - ``startup``: a process that imports ``probe.cli`` and exits.
 
 The trace (``examples/en_lecture.flac`` with 0.3 s gaps tiled to 30 s, every built-in plugin,
@@ -37,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("html", "zip", "png", "svg", "pdf", "json", "csv")
 FIGURE_FORMATS = "html,png,svg,pdf"
-BASELINE_REV = "966e4d4"  # the last commit before the export drew each figure once
+BASELINE_REV = "ff1cf68"  # the last commit before exports drew on every core and laid figures out once
 TRACE_NAME = "lecture30"
 
 
@@ -59,22 +60,25 @@ def make_trace(store: Path, seconds: float) -> str:
     return probe.run(samples, store=store, name=TRACE_NAME, language="en").id
 
 
-def baseline_tree(rev: str, folder: Path) -> Path:
-    """The package as installed (probe/, with plugins/ and dashboards/ inside it) from the working
-    tree, with probe/export and probe/cli as they were at ``rev``."""
+def baseline_tree(rev: str, folder: Path, parts: str = "all") -> Path:
+    """The package as installed (probe/, with plugins/ and dashboards/ inside it) as it was at
+    ``rev`` (``parts="all"``), or the working tree's with only ``parts`` (comma-separated folders,
+    such as ``probe/export,probe/cli``) as they were at ``rev``."""
     target = folder / "baseline"
-    shutil.copytree(ROOT / "probe", target / "probe", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "plugins", target / "probe" / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "dashboards", target / "probe" / "dashboards", ignore=shutil.ignore_patterns("__pycache__"))
-    for part in ("probe/export", "probe/cli"):
-        shutil.rmtree(target / part)
-        (target / part).mkdir()
-        listing = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:{part}"], cwd=ROOT, check=True,
-                                 capture_output=True, text=True).stdout.split()
-        for name in listing:
-            blob = subprocess.run(["git", "show", f"{rev}:{part}/{name}"], cwd=ROOT, check=True,
-                                  capture_output=True).stdout
-            (target / part / name).write_bytes(blob)
+    source = folder / "at-rev"
+    source.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev, "probe", "plugins", "dashboards"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    base = source if parts == "all" else ROOT
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(base / "probe", target / "probe", ignore=ignore)
+    shutil.copytree(base / "plugins", target / "probe" / "plugins", ignore=ignore)
+    shutil.copytree(base / "dashboards", target / "probe" / "dashboards", ignore=ignore)
+    if parts != "all":
+        for part in [p for p in parts.split(",") if p]:
+            shutil.rmtree(target / part)
+            shutil.copytree(source / part, target / part, ignore=ignore)
     return target
 
 
@@ -123,6 +127,13 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _workers() -> int:
+    sys.path.insert(0, str(ROOT))
+    from probe.export.render import workers
+
+    return workers(10**6)
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
@@ -136,6 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--baseline-rev", default=BASELINE_REV, help="'' to skip the baseline")
     parser.add_argument("--baseline-formats", default=",".join(FORMATS))
+    parser.add_argument("--baseline-parts", default="all",
+                        help="'all': the whole package at --baseline-rev; else folders such as probe/export,probe/cli")
     parser.add_argument("--no-combined", action="store_true", help=f"skip the -f {FIGURE_FORMATS} export")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu-export.json")
     args = parser.parse_args(argv)
@@ -152,7 +165,7 @@ def main(argv=None) -> int:
                                              "-o", f"{work}/all/"])
     arms["startup"] = (None, ["--version"])
     if args.baseline_rev:
-        tree = baseline_tree(args.baseline_rev, work)
+        tree = baseline_tree(args.baseline_rev, work, args.baseline_parts)
         for fmt in [f for f in args.baseline_formats.split(",") if f]:
             arms[f"baseline:{fmt}"] = (tree, ["export", trace_id, "--store", str(args.store), "-f", fmt,
                                               "-o", f"{work}/base-{fmt}/"])
@@ -185,7 +198,7 @@ def main(argv=None) -> int:
         "benchmark": "probe export, fresh process per run",
         "command": " ".join([".venv/bin/python", "benchmarks/export.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        "machine": {**machine(), "export_workers": _workers(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "trace": {"id": trace_id, "seconds": args.seconds, "source": "examples/en_lecture.flac tiled with 0.3 s gaps",
                   "model": "embedded:base", "plugins": "every built-in"},
         "repeats": args.repeats,
@@ -199,8 +212,9 @@ def main(argv=None) -> int:
                                "separate_exports_s": round(separate, 3)},
         "startup": {"median_s": median("startup"), "median_cpu_s": median("startup", "cpu_s"),
                     "what": "python -m probe --version"},
-        "baseline": ({"rev": args.baseline_rev, "what": "probe/export and probe/cli at this commit, the rest of the "
-                      "working tree as is",
+        "baseline": ({"rev": args.baseline_rev,
+                      "what": ("the package (probe, plugins, dashboards) at this commit" if args.baseline_parts == "all"
+                               else f"{args.baseline_parts} at this commit, the rest of the working tree as is"),
                       "runs_s": {name.split(":", 1)[1]: [round(r["s"], 3) for r in rs]
                                  for name, rs in runs.items() if name.startswith("baseline:")}}
                      if args.baseline_rev else None),
