@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PROBE_SETUP_TESTS=1 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# One worker per core; tests sharing the dashboard store stay on one worker (tests/conftest.py).
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup "$@"
