@@ -119,6 +119,7 @@ def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
         "points": run.hooked,
         "requested_points": run.points,
         "timings": timings,
+        **({"interventions": run.interventions} if run.interventions else {}),
     }
 
 
@@ -205,7 +206,7 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
         language: str | None = None, task: str = "transcribe", timestamps: bool = False, num_beams: int = 1,
         max_new_tokens: int | None = None, device: str = "auto", dtype: str = "auto", disable: Iterable[str] = (),
         plugin_options: dict | None = None, channel="mix", batch_size: int = 1, source: str | None = None,
-        **decoding):
+        interventions: Iterable | None = None, **decoding):
     """Trace ``audio`` with Whisper and return the stored trace (a list of traces for a list input).
 
     :param audio: a path, a 16 kHz numpy/torch array, an :class:`~probe.audio.AudioClip`, or a list.
@@ -217,6 +218,8 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     :param batch_size: clips decoded together in one ``generate()`` call.
     :param source: what the manifest names as the audio's source instead of the path or "array"
         (e.g. an upload's file name, when ``audio`` is a temporary copy of it); one input only.
+    :param interventions: changes made inside the model while it decodes (:mod:`probe.interventions`:
+        ``Ablate``, ``Steer``, ``Replace`` objects or their dicts); the manifest lists them.
     :param decoding: more :class:`~probe.tracer.DecodeOptions` fields — ``temperature`` (a float or a
         fallback tuple), ``compression_ratio_threshold``, ``logprob_threshold``, ``no_speech_threshold``,
         ``condition_on_prev_tokens``, ``initial_prompt``, ``prefix``, ``multilingual``, ``seed``,
@@ -232,7 +235,7 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     options = decode_options(openai_defaults, language=language, task=task, timestamps=timestamps,
                              num_beams=num_beams, max_new_tokens=max_new_tokens, **decoding)
     pm = get_plugin_manager(plugins=list(plugins), disabled=disable)
-    tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options)
+    tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options, interventions=interventions)
     if source is not None and isinstance(audio, (list, tuple)):
         raise TypeError("probe.run(source=...) names one input; pass one audio, not a list")
     inputs = clips(audio if isinstance(audio, (list, tuple)) else [audio], channel)

@@ -13,6 +13,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the cores shared out: one torch thread pool per core, not per worker
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -21,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups into node ids
 def pytest_collection_modifyitems(config, items):
     """Spread the suite over cores without building a session fixture twice: under pytest-xdist
     (``scripts/test.sh`` runs ``-n auto --dist loadgroup``) every test that uses the dashboard

@@ -70,6 +70,10 @@ def cmd_show(args) -> int:
     load = timings.get("load")  # waiting for the model, not in the total; older traces lack it
     print(f"traced in {timings.get('total', 0):.1f} s"
           + ("" if load is None else f" (model loaded in {load:.1f} s)" if load else " (model already loaded)"))
+    if data.get("interventions"):
+        from probe.interventions import describe
+
+        print(f"INTERVENED: {describe(data['interventions'])}")
     print(f"prompt: {''.join(t['token'] for t in data.get('prompt', []))}")
     print(f"transcript: {data.get('transcript', '')}")
     windows = data.get("windows", [])

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--channel", default="mix", help="mix (downmix), left or right")
     run.add_argument("--points", action="append", default=[],
                      help="hook points for the activations plugin (globs, comma-separated or repeated)")
+    run.add_argument("--intervene", action="append", default=[], metavar="SPEC",
+                     help="change the model while it decodes: a JSON file or inline JSON of interventions "
+                          "(ablate heads, steer a point; see probe.interventions); repeatable")
     run.add_argument("-p", dest="plugins", action="append", default=[],
                      help="load a plugin (module name or .py file), or disable one with no:NAME")
     run.add_argument("--name", default=None, help="trace name (default: the audio file name)")

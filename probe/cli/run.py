@@ -86,6 +86,9 @@ def cmd_run(args) -> int:
     from probe.tracer import Tracer
 
     keep_freed_memory()  # freed blocks are reused, not faulted in again (probe/malloc.py)
+    from probe.interventions import load_spec
+
+    interventions = [item for spec in args.intervene for item in load_spec(spec)]  # bad JSON: before any loading
     clips, count = _inputs(args)
     loaded = runner.load(args.model, device=args.device, dtype=args.dtype)
     if loaded.note:
@@ -93,7 +96,7 @@ def cmd_run(args) -> int:
     options = decode_options(args)
     pm, plugin_options = args.plugin_manager, args.plugin_options.values(args)
     tracer = Tracer(loaded, pm, options, points=_split_points(args.points), plugin_options=plugin_options,
-                    progress=sys.stderr.isatty())
+                    progress=sys.stderr.isatty(), interventions=interventions)
     if args.dry_run:
         return _dry_run(tracer, clips, args.json)
     store = None if args.no_store else Store(args.store)

@@ -111,6 +111,7 @@ class Run:
     replay_routes: Routes = field(default_factory=Routes, repr=False)  # the kept attempt's replay
     rejected_routes: Routes = field(default_factory=Routes, repr=False)  # replays of rejected attempts
     estimate: dict[str, int] = field(default_factory=dict)
+    interventions: list[dict] = field(default_factory=list)  # what probe.interventions changed (the manifest's)
     declared_options: bool = False  # plugin_options holds every declared option (set by the Tracer)  # record name → bytes it will take (probe_estimate)
 
     @property

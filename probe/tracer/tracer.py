@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from probe import hooks as hooks_mod
+from probe import interventions as interventions_mod
 from probe.audio import AudioClip
 from probe.constants import SAMPLE_RATE, WINDOW_SECONDS
 from probe.errors import OptionError
@@ -38,9 +39,12 @@ CHUNKED_FEATURES_SECONDS = 120  # longer single clips get their log-Mel in chunk
 class Tracer:
     """Decodes clips with one model and one plugin manager; see the module docstring."""
 
-    def __init__(self, loaded, pm, options: DecodeOptions, points=(), plugin_options=None, progress: bool = False):
+    def __init__(self, loaded, pm, options: DecodeOptions, points=(), plugin_options=None, progress: bool = False,
+                 interventions=()):
         options.validate(loaded)
         check_supported(loaded.model)
+        # checked before anything is decoded; applied to every generate() call (probe.interventions)
+        self.interventions = interventions_mod.resolve(loaded.model.config, interventions)
         self.progress = progress  # a progress bar (stderr) for clips longer than one window
         self.loaded, self.pm, self.options = loaded, pm, options
         self.points = list(points)
@@ -89,7 +93,8 @@ class Tracer:
             # (the manifest's decode options say so)
             options = dataclasses.replace(options, timestamps=True)
         run = Run(loaded=self.loaded, clip=clip, options=options, points=self.points,
-                  plugin_options=self.plugin_options, window_spans=estimated_spans(clip), declared_options=True)
+                  plugin_options=self.plugin_options, window_spans=estimated_spans(clip), declared_options=True,
+                  interventions=interventions_mod.summary(self.interventions))
         with plugin_timing(run.plugin_seconds):
             self.pm.hook.probe_run_start(run=run)
         resolve_routes(self.pm, run)
@@ -128,9 +133,6 @@ class Tracer:
         kwargs["return_timestamps"] = any(run.options.timestamps for run in runs)
         if mask is not None:
             kwargs["attention_mask"] = mask
-        if self.options.prefix:
-            with torch.inference_mode(), quiet_transformers():
-                kwargs["decoder_input_ids"] = self.prefix_prompt(features)
         max_frames = (mask.sum(-1).tolist() if mask is not None and len(runs) > 1
                       else [features.shape[-1]] * len(runs))
         items = [Item(run, CaptureContext(num_beams=self.options.num_beams)) for run in runs]
@@ -140,6 +142,11 @@ class Tracer:
                           [int(f) for f in max_frames], union(run.rejected_routes.points for run in runs))
         with memory_budget_message(self.loaded.device), torch.inference_mode(), windows.watching(self.progress), \
                 hooks_mod.Hooks(model) as hooks:  # every hook of this generate() call, removed on the way out
+            # interventions first: every capture hook, in decoding and in the replays, sees their changes
+            interventions_mod.apply(hooks, model, self.interventions)
+            if self.options.prefix:  # its language detection runs on the intervened model too
+                with quiet_transformers():
+                    kwargs["decoder_input_ids"] = self.prefix_prompt(features)
             hooks.points(decode_points, router.decoding)
             if any(p.side == "decoder" for p in decode_points):
                 hooks.forward_pre(model.model.decoder, router.count_step)  # ctx.step, only when someone reads it

@@ -1,0 +1,286 @@
+"""Interventions during real decoding: change one thing inside the model, decode as usual, and
+record what follows.
+
+An intervention is declared once — a Python object (:class:`Ablate`, :class:`Steer`,
+:class:`Replace`), a dict, or JSON (``probe run --intervene spec.json`` or inline JSON) — and
+:func:`resolve` checks it against the model's config: an unknown kind or hook point, a layer or
+head out of range or a vector of the wrong length is a one-line :class:`~probe.errors.OptionError`
+before anything is decoded.  :func:`apply` registers its hooks in the tracer's
+:class:`~probe.hooks.Hooks` *before* any capture hook, for the whole ``generate()`` call — language
+detection, every window and fallback attempt, and the teacher-forced replays inside it — so every
+record of an intervened trace reflects the intervention, and the hooks go when the call returns
+or raises.  The manifest lists the interventions (``interventions``) and ``probe show`` says so.
+
+Kinds:
+
+- ``ablate``: heads of one attention kind (``encoder.self_attn``, ``decoder.self_attn``,
+  ``decoder.cross_attn``) in one layer zeroed: each head's slice of the input to ``out_proj`` set
+  to 0, which is exactly that attention with those heads' columns of ``out_proj`` zeroed (the
+  head's pattern is still computed and recorded; what it writes to the residual is gone);
+- ``steer``: ``alpha · vector`` added at a hook point's tensor (an output or input point whose
+  last axis is ``d_model``, or the logits); ``alpha = 0`` leaves the model as it was;
+- ``replace`` (Python only): ``function(point, tensor) -> tensor`` returns what the model uses at
+  a hook point instead, for interventions of one's own.
+
+Shapes (see :mod:`probe.points`): out_proj's input [batch, position, head × head_dim]; steered
+tensors [batch, position, d_model].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from probe.errors import OptionError
+from probe.points import INPUT, OUTPUT, PATTERN, HookPoint, list_points
+
+# attention kind → (module path of layer i, config key of its head count, config key of its layer count)
+ATTENTION = {
+    "encoder.self_attn": ("model.encoder.layers.{layer}.self_attn", "encoder_attention_heads", "encoder_layers"),
+    "decoder.self_attn": ("model.decoder.layers.{layer}.self_attn", "decoder_attention_heads", "decoder_layers"),
+    "decoder.cross_attn": ("model.decoder.layers.{layer}.encoder_attn", "decoder_attention_heads", "decoder_layers"),
+}
+KINDS = ("ablate", "steer", "replace")
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Zero ``heads`` of the ``attention`` kind (:data:`ATTENTION`) in block ``layer``."""
+
+    attention: str
+    layer: int
+    heads: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"kind": "ablate", "attention": self.attention, "layer": self.layer, "heads": list(self.heads)}
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``alpha · vector`` at hook point ``point`` (``vector``: [d_model], or [vocab] at the logits)."""
+
+    point: str
+    vector: tuple[float, ...]
+    alpha: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {"kind": "steer", "point": self.point, "alpha": self.alpha, "vector": list(self.vector)}
+
+
+@dataclass(frozen=True)
+class Replace:
+    """What ``function(point, tensor)`` returns is used at hook point ``point`` instead of ``tensor``
+    (same shape and dtype); ``name`` is what the manifest calls it."""
+
+    point: str
+    function: Callable[[HookPoint, torch.Tensor], torch.Tensor] = field(compare=False)
+    name: str | None = None
+
+    def to_dict(self) -> dict:
+        label = self.name or getattr(self.function, "__qualname__", repr(self.function))
+        return {"kind": "replace", "point": self.point, "function": label}
+
+
+Intervention = Ablate | Steer | Replace
+
+
+def load_spec(spec: str | Path) -> list[dict]:
+    """The interventions of ``--intervene``: a JSON file, or JSON text; a list of objects, one
+    object, or ``{"interventions": [...]}``."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if not text.lstrip().startswith(("[", "{")):
+        if not path.is_file():
+            raise OptionError(f"--intervene {text}: no such file; give a JSON file or inline JSON such as "
+                              "'{\"kind\": \"ablate\", \"attention\": \"decoder.self_attn\", \"layer\": 0, \"heads\": [1]}'")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise OptionError(f"--intervene {spec}: cannot read it ({err}); give a UTF-8 JSON file") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise OptionError(f"--intervene: not JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+                          "give a list of objects with a \"kind\" each") from None
+    if isinstance(data, dict) and "interventions" in data:
+        data = data["interventions"]
+    items = data if isinstance(data, list) else [data]
+    if not all(isinstance(item, dict) for item in items):
+        raise OptionError("--intervene: each intervention is a JSON object with a \"kind\" "
+                          f"({', '.join(KINDS[:2])})")
+    return items
+
+
+def resolve(config, interventions: Iterable[Intervention | dict] | None) -> list[Intervention]:
+    """``interventions`` (objects or dicts) checked against a model with this ``WhisperConfig``;
+    anything wrong is a one-line :class:`OptionError` that says what would be right."""
+    resolved = []
+    points = {point.name: point for point in list_points(config)}
+    for number, item in enumerate(interventions or (), start=1):
+        found = _from_dict(item, number) if isinstance(item, dict) else item
+        if isinstance(found, Ablate):
+            _check_ablate(config, found)
+        elif isinstance(found, (Steer, Replace)):
+            point = _point(points, found.point)
+            if isinstance(found, Steer):
+                found = _check_steer(point, found)
+        else:
+            raise OptionError(f"intervention {number}: {type(found).__name__} is not an intervention; use "
+                              "probe.interventions.Ablate, Steer or Replace, or a dict with a \"kind\"")
+        resolved.append(found)
+    return resolved
+
+
+def _from_dict(item: dict, number: int) -> Intervention:
+    kind = item.get("kind")
+    fields = {key: value for key, value in item.items() if key != "kind"}
+    expected = {"ablate": {"attention", "layer", "heads"}, "steer": {"point", "vector", "alpha"}}
+    if kind not in expected:
+        hint = " (replace takes a Python function: probe.run(interventions=[Replace(...)]))" if kind == "replace" else ""
+        raise OptionError(f"intervention {number}: unknown kind {kind!r}; use \"ablate\" or \"steer\"{hint}")
+    unknown = set(fields) - expected[kind]
+    missing = expected[kind] - set(fields) - {"alpha"}
+    if unknown or missing:
+        what = f"unknown field {sorted(unknown)[0]!r}" if unknown else f"missing field {sorted(missing)[0]!r}"
+        raise OptionError(f"intervention {number} ({kind}): {what}; it takes {', '.join(sorted(expected[kind]))}")
+    try:
+        if kind == "ablate":
+            heads = fields["heads"] if isinstance(fields["heads"], list) else [fields["heads"]]
+            return Ablate(str(fields["attention"]), _integer(fields["layer"]), tuple(_integer(h) for h in heads))
+        return Steer(str(fields["point"]), tuple(float(v) for v in fields["vector"]), float(fields.get("alpha", 1.0)))
+    except (TypeError, ValueError):
+        raise OptionError(f"intervention {number} ({kind}): layer and heads are whole numbers, vector a list of "
+                          "numbers and alpha a number") from None
+
+
+def _integer(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(value)
+    return int(value)
+
+
+def _check_ablate(config, ablate: Ablate) -> None:
+    if ablate.attention not in ATTENTION:
+        raise OptionError(f"ablate: unknown attention {ablate.attention!r}; use one of {', '.join(ATTENTION)}")
+    _, heads_key, layers_key = ATTENTION[ablate.attention]
+    layers, heads = int(getattr(config, layers_key)), int(getattr(config, heads_key))
+    if not 0 <= ablate.layer < layers:
+        raise OptionError(f"ablate {ablate.attention}: layer {ablate.layer} is out of range; this model has "
+                          f"layers 0–{layers - 1}")
+    bad = [head for head in ablate.heads if not 0 <= head < heads]
+    if bad or not ablate.heads:
+        raise OptionError(f"ablate {ablate.attention} layer {ablate.layer}: head {bad[0] if bad else '(none)'} is "
+                          f"out of range; this model has heads 0–{heads - 1}")
+
+
+def _point(points: dict[str, HookPoint], name: str) -> HookPoint:
+    point = points.get(name)
+    if point is None:
+        from probe.points import _suggest
+
+        raise OptionError(f"intervention at unknown hook point {name!r}; {_suggest(name, list(points.values()))}"
+                          " (`probe points` lists them all)")
+    if point.kind == PATTERN:
+        raise OptionError(f"{name} is an attention pattern, which the model does not read back; ablate its heads "
+                          "(kind \"ablate\") or intervene at the attention's output point instead")
+    if point.gelu:
+        raise OptionError(f"{name} is seen after a GELU the module does not return; intervene at "
+                          "encoder.hook_embed (the conv stem's output with positions) instead")
+    return point
+
+
+def _check_steer(point: HookPoint, steer: Steer) -> Steer:
+    width = point.sizes[-1]
+    if len(steer.vector) != width:
+        raise OptionError(f"steer {point.name}: the vector has {len(steer.vector)} numbers; this point's last axis "
+                          f"({point.shape[-1]}) has {width}")
+    if not all(torch.isfinite(torch.tensor(steer.vector)).tolist()) or not torch.isfinite(torch.tensor(steer.alpha)):
+        raise OptionError(f"steer {point.name}: vector and alpha must be finite numbers")
+    return steer
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], config=None) -> None:
+    """Register every intervention's hook in ``hooks`` (a :class:`probe.hooks.Hooks`); call it before
+    the capture hooks, so that they see the changed tensors."""
+    points = {point.name: point for point in list_points(config or model.config)}
+    for item in interventions:
+        if isinstance(item, Ablate):
+            attention = model.get_submodule(ATTENTION[item.attention][0].format(layer=item.layer))
+            head_dim = attention.out_proj.in_features // int(getattr(model.config, ATTENTION[item.attention][1]))
+            hooks.forward_pre(attention.out_proj, _ablate_hook(item.heads, head_dim))
+        else:
+            point = points[item.point]
+            change = _steer_change(item) if isinstance(item, Steer) else _replace_change(item, point)
+            module = model.get_submodule(point.module)
+            if point.kind == OUTPUT:
+                hooks.forward(module, _output_change(change))
+            elif point.kind == INPUT:
+                hooks.forward_pre(module, _input_change(change), with_kwargs=True)
+
+
+def _ablate_hook(heads: tuple[int, ...], head_dim: int):
+    def hook(module, args):
+        mixed = args[0].clone()  # [batch, position, head × head_dim]
+        for head in heads:
+            mixed[..., head * head_dim:(head + 1) * head_dim] = 0
+        return (mixed, *args[1:])
+    return hook
+
+
+def _steer_change(steer: Steer) -> Callable[[torch.Tensor], torch.Tensor]:
+    vector = torch.tensor(steer.vector, dtype=torch.float32)  # [d_model]
+    if steer.alpha == 0:
+        return lambda tensor: tensor
+    return lambda tensor: tensor + (steer.alpha * vector).to(device=tensor.device, dtype=tensor.dtype)
+
+
+def _replace_change(replace: Replace, point: HookPoint) -> Callable[[torch.Tensor], torch.Tensor]:
+    def change(tensor: torch.Tensor) -> torch.Tensor:
+        out = replace.function(point, tensor)
+        if not isinstance(out, torch.Tensor) or out.shape != tensor.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise OptionError(f"replace at {point.name}: the function returned {got}, not a tensor of shape "
+                              f"{tuple(tensor.shape)}")
+        return out.to(device=tensor.device, dtype=tensor.dtype)
+    return change
+
+
+def _output_change(change: Callable[[torch.Tensor], torch.Tensor]):
+    def hook(module, args, output):
+        if isinstance(output, (tuple, list)):
+            return type(output)([change(output[0]), *output[1:]])
+        return change(output)
+    return hook
+
+
+def _input_change(change: Callable[[torch.Tensor], torch.Tensor]):
+    def hook(module, args, kwargs):
+        if args:
+            return (change(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": change(kwargs["hidden_states"])}
+    return hook
+
+
+def describe(interventions: list[dict]) -> str:
+    """One line for ``probe show``: what a trace's interventions were."""
+    parts = []
+    for item in interventions:
+        if item.get("kind") == "ablate":
+            parts.append(f"ablate {item['attention']} layer {item['layer']} heads {item['heads']}")
+        elif item.get("kind") == "steer":
+            parts.append(f"steer {item['point']} by {item['alpha']:g}·v")
+        else:
+            parts.append(f"{item.get('kind')} {item.get('point', '')} ({item.get('function', '')})".strip())
+    return "; ".join(parts)
+
+
+def summary(interventions: list[Intervention]) -> list[dict[str, Any]]:
+    """The manifest's ``interventions``: each one as JSON."""
+    return [item.to_dict() for item in interventions]
