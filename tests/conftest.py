@@ -24,17 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups into node ids
-def pytest_collection_modifyitems(config, items):
-    """Spread the suite over cores without building a session fixture twice: under pytest-xdist
-    (``scripts/test.sh`` runs ``-n auto --dist loadgroup``) every test that uses the dashboard
-    store (minutes of real decoding, :mod:`tests.dashboard_fixtures`) runs on one worker, and the
-    other tests go file by file, so a file's own fixtures are made once."""
-    for item in items:
-        group = "dashboard_store" if "dashboard_store" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def tiny():
     from probe.models import tiny_random_model

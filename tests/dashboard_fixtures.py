@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,41 @@ def build_dashboard_store(base, folder: Path) -> DashboardStore:
     return built
 
 
+TRACES = ("english", "translate", "transcribe", "retried", "two_windows", "mandarin")
+
+
+def _ids(built: DashboardStore) -> dict:
+    return {**{name: getattr(built, name).id for name in TRACES}, "damaged_id": built.damaged_id,
+            "without": {name: trace.id for name, trace in built.without.items()}}
+
+
+def _reopen(folder: Path, ids: dict) -> DashboardStore:
+    """The store built into ``folder`` (or copied there whole), its traces opened by id."""
+    from probe.store import Store
+
+    store = Store(folder / "store", create=False)
+    return DashboardStore(path=store.path, damaged_id=ids["damaged_id"], plugin_dir=folder / "plugins",
+                          without={name: store.open(trace_id) for name, trace_id in ids["without"].items()},
+                          **{name: store.open(ids[name]) for name in TRACES})
+
+
 @pytest.fixture(scope="session")
 def dashboard_store(base, tmp_path_factory) -> DashboardStore:
-    return build_dashboard_store(base, tmp_path_factory.getbasetemp() / "dashboard")
+    """Built once per session.  Under pytest-xdist the first worker to get here builds it into the
+    run's shared temporary folder while the others wait, and every worker then works on its own
+    copy, so tests that add or change traces see the store as they would in one process."""
+    own = tmp_path_factory.getbasetemp() / "dashboard"
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build_dashboard_store(base, own)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "dashboard-shared"
+    done = shared / "built.json"
+    with FileLock(f"{shared}.lock"):
+        if not done.exists():
+            shared.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(_ids(build_dashboard_store(base, shared))))
+    if own not in _BUILT:
+        shutil.copytree(shared, own, symlinks=True, dirs_exist_ok=True)
+        _BUILT[own] = _reopen(own, json.loads(done.read_text()))
+    return _BUILT[own]
