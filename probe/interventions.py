@@ -19,6 +19,10 @@ Kinds:
   head's pattern is still computed and recorded; what it writes to the residual is gone);
 - ``steer``: ``alpha · vector`` added at a hook point's tensor (an output or input point whose
   last axis is ``d_model``, or the logits); ``alpha = 0`` leaves the model as it was;
+- ``local``: encoder self-attention limited to the frames within ±``k`` of each frame (20 ms
+  each), in the given ``layers`` (default: every one), as in Reid's "Interpreting OpenAI's
+  Whisper": an additive mask of -inf outside the band handed to the attention as its
+  ``attention_mask``, so the recorded patterns show the restriction too;
 - ``replace`` (Python only): ``function(point, tensor) -> tensor`` returns what the model uses at
   a hook point instead, for interventions of one's own.
 
@@ -44,7 +48,7 @@ ATTENTION = {
     "decoder.self_attn": ("model.decoder.layers.{layer}.self_attn", "decoder_attention_heads", "decoder_layers"),
     "decoder.cross_attn": ("model.decoder.layers.{layer}.encoder_attn", "decoder_attention_heads", "decoder_layers"),
 }
-KINDS = ("ablate", "steer", "replace")
+KINDS = ("ablate", "steer", "local", "replace")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,17 @@ class Steer:
 
 
 @dataclass(frozen=True)
+class Local:
+    """Encoder self-attention of ``layers`` (None: all) sees only frames within ±``k`` of each frame."""
+
+    k: int
+    layers: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {"kind": "local", "k": self.k, "layers": None if self.layers is None else list(self.layers)}
+
+
+@dataclass(frozen=True)
 class Replace:
     """What ``function(point, tensor)`` returns is used at hook point ``point`` instead of ``tensor``
     (same shape and dtype); ``name`` is what the manifest calls it."""
@@ -85,7 +100,7 @@ class Replace:
         return {"kind": "replace", "point": self.point, "function": label}
 
 
-Intervention = Ablate | Steer | Replace
+Intervention = Ablate | Steer | Local | Replace
 
 
 def load_spec(spec: str | Path) -> list[dict]:
@@ -124,13 +139,15 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None) -> list
         found = _from_dict(item, number) if isinstance(item, dict) else item
         if isinstance(found, Ablate):
             _check_ablate(config, found)
+        elif isinstance(found, Local):
+            found = _check_local(config, found)
         elif isinstance(found, (Steer, Replace)):
             point = _point(points, found.point)
             if isinstance(found, Steer):
                 found = _check_steer(point, found)
         else:
             raise OptionError(f"intervention {number}: {type(found).__name__} is not an intervention; use "
-                              "probe.interventions.Ablate, Steer or Replace, or a dict with a \"kind\"")
+                              "probe.interventions.Ablate, Steer, Local or Replace, or a dict with a \"kind\"")
         resolved.append(found)
     return resolved
 
@@ -138,12 +155,14 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None) -> list
 def _from_dict(item: dict, number: int) -> Intervention:
     kind = item.get("kind")
     fields = {key: value for key, value in item.items() if key != "kind"}
-    expected = {"ablate": {"attention", "layer", "heads"}, "steer": {"point", "vector", "alpha"}}
+    expected = {"ablate": {"attention", "layer", "heads"}, "steer": {"point", "vector", "alpha"},
+                "local": {"k", "layers"}}
     if kind not in expected:
         hint = " (replace takes a Python function: probe.run(interventions=[Replace(...)]))" if kind == "replace" else ""
-        raise OptionError(f"intervention {number}: unknown kind {kind!r}; use \"ablate\" or \"steer\"{hint}")
+        raise OptionError(f"intervention {number}: unknown kind {kind!r}; use \"ablate\", \"steer\" or "
+                          f"\"local\"{hint}")
     unknown = set(fields) - expected[kind]
-    missing = expected[kind] - set(fields) - {"alpha"}
+    missing = expected[kind] - set(fields) - {"alpha", "layers"}
     if unknown or missing:
         what = f"unknown field {sorted(unknown)[0]!r}" if unknown else f"missing field {sorted(missing)[0]!r}"
         raise OptionError(f"intervention {number} ({kind}): {what}; it takes {', '.join(sorted(expected[kind]))}")
@@ -151,6 +170,10 @@ def _from_dict(item: dict, number: int) -> Intervention:
         if kind == "ablate":
             heads = fields["heads"] if isinstance(fields["heads"], list) else [fields["heads"]]
             return Ablate(str(fields["attention"]), _integer(fields["layer"]), tuple(_integer(h) for h in heads))
+        if kind == "local":
+            layers = fields.get("layers")
+            layers = None if layers is None else tuple(_integer(n) for n in (layers if isinstance(layers, list) else [layers]))
+            return Local(_integer(fields["k"]), layers)
         return Steer(str(fields["point"]), tuple(float(v) for v in fields["vector"]), float(fields.get("alpha", 1.0)))
     except (TypeError, ValueError):
         raise OptionError(f"intervention {number} ({kind}): layer and heads are whole numbers, vector a list of "
@@ -175,6 +198,17 @@ def _check_ablate(config, ablate: Ablate) -> None:
     if bad or not ablate.heads:
         raise OptionError(f"ablate {ablate.attention} layer {ablate.layer}: head {bad[0] if bad else '(none)'} is "
                           f"out of range; this model has heads 0–{heads - 1}")
+
+
+def _check_local(config, local: Local) -> Local:
+    layers = int(config.encoder_layers)
+    if local.k < 0:
+        raise OptionError(f"local: k = {local.k}; give the frames each side a frame may attend to, 0 or more")
+    bad = [n for n in local.layers or () if not 0 <= n < layers]
+    if bad or local.layers == ():
+        raise OptionError(f"local: encoder layer {bad[0] if bad else '(none)'} is out of range; this model has "
+                          f"layers 0–{layers - 1} (leave layers out for all)")
+    return local
 
 
 def _point(points: dict[str, HookPoint], name: str) -> HookPoint:
@@ -215,6 +249,10 @@ def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], 
             attention = model.get_submodule(ATTENTION[item.attention][0].format(layer=item.layer))
             head_dim = attention.out_proj.in_features // int(getattr(model.config, ATTENTION[item.attention][1]))
             hooks.forward_pre(attention.out_proj, _ablate_hook(item.heads, head_dim))
+        elif isinstance(item, Local):
+            layers = range(int(model.config.encoder_layers)) if item.layers is None else item.layers
+            for layer in layers:
+                hooks.forward_pre(model.model.encoder.layers[layer].self_attn, _local_hook(item.k), with_kwargs=True)
         else:
             point = points[item.point]
             change = _steer_change(item) if isinstance(item, Steer) else _replace_change(item, point)
@@ -231,6 +269,21 @@ def _ablate_hook(heads: tuple[int, ...], head_dim: int):
         for head in heads:
             mixed[..., head * head_dim:(head + 1) * head_dim] = 0
         return (mixed, *args[1:])
+    return hook
+
+
+def _local_hook(k: int):
+    """Hand the encoder self-attention an additive mask [1, 1, frame, frame]: 0 within ±k, the
+    dtype's lowest number outside (-inf would make a fully masked row NaN; none is, but safe)."""
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]  # [batch, frame, d_model]
+        frames = hidden.shape[1]
+        position = torch.arange(frames, device=hidden.device)
+        outside = (position[:, None] - position[None, :]).abs() > k  # [frame, frame]
+        band = torch.zeros(frames, frames, dtype=hidden.dtype, device=hidden.device)
+        band = band.masked_fill(outside, torch.finfo(hidden.dtype).min)[None, None]
+        mask = kwargs.get("attention_mask")
+        return args, {**kwargs, "attention_mask": band if mask is None else mask + band}
     return hook
 
 
@@ -276,6 +329,9 @@ def describe(interventions: list[dict]) -> str:
             parts.append(f"ablate {item['attention']} layer {item['layer']} heads {item['heads']}")
         elif item.get("kind") == "steer":
             parts.append(f"steer {item['point']} by {item['alpha']:g}·v")
+        elif item.get("kind") == "local":
+            where = "every layer" if item.get("layers") is None else f"layers {item['layers']}"
+            parts.append(f"encoder self-attention within ±{item['k']} frames ({where})")
         else:
             parts.append(f"{item.get('kind')} {item.get('point', '')} ({item.get('function', '')})".strip())
     return "; ".join(parts)

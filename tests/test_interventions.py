@@ -19,7 +19,7 @@ import torch
 import probe
 from probe.errors import OptionError
 from probe.hooks import hooks_left
-from probe.interventions import ATTENTION, Ablate, Replace, Steer, load_spec, resolve
+from probe.interventions import ATTENTION, Ablate, Local, Replace, Steer, load_spec, resolve
 from probe.models import tiny_random_model
 from tests.conftest import store_snapshot
 
@@ -135,6 +135,27 @@ def test_an_encoder_steer_reaches_the_recorded_encoder_output(tiny, tone, tmp_pa
                                np.asarray(clean.record(name), dtype=np.float64) + 0.5 * vector, atol=2e-3)
 
 
+def test_local_attention_keeps_each_frame_to_its_neighbours(tiny, tone, tmp_path):
+    """Encoder self-attention of layer 0 limited to ±3 frames: its recorded pattern has no weight
+    outside the band and rows that still sum to 1; layer 1, left alone, attends beyond it; a band
+    wider than the window changes nothing."""
+    points = ["encoder.blocks.0.attn.hook_pattern", "encoder.blocks.1.attn.hook_pattern"]
+    local = probe.run(tone, model=tiny, store=tmp_path / "local", points=points, **RUN,
+                      interventions=[{"kind": "local", "k": 3, "layers": [0]}])
+    first = np.asarray(local.record("activations.encoder.blocks.0.attn.hook_pattern"), dtype=np.float64)
+    second = np.asarray(local.record("activations.encoder.blocks.1.attn.hook_pattern"), dtype=np.float64)
+    frames = np.arange(first.shape[-1])
+    outside = np.abs(frames[:, None] - frames[None, :]) > 3  # [frame, frame]
+    assert first[..., outside].max() < 1e-6
+    assert (second * outside).sum(-1).mean() > 0.5  # most of each row's weight lies beyond ±3 frames
+    np.testing.assert_allclose(first.sum(-1), 1.0, atol=5e-3)
+    assert local.manifest["interventions"] == [{"kind": "local", "k": 3, "layers": [0]}]
+    clean = probe.run(tone, model=tiny, store=tmp_path / "clean", points=points, **RUN)
+    wide = probe.run(tone, model=tiny, store=tmp_path / "wide", points=points, **RUN, interventions=[Local(1500)])
+    assert_same_trace(wide, clean)
+    assert differs(local, clean)
+
+
 @pytest.mark.parametrize("options", [dict(num_beams=2, max_new_tokens=6), dict(long=True, max_new_tokens=6)],
                          ids=["beam", "long-form"])
 def test_ablation_holds_through_beam_search_and_long_form(tiny, tmp_path, options):
@@ -163,6 +184,8 @@ def test_ablation_holds_through_beam_search_and_long_form(tiny, tmp_path, option
     ({"kind": "steer", "point": "decoder.blocks.0.attn.hook_pattern", "vector": [0.0] * 64}, "is an attention pattern"),
     ({"kind": "steer", "point": "encoder.hook_conv1", "vector": [0.0] * 64}, "after a GELU"),
     ({"kind": "steer", "point": "decoder.blocks.0.hook_resid_post", "vector": [0.0] * 64, "beta": 1}, "unknown field 'beta'"),
+    ({"kind": "local", "k": -1}, "k = -1"),
+    ({"kind": "local", "k": 5, "layers": [2]}, "encoder layer 2 is out of range; this model has layers 0–1"),
 ])
 def test_bad_specs_are_one_line_errors(tiny, spec, message):
     with pytest.raises(OptionError, match=message) as caught:
