@@ -33,6 +33,7 @@ tensors [batch, position, d_model].
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -232,7 +233,7 @@ def _check_steer(point: HookPoint, steer: Steer) -> Steer:
     if len(steer.vector) != width:
         raise OptionError(f"steer {point.name}: the vector has {len(steer.vector)} numbers; this point's last axis "
                           f"({point.shape[-1]}) has {width}")
-    if not all(torch.isfinite(torch.tensor(steer.vector)).tolist()) or not torch.isfinite(torch.tensor(steer.alpha)):
+    if not all(math.isfinite(v) for v in (*steer.vector, steer.alpha)):
         raise OptionError(f"steer {point.name}: vector and alpha must be finite numbers")
     return steer
 
@@ -274,24 +275,40 @@ def _ablate_hook(heads: tuple[int, ...], head_dim: int):
 
 def _local_hook(k: int):
     """Hand the encoder self-attention an additive mask [1, 1, frame, frame]: 0 within ±k, the
-    dtype's lowest number outside (-inf would make a fully masked row NaN; none is, but safe)."""
+    dtype's lowest number outside (-inf would make a fully masked row NaN; none is, but safe).
+    Made once per (frames, device, dtype) and reused by every layer and window."""
+    masks: dict[tuple, torch.Tensor] = {}
+
+    def band(frames: int, device, dtype) -> torch.Tensor:
+        key = (frames, device, dtype)
+        if key not in masks:
+            position = torch.arange(frames, device=device)
+            outside = (position[:, None] - position[None, :]).abs() > k  # [frame, frame]
+            masks[key] = torch.zeros(frames, frames, dtype=dtype, device=device).masked_fill(
+                outside, torch.finfo(dtype).min)[None, None]
+        return masks[key]
+
     def hook(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]  # [batch, frame, d_model]
-        frames = hidden.shape[1]
-        position = torch.arange(frames, device=hidden.device)
-        outside = (position[:, None] - position[None, :]).abs() > k  # [frame, frame]
-        band = torch.zeros(frames, frames, dtype=hidden.dtype, device=hidden.device)
-        band = band.masked_fill(outside, torch.finfo(hidden.dtype).min)[None, None]
-        mask = kwargs.get("attention_mask")
-        return args, {**kwargs, "attention_mask": band if mask is None else mask + band}
+        mask = band(hidden.shape[1], hidden.device, hidden.dtype)
+        given = kwargs.get("attention_mask")
+        return args, {**kwargs, "attention_mask": mask if given is None else given + mask}
     return hook
 
 
 def _steer_change(steer: Steer) -> Callable[[torch.Tensor], torch.Tensor]:
-    vector = torch.tensor(steer.vector, dtype=torch.float32)  # [d_model]
+    """``tensor + alpha · vector``, the scaled vector made once per device and dtype."""
     if steer.alpha == 0:
         return lambda tensor: tensor
-    return lambda tensor: tensor + (steer.alpha * vector).to(device=tensor.device, dtype=tensor.dtype)
+    scaled = steer.alpha * torch.tensor(steer.vector, dtype=torch.float32)  # [d_model]
+    placed: dict[tuple, torch.Tensor] = {}
+
+    def change(tensor: torch.Tensor) -> torch.Tensor:
+        key = (tensor.device, tensor.dtype)
+        if key not in placed:
+            placed[key] = scaled.to(device=tensor.device, dtype=tensor.dtype)
+        return tensor + placed[key]
+    return change
 
 
 def _replace_change(replace: Replace, point: HookPoint) -> Callable[[torch.Tensor], torch.Tensor]:

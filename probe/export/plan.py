@@ -12,7 +12,7 @@ keeps only the windows that overlap it.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from probe import contributions
 from probe.errors import OptionError, PluginError, ProbeError, StoreError
@@ -298,14 +298,6 @@ class FigurePlan:
         for (name, window), found in list(self._drawn.items()):
             if isinstance(found, Exception):
                 self.attempt(name, window, lambda: self.figure(name, window))
-
-    def drawn(self, skipped: list[tuple[str, int | None, str]] | None = None) \
-            -> Iterator[tuple[str, int | None, Any]]:
-        """(name, window, figure) for each pair that can be drawn (see :meth:`attempt`)."""
-        for name, window in self.pairs:
-            fig = self.attempt(name, window, lambda: self.figure(name, window), skipped)
-            if fig is not None:
-                yield name, window, fig
 
     def file_stem(self, name: str, window: int | None) -> str:
         """``<trace>-<view>``, with ``-window-<n>`` (zero-padded to sort) for a window's figure."""

@@ -15,7 +15,6 @@ Each figure's constrained layout is solved once, when it is drawn, and kept
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import threading
@@ -74,15 +73,10 @@ def cache_key(plan: FigurePlan, name: str, window: int | None, fmt: str, dpi: in
 
 
 def savefig_bytes(fig: Any, fmt: str, dpi: int) -> bytes:
-    """``fig`` saved as ``fmt`` at ``dpi``, laid out once for this and every later save
-    (:func:`probe.figures.base.fix_layout`)."""
-    from probe.figures.base import fix_layout, quiet_missing_glyphs, save_options  # matplotlib loads only here
+    """``fig`` saved as ``fmt`` at ``dpi`` (:func:`probe.figures.base.figure_file`)."""
+    from probe.figures.base import figure_file  # matplotlib loads only for exports that draw
 
-    buffer = io.BytesIO()
-    fix_layout(fig)
-    with quiet_missing_glyphs():
-        fig.savefig(buffer, format=fmt, dpi=dpi, **save_options(fig, fmt))
-    return buffer.getvalue()
+    return figure_file(fig, fmt, dpi)
 
 
 def workers(jobs: int) -> int:

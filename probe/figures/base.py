@@ -373,19 +373,23 @@ def middle_layer(trace, key: str) -> int:
     return config_value(trace, key, 2) // 2
 
 
+def figure_file(fig: Figure, fmt: str, dpi: int) -> bytes:
+    """``fig`` as a ``fmt`` file (png, svg, pdf) at ``dpi``, laid out once for this and every later
+    save (:func:`fix_layout`); every figure whisper-probe writes is saved through here."""
+    buffer = io.BytesIO()
+    fix_layout(fig)
+    with quiet_missing_glyphs():
+        fig.savefig(buffer, format=fmt, dpi=dpi, **save_options(fig, fmt))
+    return buffer.getvalue()
+
+
 def save(fig: Figure, path: str | Path, dpi: int = PRINT_DPI) -> Path:
     """Write ``fig`` to ``path``; the format follows the suffix (png, svg, pdf)."""
     path = Path(path)
-    fix_layout(fig)
-    with quiet_missing_glyphs():
-        fig.savefig(path, dpi=dpi, **save_options(fig, path.suffix.lstrip(".").lower()))
+    path.write_bytes(figure_file(fig, path.suffix.lstrip(".").lower(), dpi))
     return path
 
 
 def png_bytes(fig: Figure, dpi: int = SCREEN_DPI) -> bytes:
     """``fig`` as PNG bytes, for screens (the dashboard) rather than print."""
-    buffer = io.BytesIO()
-    fix_layout(fig)
-    with quiet_missing_glyphs():
-        fig.savefig(buffer, format="png", dpi=dpi, **save_options(fig, "png"))
-    return buffer.getvalue()
+    return figure_file(fig, "png", dpi)
