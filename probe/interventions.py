@@ -23,6 +23,10 @@ Kinds:
   each), in the given ``layers`` (default: every one), as in Reid's "Interpreting OpenAI's
   Whisper": an additive mask of -inf outside the band handed to the attention as its
   ``attention_mask``, so the recorded patterns show the restriction too;
+- ``block``: cross-attention of the given decoder ``layers`` (default: every one) cannot see the
+  encoder frames of ``start``–``end`` seconds of the clip ("what if the decoder could not hear
+  3.0–5.0 s"): an additive mask over those frames, placed in each window by where it starts
+  (the window's ``seek``), so long-form windows block the same seconds of the clip;
 - ``replace`` (Python only): ``function(point, tensor) -> tensor`` returns what the model uses at
   a hook point instead, for interventions of one's own.
 
@@ -49,7 +53,9 @@ ATTENTION = {
     "decoder.self_attn": ("model.decoder.layers.{layer}.self_attn", "decoder_attention_heads", "decoder_layers"),
     "decoder.cross_attn": ("model.decoder.layers.{layer}.encoder_attn", "decoder_attention_heads", "decoder_layers"),
 }
-KINDS = ("ablate", "steer", "local", "replace")
+KINDS = ("ablate", "steer", "local", "block", "replace")
+FRAME_SECONDS = 0.02  # one encoder frame
+MEL_FRAMES_PER_SECOND = 100  # a window's seek is counted in log-Mel frames
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,20 @@ class Local:
 
 
 @dataclass(frozen=True)
+class Block:
+    """Cross-attention of decoder ``layers`` (None: all) cannot see the encoder frames of
+    ``start``–``end`` seconds of the clip."""
+
+    start: float
+    end: float
+    layers: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {"kind": "block", "start": self.start, "end": self.end,
+                "layers": None if self.layers is None else list(self.layers)}
+
+
+@dataclass(frozen=True)
 class Replace:
     """What ``function(point, tensor)`` returns is used at hook point ``point`` instead of ``tensor``
     (same shape and dtype); ``name`` is what the manifest calls it."""
@@ -101,7 +121,7 @@ class Replace:
         return {"kind": "replace", "point": self.point, "function": label}
 
 
-Intervention = Ablate | Steer | Local | Replace
+Intervention = Ablate | Steer | Local | Block | Replace
 
 
 def load_spec(spec: str | Path) -> list[dict]:
@@ -142,13 +162,15 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None) -> list
             _check_ablate(config, found)
         elif isinstance(found, Local):
             found = _check_local(config, found)
+        elif isinstance(found, Block):
+            _check_block(config, found)
         elif isinstance(found, (Steer, Replace)):
             point = _point(points, found.point)
             if isinstance(found, Steer):
                 found = _check_steer(point, found)
         else:
             raise OptionError(f"intervention {number}: {type(found).__name__} is not an intervention; use "
-                              "probe.interventions.Ablate, Steer, Local or Replace, or a dict with a \"kind\"")
+                              "probe.interventions.Ablate, Steer, Local, Block or Replace, or a dict with a \"kind\"")
         resolved.append(found)
     return resolved
 
@@ -157,11 +179,11 @@ def _from_dict(item: dict, number: int) -> Intervention:
     kind = item.get("kind")
     fields = {key: value for key, value in item.items() if key != "kind"}
     expected = {"ablate": {"attention", "layer", "heads"}, "steer": {"point", "vector", "alpha"},
-                "local": {"k", "layers"}}
+                "local": {"k", "layers"}, "block": {"start", "end", "layers"}}
     if kind not in expected:
         hint = " (replace takes a Python function: probe.run(interventions=[Replace(...)]))" if kind == "replace" else ""
-        raise OptionError(f"intervention {number}: unknown kind {kind!r}; use \"ablate\", \"steer\" or "
-                          f"\"local\"{hint}")
+        raise OptionError(f"intervention {number}: unknown kind {kind!r}; use \"ablate\", \"steer\", "
+                          f"\"local\" or \"block\"{hint}")
     unknown = set(fields) - expected[kind]
     missing = expected[kind] - set(fields) - {"alpha", "layers"}
     if unknown or missing:
@@ -171,20 +193,28 @@ def _from_dict(item: dict, number: int) -> Intervention:
         if kind == "ablate":
             heads = fields["heads"] if isinstance(fields["heads"], list) else [fields["heads"]]
             return Ablate(str(fields["attention"]), _integer(fields["layer"]), tuple(_integer(h) for h in heads))
+        layers = fields.get("layers")
+        layers = None if layers is None else tuple(_integer(n) for n in (layers if isinstance(layers, list) else [layers]))
         if kind == "local":
-            layers = fields.get("layers")
-            layers = None if layers is None else tuple(_integer(n) for n in (layers if isinstance(layers, list) else [layers]))
             return Local(_integer(fields["k"]), layers)
+        if kind == "block":
+            return Block(_number(fields["start"]), _number(fields["end"]), layers)
         return Steer(str(fields["point"]), tuple(float(v) for v in fields["vector"]), float(fields.get("alpha", 1.0)))
     except (TypeError, ValueError):
         raise OptionError(f"intervention {number} ({kind}): layer and heads are whole numbers, vector a list of "
-                          "numbers and alpha a number") from None
+                          "numbers, alpha, start and end numbers") from None
 
 
 def _integer(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
         raise ValueError(value)
     return int(value)
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(value)
+    return float(value)
 
 
 def _check_ablate(config, ablate: Ablate) -> None:
@@ -210,6 +240,17 @@ def _check_local(config, local: Local) -> Local:
         raise OptionError(f"local: encoder layer {bad[0] if bad else '(none)'} is out of range; this model has "
                           f"layers 0–{layers - 1} (leave layers out for all)")
     return local
+
+
+def _check_block(config, block: Block) -> None:
+    if not (math.isfinite(block.start) and math.isfinite(block.end)) or block.start < 0 or block.end <= block.start:
+        raise OptionError(f"block: {block.start:g}–{block.end:g} s is not a span of the clip; give start ≥ 0 and "
+                          "end > start, in seconds")
+    layers = int(config.decoder_layers)
+    bad = [n for n in block.layers or () if not 0 <= n < layers]
+    if bad or block.layers == ():
+        raise OptionError(f"block: decoder layer {bad[0] if bad else '(none)'} is out of range; this model has "
+                          f"layers 0–{layers - 1} (leave layers out for all)")
 
 
 def _point(points: dict[str, HookPoint], name: str) -> HookPoint:
@@ -241,9 +282,12 @@ def _check_steer(point: HookPoint, steer: Steer) -> Steer:
 # --------------------------------------------------------------------------- hooks
 
 
-def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], config=None) -> None:
+def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], config=None,
+          seeks: Callable[[], list[int] | None] | None = None) -> None:
     """Register every intervention's hook in ``hooks`` (a :class:`probe.hooks.Hooks`); call it before
-    the capture hooks, so that they see the changed tensors."""
+    the capture hooks, so that they see the changed tensors.  ``seeks()`` gives the log-Mel frame
+    where each row of the current decoder batch's window starts (None or absent: every window
+    starts the clip); a time-span ``block`` places its frames by it."""
     points = {point.name: point for point in list_points(config or model.config)}
     for item in interventions:
         if isinstance(item, Ablate):
@@ -254,6 +298,11 @@ def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], 
             layers = range(int(model.config.encoder_layers)) if item.layers is None else item.layers
             for layer in layers:
                 hooks.forward_pre(model.model.encoder.layers[layer].self_attn, _local_hook(item.k), with_kwargs=True)
+        elif isinstance(item, Block):
+            layers = range(int(model.config.decoder_layers)) if item.layers is None else item.layers
+            hook = _block_hook(item, int(model.config.max_source_positions), seeks or (lambda: None))
+            for layer in layers:
+                hooks.forward_pre(model.model.decoder.layers[layer].encoder_attn, hook, with_kwargs=True)
         else:
             point = points[item.point]
             change = _steer_change(item) if isinstance(item, Steer) else _replace_change(item, point)
@@ -291,6 +340,56 @@ def _local_hook(k: int):
     def hook(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]  # [batch, frame, d_model]
         mask = band(hidden.shape[1], hidden.device, hidden.dtype)
+        given = kwargs.get("attention_mask")
+        return args, {**kwargs, "attention_mask": mask if given is None else given + mask}
+    return hook
+
+
+def touches_encoder(interventions: Iterable[Intervention], config) -> bool:
+    """Whether any of ``interventions`` changes what the encoder computes (otherwise a window's
+    encoder output can be shared between a clean and an intervened pass)."""
+    points = {point.name: point for point in list_points(config)}
+    for item in interventions:
+        if isinstance(item, Local) or (isinstance(item, Ablate) and item.attention.startswith("encoder")):
+            return True
+        if isinstance(item, (Steer, Replace)) and points[item.point].side == "encoder":
+            return True
+    return False
+
+
+def blocked_frames(block: Block, seek: int, frames: int) -> tuple[int, int]:
+    """The encoder frames [first, last) of a window starting at log-Mel frame ``seek`` that
+    ``block``'s seconds touch (an empty range when the span misses the window)."""
+    start = seek / MEL_FRAMES_PER_SECOND  # seconds of the clip where the window starts
+    first = min(frames, max(0, math.floor((block.start - start) / FRAME_SECONDS + 1e-9)))
+    last = min(frames, math.ceil((block.end - start) / FRAME_SECONDS - 1e-9))
+    return first, max(first, last)
+
+
+def _block_hook(block: Block, frames: int, seeks: Callable[[], list[int] | None]):
+    """Hand the cross-attention an additive mask [batch, 1, 1, frame]: the dtype's lowest number on
+    the frames :func:`blocked_frames` gives for each row's window, 0 elsewhere (beams: each row's
+    mask repeated for its beams).  Made once per (seeks, batch, device, dtype)."""
+    masks: dict[tuple, torch.Tensor] = {}
+
+    def mask_for(rows: tuple[int, ...], batch: int, keys: int, device, dtype) -> torch.Tensor:
+        key = (rows, batch, keys, device, dtype)
+        if key not in masks:
+            mask = torch.zeros(len(rows), keys, dtype=dtype, device=device)
+            for row, seek in enumerate(rows):
+                first, last = blocked_frames(block, seek, keys)
+                mask[row, first:last] = torch.finfo(dtype).min
+            masks[key] = mask.repeat_interleave(batch // len(rows), dim=0)[:, None, None, :]
+        return masks[key]
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]  # [batch, query, d_model]
+        rows = tuple(seeks() or ())
+        if not rows or hidden.shape[0] % len(rows):
+            rows = (rows[0] if rows else 0,) * hidden.shape[0]  # one window for every row
+        states = kwargs.get("key_value_states")  # [batch, frame, d_model] (the encoder output)
+        keys = states.shape[1] if isinstance(states, torch.Tensor) else frames
+        mask = mask_for(rows, hidden.shape[0], keys, hidden.device, hidden.dtype)
         given = kwargs.get("attention_mask")
         return args, {**kwargs, "attention_mask": mask if given is None else given + mask}
     return hook
@@ -346,6 +445,9 @@ def describe(interventions: list[dict]) -> str:
             parts.append(f"ablate {item['attention']} layer {item['layer']} heads {item['heads']}")
         elif item.get("kind") == "steer":
             parts.append(f"steer {item['point']} by {item['alpha']:g}·v")
+        elif item.get("kind") == "block":
+            where = "every layer" if item.get("layers") is None else f"layers {item['layers']}"
+            parts.append(f"cross-attention blind to {item['start']:g}–{item['end']:g} s ({where})")
         elif item.get("kind") == "local":
             where = "every layer" if item.get("layers") is None else f"layers {item['layers']}"
             parts.append(f"encoder self-attention within ±{item['k']} frames ({where})")

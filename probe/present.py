@@ -23,6 +23,13 @@ def probe_figures(register):
     register("windows", figures.windows_timeline,
              caption="Windows: each 30 s window decoded, its retries, and its hallucination signals.")
     register("record_heatmap", figures.record_heatmap, caption="A tensor record as a heatmap of its last two axes.")
+    # a submodule imported by its full name: probe.figures' __getattr__ would look it up as a figure
+    from probe.figures.effect import CROSS_ATTENTION, LOGPROBS, effect_cross_attention, effect_logprobs
+
+    register("effect_logprobs", effect_logprobs, requires=(LOGPROBS,),
+             caption="Effect of the intervention: each clean token's log-probability, clean and intervened.")
+    register("effect_cross_attention", effect_cross_attention, requires=(CROSS_ATTENTION,),
+             caption="Effect of the intervention on where the clean tokens listen (alignment heads' cross-attention).")
 
 
 @hookimpl
@@ -32,6 +39,7 @@ def probe_export_sections(register):
     register("Listen and read", sections.listen, order=0, id="listen")
     register("Prompt, language and no-speech", sections.prompt, order=20, id="task")
     register("Windows and retries", sections.windows, order=40, id="windows")
+    register("Effect of the intervention", sections.effect, order=15, id="effect", requires=("effect.logprobs",))
 
 
 @hookimpl

@@ -136,8 +136,9 @@ def warn_slow_plugins(plugin_seconds: dict[str, float], total: float) -> None:
 
 
 def begin_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None,
-                queue: WriteQueue | None = None) -> TraceWriter:
+                queue: WriteQueue | None = None, effect=None) -> TraceWriter:
     """Let the plugins hand ``run``'s records to a new trace of ``store``; returns its writer.
+    An intervened run's ``effect`` (:func:`measured_effect`) adds its records and summary.
 
     The plugins run here, on this thread.  With a ``queue`` the files are written and the trace
     published on the queue's thread (``writer.wait()`` gives the trace); without one, before this
@@ -154,7 +155,25 @@ def begin_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None,
         warn_slow_plugins(run.plugin_seconds, timings["total"])
         writer.add_audio(functools.partial(encode_flac, run.clip.samples), 16000)  # encoded where it is written
         writer.update_manifest(**manifest_fields(run, tracer.pm, name, timings))
+        if effect is not None:
+            from probe import effect as effect_mod
+
+            effect_mod.write(writer, effect, run.transcript, run.sequence)
     return writer
+
+
+def measured_effect(tracer: Tracer, run: Run, store: Store | None, clean: str | None):
+    """For an intervened run: what the intervention changed against the clean trace ``clean``
+    names (an id, ``"auto"``: the store's newest matching trace; None: none), as
+    :func:`probe.effect.measure` finds it; None without interventions or a clean trace."""
+    if not tracer.interventions or store is None or clean is None:
+        return None
+    from probe import effect as effect_mod
+
+    trace = effect_mod.clean_trace(store, clean, run)
+    if trace is None:
+        return None
+    return effect_mod.measure(tracer, run, trace)
 
 
 def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None):
@@ -166,14 +185,15 @@ def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None)
 
 
 def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store | None, name: str | None = None,
-                batch_size: int = 1) -> Iterator[tuple[Run, Trace | None]]:
+                batch_size: int = 1, clean: str | None = None) -> Iterator[tuple[Run, Trace | None]]:
     """Trace clips (``batch_size`` clips decoded together) and store each: yields (run, trace).
 
     Each trace's files are written on a background thread (:class:`~probe.store.WriteQueue`) while
     the next clips decode; pairs come out in input order once their trace is published.  When
     anything fails or is interrupted, traces already handed over are still published, the
     unfinished one is removed, and the error goes on.  Without a ``store`` (``probe run
-    --no-store``) the clips are only decoded: yields (run, None).
+    --no-store``) the clips are only decoded: yields (run, None).  With interventions, each run is
+    measured against its clean trace (``clean``, see :func:`measured_effect`) before it is written.
     """
     if store is None:
         yield from ((run, None) for run in tracer.trace_many(clips, batch_size=batch_size))
@@ -192,7 +212,8 @@ def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store | None,
         with WriteQueue() as queue:
             for run in tracer.trace_many(clips, batch_size=batch_size):
                 seen.append(run)
-                pending.append((run, begin_trace(tracer, run, store, name, queue)))
+                effect = measured_effect(tracer, run, store, clean)
+                pending.append((run, begin_trace(tracer, run, store, name, queue, effect)))
                 while pending and pending[0][1].written():
                     yield oldest()
             while pending:
@@ -206,7 +227,7 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
         language: str | None = None, task: str = "transcribe", timestamps: bool = False, num_beams: int = 1,
         max_new_tokens: int | None = None, device: str = "auto", dtype: str = "auto", disable: Iterable[str] = (),
         plugin_options: dict | None = None, channel="mix", batch_size: int = 1, source: str | None = None,
-        interventions: Iterable | None = None, **decoding):
+        interventions: Iterable | None = None, clean: str | None = "auto", **decoding):
     """Trace ``audio`` with Whisper and return the stored trace (a list of traces for a list input).
 
     :param audio: a path, a 16 kHz numpy/torch array, an :class:`~probe.audio.AudioClip`, or a list.
@@ -219,7 +240,10 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     :param source: what the manifest names as the audio's source instead of the path or "array"
         (e.g. an upload's file name, when ``audio`` is a temporary copy of it); one input only.
     :param interventions: changes made inside the model while it decodes (:mod:`probe.interventions`:
-        ``Ablate``, ``Steer``, ``Replace`` objects or their dicts); the manifest lists them.
+        ``Ablate``, ``Steer``, ``Local``, ``Block``, ``Replace`` objects or their dicts); the manifest lists them.
+    :param clean: with interventions, the clean trace of the same clip to measure them against
+        (:mod:`probe.effect`): its id or name, ``"auto"`` (the store's newest trace of this audio,
+        model and decoding options without interventions), or None.
     :param decoding: more :class:`~probe.tracer.DecodeOptions` fields — ``temperature`` (a float or a
         fallback tuple), ``compression_ratio_threshold``, ``logprob_threshold``, ``no_speech_threshold``,
         ``condition_on_prev_tokens``, ``initial_prompt``, ``prefix``, ``multilingual``, ``seed``,
@@ -241,7 +265,7 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     inputs = clips(audio if isinstance(audio, (list, tuple)) else [audio], channel)
     if source is not None:
         inputs = (dataclasses.replace(clip, source=source) for clip in inputs)
-    traces = [trace for _, trace in trace_clips(tracer, inputs, store, name, batch_size=batch_size)]
+    traces = [trace for _, trace in trace_clips(tracer, inputs, store, name, batch_size=batch_size, clean=clean)]
     if not traces:
         raise StoreError("nothing to trace: the input list is empty")
     return traces if isinstance(audio, (list, tuple)) else traces[0]

@@ -93,6 +93,13 @@ def _records(writer, rng) -> None:
         {"word": texts[t], "tokens": [int(ids[t])], "start": round(t * span, 2), "end": round((t + 1) * span, 2),
          "window": 0, "probability": float(probs[t])} for t in range(N_TOKENS)], plugin="cross_attention")
     writer.add_tensor("cross_attention.rejected", ridge[:120].astype(np.float32), plugin="cross_attention")
+    clean_lp = np.log(probs)
+    writer.add_table("effect.logprobs", [  # an intervention measured against its clean trace (probe.effect)
+        {"window": 0, "position": t, "token": int(ids[t]), "text": texts[t], "in_transcript": True,
+         "clean": float(clean_lp[t]), "intervened": float(clean_lp[t] - rng.exponential(1.0)),
+         "delta": 0.0} for t in range(N_TOKENS)], plugin="effect")
+    shifted = np.roll(ridge, 40, axis=1)  # [token, frame]
+    writer.add_tensor("effect.cross_attention", np.stack([ridge, shifted]).astype(np.float16), plugin="effect")
     writer.add_table("cross_attention.rejected_tokens", [
         {"window": 0, "attempt": 0, "temperature": 0.0, "token_id": int(ids[t % 3]), "token": texts[t % 3]}
         for t in range(120)], plugin="cross_attention")
@@ -135,6 +142,11 @@ def long_trace(tmp_path_factory):
                               "encoder_attention_heads": HEADS, "decoder_attention_heads": HEADS,
                               "num_mel_bins": 80, "vocab_size": 51865}},
             prompt=[{"id": i, "token": text} for i, text in zip(PROMPT, PROMPT_TEXTS)], transcript=transcript,
+            interventions=[{"kind": "block", "start": 3.0, "end": 5.0, "layers": None}],
+            effect={"clean": "clean-trace", "clean_transcript": transcript, "headline": "wer", "wer": 0.4,
+                    "cer": 0.3, "tokens_equal": False, "tokens": N_TOKENS, "delta_logprob_total": -200.0,
+                    "delta_logprob_mean": -1.0, "cross_attention_change": 1.2,
+                    "windows": [{"index": 0, "start": 0.0, "n_frames": 1500}]},
             language="en", windows=[{
                 "index": 0, "start": 0.0, "end": SECONDS, "seek": 0, "next_seek": 3000, "text": transcript,
                 "tokens": [int(i) for i in ids], "token_texts": texts, "prompt": PROMPT, "prompt_tokens": PROMPT_TEXTS,

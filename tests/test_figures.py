@@ -54,8 +54,14 @@ def english(dashboard_store):
     return dashboard_store.english
 
 
-def test_figures_registry_has_every_view():
-    assert list(figures.FIGURES) == list(UNITS)
+def test_figures_registry_has_every_view(english):
+    """Every figure a plain trace can draw has its units checked below (the effect figures need an
+    intervened trace: tests/test_effect.py and tests/test_figure_bounds.py draw them)."""
+    from probe import contributions
+
+    found = contributions.current().figures
+    assert [name for name in figures.FIGURES if found[name].available(english)] == list(UNITS)
+    assert {"effect_logprobs", "effect_cross_attention"} <= set(figures.FIGURES)
 
 
 @pytest.mark.parametrize("name", list(UNITS))

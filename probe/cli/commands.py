@@ -74,6 +74,10 @@ def cmd_show(args) -> int:
         from probe.interventions import describe
 
         print(f"INTERVENED: {describe(data['interventions'])}")
+        if data.get("effect"):
+            from probe.effect import describe as describe_effect
+
+            print(describe_effect(data["effect"]))
     print(f"prompt: {''.join(t['token'] for t in data.get('prompt', []))}")
     print(f"transcript: {data.get('transcript', '')}")
     windows = data.get("windows", [])

@@ -86,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hook points for the activations plugin (globs, comma-separated or repeated)")
     run.add_argument("--intervene", action="append", default=[], metavar="SPEC",
                      help="change the model while it decodes: a JSON file or inline JSON of interventions "
-                          "(ablate heads, steer a point; see probe.interventions); repeatable")
+                          "(ablate heads, steer a point, local attention, block a time span; see "
+                          "probe.interventions); repeatable")
+    run.add_argument("--clean", default="auto", metavar="TRACE",
+                     help="with --intervene: the clean trace of the same clip to measure the effect against "
+                          "(id or name; default auto: the store's newest trace of this audio, model and decoding "
+                          "options; none: measure nothing)")
     run.add_argument("-p", dest="plugins", action="append", default=[],
                      help="load a plugin (module name or .py file), or disable one with no:NAME")
     run.add_argument("--name", default=None, help="trace name (default: the audio file name)")

@@ -7,7 +7,7 @@ import json
 import sys
 
 from probe.cli.parser import decode_options
-from probe.errors import ProbeError
+from probe.errors import OptionError, ProbeError
 
 
 def _split_points(values: list[str]) -> list[str]:
@@ -89,6 +89,9 @@ def cmd_run(args) -> int:
     from probe.interventions import load_spec
 
     interventions = [item for spec in args.intervene for item in load_spec(spec)]  # bad JSON: before any loading
+    clean = None if str(args.clean).lower() == "none" else args.clean
+    if args.clean != "auto" and clean is not None and not interventions:
+        raise OptionError(f"--clean {args.clean} compares an intervened trace with a clean one; add --intervene SPEC")
     clips, count = _inputs(args)
     loaded = runner.load(args.model, device=args.device, dtype=args.dtype)
     if loaded.note:
@@ -102,13 +105,28 @@ def cmd_run(args) -> int:
     store = None if args.no_store else Store(args.store)
     show_progress = args.dataset is not None and sys.stderr.isatty()
     clips = tqdm(clips, total=count, disable=not show_progress, unit="clip")
-    for run, trace in runner.trace_clips(tracer, clips, store, args.name, batch_size=args.batch_size):
+    for run, trace in runner.trace_clips(tracer, clips, store, args.name, batch_size=args.batch_size, clean=clean):
         result = _result_json(run, loaded, trace)
         if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
         else:
             _print_result(result, sys.stdout)
+            if interventions and trace is not None:
+                _print_effect(trace.manifest.get("effect"), clean)
     return 0
+
+
+def _print_effect(effect: dict | None, clean: str | None) -> None:
+    """One line on stderr: what the intervention changed against the clean trace (or how to get that)."""
+    if effect is None:
+        if clean is not None:
+            print("probe: no clean trace of this clip, model and decoding options in the store to measure the "
+                  "intervention against; record one without --intervene first (or name one with --clean)",
+                  file=sys.stderr)
+        return
+    from probe.effect import describe
+
+    print(describe(effect), file=sys.stderr)
 
 
 def _dry_run(tracer, clips, as_json: bool) -> int:

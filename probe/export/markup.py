@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from probe.store import Trace
 
 
-PAGE_STYLE = """
+# a word diff (diff_html): struck-through red for the first text's words, green for the second's
+DIFF_STYLE = "del.diff{background:#fde2e1;color:#8b1a1a}ins.diff{background:#dff3e4;color:#14532d;text-decoration:none}"
+
+PAGE_STYLE = DIFF_STYLE + """
 body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK SC","Noto Sans Arabic",
 "Noto Sans Devanagari",sans-serif,"Noto Color Emoji","Symbola";margin:0;color:#1d1d1f;
 background:#f6f6f8}
@@ -103,3 +106,18 @@ def image_width(png: bytes, min_scale: float = 0.75) -> str:
     of it, so a wide token-by-token figure scrolls sideways instead of becoming unreadable."""
     width = struct.unpack(">I", png[16:20])[0]  # the IHDR chunk's width field
     return f"width:{width}px;max-width:max(100%,{round(width * min_scale)}px)"
+
+
+def diff_html(runs: list[tuple[str, str, str]]) -> str:
+    """A word diff (:func:`probe.metrics.word_diff`) as one line of HTML: words only the first text
+    has struck through in red, words only the second has in green."""
+    parts = []
+    for op, old, new in runs:
+        if op == "equal":
+            parts.append(esc(old))
+            continue
+        if old:
+            parts.append(f'<del class="diff" title="only in the clean transcript">{esc(old)}</del>')
+        if new:
+            parts.append(f'<ins class="diff" title="only in the intervened transcript">{esc(new)}</ins>')
+    return " ".join(part for part in parts if part)

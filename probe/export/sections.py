@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 
-from probe.export.markup import esc, number, prompt_code
+from probe.export.markup import diff_html, esc, number, prompt_code
 from probe.tokens import labels, prompt_pieces, text
 from typing import TYPE_CHECKING
 
@@ -107,3 +107,31 @@ def windows(trace: Trace, drawn: list[int]) -> str:
             '<th>avg log-prob</th><th>compression</th><th>attempts</th></tr>' + "".join(rows) + "</table>")
 
 
+
+
+def effect(trace: Trace, drawn: list[int]) -> str:
+    """An intervened trace: what was changed, the clean trace it is measured against, the word
+    diff between the two transcripts and the numbers (:mod:`probe.effect`)."""
+    from probe.interventions import describe
+    from probe.metrics import word_diff
+
+    summary = trace.manifest.get("effect") or {}
+    if not summary:
+        return ""
+    clean = summary.get("clean_transcript")
+    headline = summary.get("headline", "wer")
+    facts = [("intervention", describe(trace.manifest.get("interventions") or [])),
+             ("clean trace", summary.get("clean")),
+             (headline.upper() + " against the clean transcript", f"{summary.get(headline, 0):.1%}"),
+             ("same tokens as clean", "yes" if summary.get("tokens_equal") else "no"),
+             ("Δ log-prob of the clean transcript",
+              f"{summary.get('delta_logprob_total', 0):+.2f} over {summary.get('tokens', 0)} tokens "
+              f"(mean {summary.get('delta_logprob_mean', 0):+.3f})"),
+             ("cross-attention change", f"{summary.get('cross_attention_change', 0):.3f} "
+                                        "(mean Σ|Δ| over frames per token; 2 = nothing shared)")]
+    rows = "".join(f"<tr><th>{esc(key)}</th><td>{esc(value)}</td></tr>" for key, value in facts)
+    diff = ""
+    if clean is not None:
+        diff = (f'<p class="hint">Clean → intervened, word by word:</p>'
+                f'<div class="transcript">{diff_html(word_diff(clean, trace.transcript, trace.language))}</div>')
+    return f"<table>{rows}</table>{diff}"

@@ -143,7 +143,7 @@ class Tracer:
         with memory_budget_message(self.loaded.device), torch.inference_mode(), windows.watching(self.progress), \
                 hooks_mod.Hooks(model) as hooks:  # every hook of this generate() call, removed on the way out
             # interventions first: every capture hook, in decoding and in the replays, sees their changes
-            interventions_mod.apply(hooks, model, self.interventions)
+            interventions_mod.apply(hooks, model, self.interventions, seeks=windows.seeks)
             if self.options.prefix:  # its language detection runs on the intervened model too
                 with quiet_transformers():
                     kwargs["decoder_input_ids"] = self.prefix_prompt(features)

@@ -68,6 +68,7 @@ class Windows:
         self._aside_clock = 0.0
         self._bars: list[tqdm] = []
         self.cross_kv = CrossKeyValues(tracer.loaded.model.model.decoder, router)
+        self._replay_seeks: list[int] | None = None  # while a closed window is replayed: its rows' seeks
 
     @contextmanager
     def watching(self, progress: bool):
@@ -82,6 +83,16 @@ class Windows:
             for bar in self._bars:
                 bar.close()
             self.cross_kv.kept.clear()
+
+    def seeks(self) -> list[int] | None:
+        """Where the window of each row of the decoder batch now running starts (log-Mel frames,
+        batch order); None before the first window (language detection of a prefix prompt)."""
+        if self._replay_seeks is not None:
+            return self._replay_seeks
+        pending = self.pending
+        if pending is None or pending.attempt < 0:
+            return None if pending is None else [pending.seek[row] for row in pending.rows]
+        return [pending.seek[row] for row in pending.attempt_rows[pending.attempt]]
 
     # -- observer events ------------------------------------------------------------------
     def window_start(self, rows, seek, prompts, mask) -> None:
@@ -220,8 +231,12 @@ class Windows:
         cache = self.cross_kv.cache([(accepted[row].index, pending.attempt_rows[accepted[row].index].index(row),
                                       accepted[row].num_beams) for row in rows])
         self.cross_kv.kept.clear()
-        with self._phase("replay"):
-            hidden = tracer.replay(router, encoder_hidden, sequences, self.replay_points, cache)  # [row, query, d_model]
+        self._replay_seeks = [pending.seek[row] for row in rows]
+        try:
+            with self._phase("replay"):
+                hidden = tracer.replay(router, encoder_hidden, sequences, self.replay_points, cache)  # [row, query, d_model]
+        finally:
+            self._replay_seeks = None
         sot_index = [_sot_index(pending.prompts[row], tracer.sot) for row in rows]
         detected = tracer.language_probs(tracer.logits(hidden[torch.arange(len(rows)), sot_index]))
         replay_seconds = time.perf_counter() - clock
