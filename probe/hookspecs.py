@@ -3,6 +3,7 @@
 A plugin is any module or object with functions decorated by :data:`hookimpl` whose names are
 below.  The core calls them in this order for each traced input::
 
+    probe_interventions (once, when the tracer is made)
     probe_run_start → probe_decode_points, probe_replay_points, probe_rejected_points → probe_estimate
       per window: probe_capture (for each requested hook point as it fires) → probe_window_end
     probe_run_end (write records)
@@ -32,7 +33,7 @@ from __future__ import annotations
 import pluggy
 
 PROJECT_NAME = "whisper_probe"
-PROBE_API_VERSION = "1.2"
+PROBE_API_VERSION = "1.3"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -51,6 +52,23 @@ def probe_addoption(parser):
     :param parser: a :class:`probe.plugin_options.OptionParser`.
 
     .. versionadded:: 1.1
+    """
+
+
+@hookspec
+def probe_interventions(config, options):
+    """Return interventions the model runs under while this plugin is loaded (a list; None: none).
+
+    Each is what ``probe.run(interventions=[...])`` takes (:mod:`probe.interventions`): most often a
+    ``Replace(point, function, name=...)``, whose ``function(point, tensor)`` returns the tensor the
+    model uses at that hook point instead (same shape) — the way to write an intervention of your
+    own.  They are checked and applied like the user's (after them, before every capture hook),
+    for every window, attempt and replay, and listed in the manifest's ``interventions``.
+
+    :param config: the model's ``WhisperConfig`` (layers, heads, ``d_model``).
+    :param options: every plugin option's value (``probe_addoption``), by ``dest``.
+
+    .. versionadded:: 1.3
     """
 
 

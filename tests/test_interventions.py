@@ -249,3 +249,37 @@ def test_cli_intervened_trace_says_so_in_show(tmp_path, en_clip):
     assert "INTERVENED: ablate decoder.self_attn layer 5 heads [0, 1, 2, 3, 4, 5, 6, 7]" in shown.stdout
     opened = probe.Store(store).open(trace.id)
     assert opened.manifest["interventions"][0]["layer"] == 5
+
+
+class HalvingPlugin:
+    """A plugin's own intervention (probe_interventions): decoder block 0's MLP output halved."""
+
+    @probe.hookimpl
+    def probe_interventions(self, config, options):
+        assert config.decoder_layers == 2 and isinstance(options, dict)
+        return [Replace("decoder.blocks.0.hook_mlp_out", lambda point, tensor: 0.5 * tensor, name="halve")]
+
+
+def test_a_plugins_intervention_is_applied_like_the_users(tiny, tone, tmp_path):
+    from_plugin = probe.run(tone, model=tiny, store=tmp_path / "plugin", plugins=[HalvingPlugin()], **RUN)
+    given = probe.run(tone, model=tiny, store=tmp_path / "given", **RUN, interventions=[
+        Replace("decoder.blocks.0.hook_mlp_out", lambda point, tensor: 0.5 * tensor, name="halve")])
+    assert_same_trace(from_plugin, given)
+    assert from_plugin.manifest["interventions"] == [
+        {"kind": "replace", "point": "decoder.blocks.0.hook_mlp_out", "function": "halve"}]
+    clean = probe.run(tone, model=tiny, store=tmp_path / "clean", **RUN)
+    assert differs(from_plugin, clean)
+
+
+def test_a_plugin_whose_interventions_raise_is_named(tiny, tone, tmp_path):
+    from probe.errors import PluginError
+
+    class Broken:
+        @probe.hookimpl
+        def probe_interventions(self, config, options):
+            raise ValueError("no vector file")
+
+    with pytest.raises(PluginError, match="no vector file") as caught:
+        probe.run(tone, model=tiny, store=tmp_path / "s", plugins=[Broken()], **RUN)
+    assert "\n" not in str(caught.value) and hooks_left(tiny.model) == 0
+    assert not (tmp_path / "s").exists() or [i for i in probe.Store(tmp_path / "s").list() if not i.error] == []

@@ -43,8 +43,6 @@ class Tracer:
                  interventions=()):
         options.validate(loaded)
         check_supported(loaded.model)
-        # checked before anything is decoded; applied to every generate() call (probe.interventions)
-        self.interventions = interventions_mod.resolve(loaded.model.config, interventions)
         self.progress = progress  # a progress bar (stderr) for clips longer than one window
         self.loaded, self.pm, self.options = loaded, pm, options
         self.points = list(points)
@@ -52,6 +50,12 @@ class Tracer:
 
         # every option a plugin declared (probe_addoption) has its default unless given
         self.plugin_options = {**collect_options(pm).defaults(), **dict(plugin_options or {})}
+        # the user's, then the plugins' (probe_interventions); checked before anything is decoded
+        # and applied to every generate() call (probe.interventions)
+        from_plugins = [item for found in pm.hook.probe_interventions(config=loaded.model.config,
+                                                                        options=dict(self.plugin_options))
+                        for item in (found or [])]
+        self.interventions = interventions_mod.resolve(loaded.model.config, [*(interventions or ()), *from_plugins])
         gen = loaded.model.generation_config
         tokenizer = loaded.processor.tokenizer
         self.sot = gen.decoder_start_token_id
