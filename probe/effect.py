@@ -92,7 +92,7 @@ def clean_trace(store, clean: str | None, run) -> Any | None:
         return None
     if clean != CLEAN_AUTO:
         try:
-            trace = store.open(clean)
+            trace = store.resolve(clean)
         except StoreError as err:
             raise OptionError(f"--clean {clean}: {err}") from None
         problem = _mismatch(trace.manifest, run)

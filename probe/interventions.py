@@ -27,6 +27,13 @@ Kinds:
   encoder frames of ``start``–``end`` seconds of the clip ("what if the decoder could not hear
   3.0–5.0 s"): an additive mask over those frames, placed in each window by where it starts
   (the window's ``seek``), so long-form windows block the same seconds of the clip;
+- ``patch``: an encoder point's activation replaced by the one recorded at the same point in
+  another trace of the same model (``source``: a trace id or name in ``store``, or a trace
+  folder; recorded with ``--points POINT``, best with ``--activations-dtype float32``), for all
+  frames or ``frames`` [start, end) only; each window takes the source's window that starts at the
+  same place (its ``seek``), else the last one starting before it.  Patching a clip into itself
+  changes nothing; patching the whole encoder output (``encoder.hook_ln_final``) from clip B into
+  clip A decodes what B decodes;
 - ``replace`` (Python only): ``function(point, tensor) -> tensor`` returns what the model uses at
   a hook point instead, for interventions of one's own.
 
@@ -53,7 +60,7 @@ ATTENTION = {
     "decoder.self_attn": ("model.decoder.layers.{layer}.self_attn", "decoder_attention_heads", "decoder_layers"),
     "decoder.cross_attn": ("model.decoder.layers.{layer}.encoder_attn", "decoder_attention_heads", "decoder_layers"),
 }
-KINDS = ("ablate", "steer", "local", "block", "replace")
+KINDS = ("ablate", "steer", "local", "block", "patch", "replace")
 FRAME_SECONDS = 0.02  # one encoder frame
 MEL_FRAMES_PER_SECOND = 100  # a window's seek is counted in log-Mel frames
 
@@ -108,6 +115,21 @@ class Block:
 
 
 @dataclass(frozen=True)
+class Patch:
+    """Encoder point ``point`` takes the activation trace ``source`` recorded there (frames
+    ``frames`` = (start, end) only, or all); ``store``: where ``source`` is (default store if None)."""
+
+    point: str
+    source: str
+    frames: tuple[int, int] | None = None
+    store: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"kind": "patch", "point": self.point, "source": self.source,
+                "frames": None if self.frames is None else list(self.frames)}
+
+
+@dataclass(frozen=True)
 class Replace:
     """What ``function(point, tensor)`` returns is used at hook point ``point`` instead of ``tensor``
     (same shape and dtype); ``name`` is what the manifest calls it."""
@@ -121,7 +143,7 @@ class Replace:
         return {"kind": "replace", "point": self.point, "function": label}
 
 
-Intervention = Ablate | Steer | Local | Block | Replace
+Intervention = Ablate | Steer | Local | Block | Patch | Replace
 
 
 def load_spec(spec: str | Path) -> list[dict]:
@@ -151,9 +173,24 @@ def load_spec(spec: str | Path) -> list[dict]:
     return items
 
 
-def resolve(config, interventions: Iterable[Intervention | dict] | None) -> list[Intervention]:
-    """``interventions`` (objects or dicts) checked against a model with this ``WhisperConfig``;
-    anything wrong is a one-line :class:`OptionError` that says what would be right."""
+def in_store(interventions: Iterable[Intervention | dict] | None, store) -> list:
+    """``interventions`` with every patch that names no store of its own looking in ``store`` (the
+    store the trace is written to) for its source."""
+    out = []
+    for item in interventions or ():
+        if isinstance(item, dict) and item.get("kind") == "patch" and item.get("store") is None:
+            item = {**item, "store": str(store)}
+        elif isinstance(item, Patch) and item.store is None:
+            item = Patch(item.point, item.source, item.frames, str(store))
+        out.append(item)
+    return out
+
+
+def resolve(config, interventions: Iterable[Intervention | dict] | None, model_id: str | None = None) \
+        -> list[Intervention]:
+    """``interventions`` (objects or dicts) checked against a model with this ``WhisperConfig``
+    (and, for a patch's source trace, this model id); anything wrong is a one-line
+    :class:`OptionError` that says what would be right."""
     resolved = []
     points = {point.name: point for point in list_points(config)}
     for number, item in enumerate(interventions or (), start=1):
@@ -164,13 +201,15 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None) -> list
             found = _check_local(config, found)
         elif isinstance(found, Block):
             _check_block(config, found)
+        elif isinstance(found, Patch):
+            found = _check_patch(_point(points, found.point), found, model_id)
         elif isinstance(found, (Steer, Replace)):
             point = _point(points, found.point)
             if isinstance(found, Steer):
                 found = _check_steer(point, found)
         else:
             raise OptionError(f"intervention {number}: {type(found).__name__} is not an intervention; use "
-                              "probe.interventions.Ablate, Steer, Local, Block or Replace, or a dict with a \"kind\"")
+                              "probe.interventions.Ablate, Steer, Local, Block, Patch or Replace, or a dict with a \"kind\"")
         resolved.append(found)
     return resolved
 
@@ -179,13 +218,14 @@ def _from_dict(item: dict, number: int) -> Intervention:
     kind = item.get("kind")
     fields = {key: value for key, value in item.items() if key != "kind"}
     expected = {"ablate": {"attention", "layer", "heads"}, "steer": {"point", "vector", "alpha"},
-                "local": {"k", "layers"}, "block": {"start", "end", "layers"}}
+                "local": {"k", "layers"}, "block": {"start", "end", "layers"},
+                "patch": {"point", "source", "frames", "store"}}
     if kind not in expected:
         hint = " (replace takes a Python function: probe.run(interventions=[Replace(...)]))" if kind == "replace" else ""
         raise OptionError(f"intervention {number}: unknown kind {kind!r}; use \"ablate\", \"steer\", "
-                          f"\"local\" or \"block\"{hint}")
+                          f"\"local\", \"block\" or \"patch\"{hint}")
     unknown = set(fields) - expected[kind]
-    missing = expected[kind] - set(fields) - {"alpha", "layers"}
+    missing = expected[kind] - set(fields) - {"alpha", "layers", "frames", "store"}
     if unknown or missing:
         what = f"unknown field {sorted(unknown)[0]!r}" if unknown else f"missing field {sorted(missing)[0]!r}"
         raise OptionError(f"intervention {number} ({kind}): {what}; it takes {', '.join(sorted(expected[kind]))}")
@@ -199,10 +239,18 @@ def _from_dict(item: dict, number: int) -> Intervention:
             return Local(_integer(fields["k"]), layers)
         if kind == "block":
             return Block(_number(fields["start"]), _number(fields["end"]), layers)
+        if kind == "patch":
+            frames = fields.get("frames")
+            if frames is not None and (not isinstance(frames, list) or len(frames) != 2):
+                raise ValueError(frames)
+            store = fields.get("store")
+            return Patch(str(fields["point"]), str(fields["source"]),
+                         None if frames is None else (_integer(frames[0]), _integer(frames[1])),
+                         None if store is None else str(store))
         return Steer(str(fields["point"]), tuple(float(v) for v in fields["vector"]), float(fields.get("alpha", 1.0)))
     except (TypeError, ValueError):
         raise OptionError(f"intervention {number} ({kind}): layer and heads are whole numbers, vector a list of "
-                          "numbers, alpha, start and end numbers") from None
+                          "numbers, alpha, start and end numbers, frames [start, end]") from None
 
 
 def _integer(value) -> int:
@@ -251,6 +299,40 @@ def _check_block(config, block: Block) -> None:
     if bad or block.layers == ():
         raise OptionError(f"block: decoder layer {bad[0] if bad else '(none)'} is out of range; this model has "
                           f"layers 0–{layers - 1} (leave layers out for all)")
+
+
+def _check_patch(point: HookPoint, patch: Patch, model_id: str | None) -> Patch:
+    """The patch with its source's recorded activation checked: the trace exists, was made by this
+    model, holds ``activations.<point>`` as [window, frame, d_model]; ``frames`` lie inside it."""
+    from probe.errors import StoreError
+    from probe.store import Store, default_store_dir
+
+    if point.side != "encoder":
+        raise OptionError(f"patch {point.name}: patching works at encoder points for now (frames by index); "
+                          "pick an encoder.* point")
+    source = Path(patch.source).expanduser()
+    try:
+        trace = (Store(source.parent).open(source.name) if (source / "manifest.json").is_file()
+                 else Store(patch.store or default_store_dir()).resolve(patch.source))
+    except StoreError as err:
+        raise OptionError(f"patch source {patch.source}: {err}") from None
+    made_by = (trace.manifest.get("model") or {}).get("id")
+    if model_id is not None and made_by != model_id:
+        raise OptionError(f"patch source {trace.id} was recorded with another model ({made_by}); patch from a "
+                          f"trace of {model_id}")
+    name = f"activations.{point.name}"
+    entry = trace.records.get(name)
+    if entry is None:
+        raise OptionError(f"patch source {trace.id} has no record {name}; record it with "
+                          f"probe run CLIP --points {point.name} --activations-dtype float32")
+    shape = list(entry.get("shape") or [])
+    if len(shape) != 3 or shape[-1] != point.sizes[-1]:
+        raise OptionError(f"patch source {trace.id}: {name} has shape {shape}, not [window, frame, "
+                          f"{point.sizes[-1]}] of this model's {point.name}")
+    if patch.frames is not None and not 0 <= patch.frames[0] < patch.frames[1] <= shape[1]:
+        raise OptionError(f"patch frames {list(patch.frames)}: give [start, end) within the source's "
+                          f"{shape[1]} frames")
+    return Patch(patch.point, str(trace.path), patch.frames, patch.store)
 
 
 def _point(points: dict[str, HookPoint], name: str) -> HookPoint:
@@ -305,7 +387,12 @@ def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], 
                 hooks.forward_pre(model.model.decoder.layers[layer].encoder_attn, hook, with_kwargs=True)
         else:
             point = points[item.point]
-            change = _steer_change(item) if isinstance(item, Steer) else _replace_change(item, point)
+            if isinstance(item, Steer):
+                change = _steer_change(item)
+            elif isinstance(item, Patch):
+                change = _patch_change(item, seeks or (lambda: None))
+            else:
+                change = _replace_change(item, point)
             module = model.get_submodule(point.module)
             if point.kind == OUTPUT:
                 hooks.forward(module, _output_change(change))
@@ -352,7 +439,7 @@ def touches_encoder(interventions: Iterable[Intervention], config) -> bool:
     for item in interventions:
         if isinstance(item, Local) or (isinstance(item, Ablate) and item.attention.startswith("encoder")):
             return True
-        if isinstance(item, (Steer, Replace)) and points[item.point].side == "encoder":
+        if isinstance(item, (Steer, Replace, Patch)) and points[item.point].side == "encoder":
             return True
     return False
 
@@ -410,6 +497,34 @@ def _steer_change(steer: Steer) -> Callable[[torch.Tensor], torch.Tensor]:
     return change
 
 
+def _patch_change(patch: Patch, seeks: Callable[[], list[int] | None]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The source trace's recorded activation [frame, d_model] of the window that starts where each
+    row's does (else the last starting before), over all frames or ``patch.frames``."""
+    from probe.store import Store
+
+    path = Path(patch.source)
+    trace = Store(path.parent).open(path.name)
+    recorded = torch.as_tensor(trace.tensor(f"activations.{patch.point}"))  # [window, frame, d_model]
+    starts = [int(w.get("seek") or 0) for w in trace.manifest.get("windows") or []][:recorded.shape[0]] or [0]
+    first, last = patch.frames or (0, recorded.shape[1])
+
+    def source_window(seek: int) -> int:
+        before = [i for i, start in enumerate(starts) if start <= seek]
+        return starts.index(seek) if seek in starts else (before[-1] if before else 0)
+
+    def change(tensor: torch.Tensor) -> torch.Tensor:  # [batch, frame, d_model]
+        rows = list(seeks() or [0])
+        if tensor.shape[0] % len(rows):
+            rows = [rows[0]] * tensor.shape[0]
+        rows = [seek for seek in rows for _ in range(tensor.shape[0] // len(rows))]
+        out = tensor.clone()
+        end = min(last, tensor.shape[1])
+        for row, seek in enumerate(rows):
+            out[row, first:end] = recorded[source_window(seek), first:end].to(tensor.device, tensor.dtype)
+        return out
+    return change
+
+
 def _replace_change(replace: Replace, point: HookPoint) -> Callable[[torch.Tensor], torch.Tensor]:
     def change(tensor: torch.Tensor) -> torch.Tensor:
         out = replace.function(point, tensor)
@@ -445,6 +560,9 @@ def describe(interventions: list[dict]) -> str:
             parts.append(f"ablate {item['attention']} layer {item['layer']} heads {item['heads']}")
         elif item.get("kind") == "steer":
             parts.append(f"steer {item['point']} by {item['alpha']:g}·v")
+        elif item.get("kind") == "patch":
+            frames = "" if item.get("frames") is None else f" frames {item['frames'][0]}–{item['frames'][1]}"
+            parts.append(f"patch {item['point']}{frames} from {Path(str(item['source'])).name}")
         elif item.get("kind") == "block":
             where = "every layer" if item.get("layers") is None else f"layers {item['layers']}"
             parts.append(f"cross-attention blind to {item['start']:g}–{item['end']:g} s ({where})")

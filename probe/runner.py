@@ -259,7 +259,10 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     options = decode_options(openai_defaults, language=language, task=task, timestamps=timestamps,
                              num_beams=num_beams, max_new_tokens=max_new_tokens, **decoding)
     pm = get_plugin_manager(plugins=list(plugins), disabled=disable)
-    tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options, interventions=interventions)
+    from probe.interventions import in_store
+
+    tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options,
+                    interventions=in_store(interventions, store.path))
     if source is not None and isinstance(audio, (list, tuple)):
         raise TypeError("probe.run(source=...) names one input; pass one audio, not a list")
     inputs = clips(audio if isinstance(audio, (list, tuple)) else [audio], channel)

@@ -19,7 +19,7 @@ import torch
 import probe
 from probe.errors import OptionError
 from probe.hooks import hooks_left
-from probe.interventions import ATTENTION, Ablate, Local, Replace, Steer, load_spec, resolve
+from probe.interventions import ATTENTION, Ablate, Local, Patch, Replace, Steer, load_spec, resolve
 from probe.models import tiny_random_model
 from tests.conftest import store_snapshot
 
@@ -283,3 +283,69 @@ def test_a_plugin_whose_interventions_raise_is_named(tiny, tone, tmp_path):
         probe.run(tone, model=tiny, store=tmp_path / "s", plugins=[Broken()], **RUN)
     assert "\n" not in str(caught.value) and hooks_left(tiny.model) == 0
     assert not (tmp_path / "s").exists() or [i for i in probe.Store(tmp_path / "s").list() if not i.error] == []
+
+
+FLOAT32 = {"activations_dtype": "float32"}
+
+
+def test_patching_a_clip_into_itself_changes_nothing(tiny, tone, tmp_path):
+    store = tmp_path / "store"
+    point = "encoder.blocks.0.hook_resid_post"
+    source = probe.run(tone, model=tiny, store=store, points=[point], plugin_options=FLOAT32, **RUN)
+    patched = probe.run(tone, model=tiny, store=store, points=[point], plugin_options=FLOAT32, clean=None, **RUN,
+                        interventions=[{"kind": "patch", "point": point, "source": source.id}])
+    assert_same_trace(patched, source)
+    assert patched.manifest["interventions"][0]["source"] == str(source.path)
+    assert hooks_left(tiny.model) == 0
+
+
+def test_patching_the_encoder_output_decodes_what_the_source_clip_decodes(tiny, tone, tmp_path):
+    """The decoder sees only the encoder output: patched whole from clip B into clip A, A decodes
+    as B does (tokens, probabilities, the decoder's output); patched over its first 10 frames only,
+    as neither."""
+    store = tmp_path / "store"
+    point = "encoder.hook_ln_final"
+    t = np.arange(32000) / 16000
+    other = (0.3 * np.sign(np.sin(2 * np.pi * 97 * t))).astype(np.float32)  # a square wave
+    decoder = "decoder.hook_ln_final"  # what the decoder makes of what it hears: [batch, query, d_model]
+    source = probe.run(other, model=tiny, store=store, points=[point, decoder], plugin_options=FLOAT32, **RUN)
+    clean = probe.run(tone, model=tiny, store=store, points=[decoder], plugin_options=FLOAT32, **RUN)
+    heard = {trace: np.asarray(trace.record(f"activations.{decoder}"), dtype=np.float64) for trace in (source, clean)}
+    assert np.abs(heard[source] - heard[clean]).max() > 1e-3  # the two clips are heard differently
+    patched = probe.run(tone, model=tiny, store=store, points=[decoder], plugin_options=FLOAT32, clean=None, **RUN,
+                        interventions=[Patch(point, source.id)])
+    assert patched.manifest["sequence"] == source.manifest["sequence"]
+    np.testing.assert_allclose(np.asarray(patched.record(f"activations.{decoder}"), dtype=np.float64),
+                               heard[source], atol=1e-5)
+    np.testing.assert_allclose([row["prob"] for row in patched.table("token_probs.tokens")],
+                               [row["prob"] for row in source.table("token_probs.tokens")], atol=1e-5)
+    part = probe.run(tone, model=tiny, store=store, points=[decoder], plugin_options=FLOAT32, clean=None, **RUN,
+                     interventions=[Patch(point, source.id, (0, 10))])
+    assert part.manifest["interventions"][0]["frames"] == [0, 10]
+    between = np.asarray(part.record(f"activations.{decoder}"), dtype=np.float64)
+    assert min(np.abs(between - heard[source]).max(), np.abs(between - heard[clean]).max()) > 1e-5
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"point": "encoder.hook_ln_final", "source": "nope"}, "patch source nope: "),
+    ({"point": "encoder.blocks.0.hook_resid_post", "source": "SOURCE"}, r"has no record activations.encoder.blocks.0"),
+    ({"point": "decoder.blocks.0.hook_resid_post", "source": "SOURCE"}, "encoder points for now"),
+    ({"point": "encoder.hook_ln_final", "source": "SOURCE", "frames": [10, 5]}, r"give \[start, end\) within"),
+    ({"point": "encoder.hook_ln_final", "source": "SOURCE", "frames": [0]}, "frames \\[start, end\\]"),
+])
+def test_bad_patches_are_one_line_errors_with_nothing_written(tiny, tone, tmp_path, spec, message):
+    store = tmp_path / "store"
+    source = probe.run(tone, model=tiny, store=store, points=["encoder.hook_ln_final"], **RUN)
+    before = store_snapshot(store)
+    spec = {"kind": "patch", **{k: (source.id if v == "SOURCE" else v) for k, v in spec.items()}}
+    with pytest.raises(OptionError, match=message) as caught:
+        probe.run(tone, model=tiny, store=store, **RUN, interventions=[spec])
+    assert "\n" not in str(caught.value)
+    assert store_snapshot(store) == before and hooks_left(tiny.model) == 0
+
+
+def test_a_patch_source_from_another_model_is_refused(tiny, tone, tmp_path):
+    store = tmp_path / "store"
+    source = probe.run(tone, model=tiny, store=store, points=["encoder.hook_ln_final"], **RUN)
+    with pytest.raises(OptionError, match="recorded with another model"):
+        resolve(tiny.model.config, [Patch("encoder.hook_ln_final", source.id, store=str(store))], model_id="other/model")

@@ -88,7 +88,11 @@ def cmd_run(args) -> int:
     keep_freed_memory()  # freed blocks are reused, not faulted in again (probe/malloc.py)
     from probe.interventions import load_spec
 
+    from probe.interventions import in_store
+    from probe.store import default_store_dir
+
     interventions = [item for spec in args.intervene for item in load_spec(spec)]  # bad JSON: before any loading
+    interventions = in_store(interventions, args.store or default_store_dir())
     clean = None if str(args.clean).lower() == "none" else args.clean
     if args.clean != "auto" and clean is not None and not interventions:
         raise OptionError(f"--clean {args.clean} compares an intervened trace with a clean one; add --intervene SPEC")
