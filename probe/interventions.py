@@ -19,6 +19,9 @@ Kinds:
   head's pattern is still computed and recorded; what it writes to the residual is gone);
 - ``steer``: ``alpha · vector`` added at a hook point's tensor (an output or input point whose
   last axis is ``d_model``, or the logits); ``alpha = 0`` leaves the model as it was;
+  ``vector`` may also be taken from recorded traces: ``{"traces": [...], "minus": [...]}`` is the
+  mean of ``activations.<point>`` over every position of the first set's traces, less the same
+  mean over the second's (``minus`` optional: a vector from records alone);
 - ``local``: encoder self-attention limited to the frames within ±``k`` of each frame (20 ms
   each), in the given ``layers`` (default: every one), as in Reid's "Interpreting OpenAI's
   Whisper": an additive mask of -inf outside the band handed to the attention as its
@@ -49,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 
 from probe.errors import OptionError
@@ -178,7 +182,7 @@ def in_store(interventions: Iterable[Intervention | dict] | None, store) -> list
     store the trace is written to) for its source."""
     out = []
     for item in interventions or ():
-        if isinstance(item, dict) and item.get("kind") == "patch" and item.get("store") is None:
+        if isinstance(item, dict) and item.get("kind") in ("patch", "steer") and item.get("store") is None:
             item = {**item, "store": str(store)}
         elif isinstance(item, Patch) and item.store is None:
             item = Patch(item.point, item.source, item.frames, str(store))
@@ -217,7 +221,7 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None, model_i
 def _from_dict(item: dict, number: int) -> Intervention:
     kind = item.get("kind")
     fields = {key: value for key, value in item.items() if key != "kind"}
-    expected = {"ablate": {"attention", "layer", "heads"}, "steer": {"point", "vector", "alpha"},
+    expected = {"ablate": {"attention", "layer", "heads"}, "steer": {"point", "vector", "alpha", "store"},
                 "local": {"k", "layers"}, "block": {"start", "end", "layers"},
                 "patch": {"point", "source", "frames", "store"}}
     if kind not in expected:
@@ -226,6 +230,8 @@ def _from_dict(item: dict, number: int) -> Intervention:
                           f"\"local\", \"block\" or \"patch\"{hint}")
     unknown = set(fields) - expected[kind]
     missing = expected[kind] - set(fields) - {"alpha", "layers", "frames", "store"}
+    if kind == "steer" and isinstance(fields.get("vector"), dict):
+        fields["vector"] = vector_from_traces(fields.get("store"), str(fields.get("point")), fields["vector"], number)
     if unknown or missing:
         what = f"unknown field {sorted(unknown)[0]!r}" if unknown else f"missing field {sorted(missing)[0]!r}"
         raise OptionError(f"intervention {number} ({kind}): {what}; it takes {', '.join(sorted(expected[kind]))}")
@@ -257,6 +263,39 @@ def _integer(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
         raise ValueError(value)
     return int(value)
+
+
+def vector_from_traces(store, point: str, spec: dict, number: int = 1) -> list[float]:
+    """A steering vector from records (see the module docstring): the mean of ``activations.<point>``
+    over every position of ``spec["traces"]``, less the same over ``spec["minus"]`` if given."""
+    from probe.errors import StoreError
+    from probe.store import Store, default_store_dir
+
+    unknown = set(spec) - {"traces", "minus"}
+    if unknown or not isinstance(spec.get("traces"), list) or not spec["traces"]:
+        raise OptionError(f"intervention {number} (steer): a vector from records is {{\"traces\": [ids], "
+                          "\"minus\": [ids]}} (minus optional)")
+    opened = Store(store or default_store_dir())
+
+    def mean_of(refs: list) -> np.ndarray:
+        means = []
+        for ref in refs:
+            try:
+                trace = opened.resolve(str(ref))
+            except StoreError as err:
+                raise OptionError(f"steer vector: {err}") from None
+            name = f"activations.{point}"
+            if name not in trace.records:
+                raise OptionError(f"steer vector: trace {trace.id} has no record {name}; record it with "
+                                  f"probe run CLIP --points {point}")
+            values = np.asarray(trace.tensor(name), dtype=np.float64)  # [..., d_model]
+            means.append(values.reshape(-1, values.shape[-1]).mean(0))
+        return np.mean(means, axis=0)
+
+    vector = mean_of(spec["traces"])
+    if spec.get("minus"):
+        vector = vector - mean_of(list(spec["minus"]))
+    return vector.tolist()
 
 
 def _number(value) -> float:

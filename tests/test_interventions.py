@@ -349,3 +349,26 @@ def test_a_patch_source_from_another_model_is_refused(tiny, tone, tmp_path):
     source = probe.run(tone, model=tiny, store=store, points=["encoder.hook_ln_final"], **RUN)
     with pytest.raises(OptionError, match="recorded with another model"):
         resolve(tiny.model.config, [Patch("encoder.hook_ln_final", source.id, store=str(store))], model_id="other/model")
+
+
+def test_a_steering_vector_from_records_is_the_mean_difference_of_two_sets(tiny, tone, tmp_path):
+    store = tmp_path / "store"
+    point = "encoder.blocks.1.hook_resid_post"
+    t = np.arange(32000) / 16000
+    square = (0.3 * np.sign(np.sin(2 * np.pi * 97 * t))).astype(np.float32)
+    first = probe.run(tone, model=tiny, store=store, points=[point], plugin_options=FLOAT32, name="a", **RUN)
+    second = probe.run(square, model=tiny, store=store, points=[point], plugin_options=FLOAT32, name="b", **RUN)
+    means = [np.asarray(trace.record(f"activations.{point}"), dtype=np.float64).reshape(-1, 64).mean(0)
+             for trace in (first, second)]
+    spec = {"kind": "steer", "point": point, "alpha": 2.0, "vector": {"traces": ["a"], "minus": [second.id]}}
+    from_records = probe.run(tone, model=tiny, store=store, clean=None, **RUN, interventions=[spec])
+    by_hand = probe.run(tone, model=tiny, store=tmp_path / "by_hand", **RUN,
+                        interventions=[Steer(point, tuple(means[0] - means[1]), alpha=2.0)])
+    assert_same_trace(from_records, by_hand, rel=1e-4, abs_=1e-4)
+    np.testing.assert_allclose(from_records.manifest["interventions"][0]["vector"], means[0] - means[1], atol=1e-6)
+    with pytest.raises(OptionError, match="has no record activations.decoder.blocks.0.hook_resid_post"):
+        probe.run(tone, model=tiny, store=store, **RUN, interventions=[
+            {"kind": "steer", "point": "decoder.blocks.0.hook_resid_post", "vector": {"traces": ["a"]}}])
+    with pytest.raises(OptionError, match="a vector from records is"):
+        probe.run(tone, model=tiny, store=store, **RUN,
+                  interventions=[{"kind": "steer", "point": point, "vector": {"runs": ["a"]}}])
