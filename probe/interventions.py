@@ -17,6 +17,9 @@ Kinds:
   ``decoder.cross_attn``) in one layer zeroed: each head's slice of the input to ``out_proj`` set
   to 0, which is exactly that attention with those heads' columns of ``out_proj`` zeroed (the
   head's pattern is still computed and recorded; what it writes to the residual is gone);
+  With ``mean_of`` (reference traces) each head's slice is set to its mean over those traces
+  instead (mean ablation): over every encoder frame of their first window, or every position of
+  its prompt and tokens for the decoder's attentions;
 - ``steer``: ``alpha · vector`` added at a hook point's tensor (an output or input point whose
   last axis is ``d_model``, or the logits); ``alpha = 0`` leaves the model as it was;
   ``vector`` may also be taken from recorded traces: ``{"traces": [...], "minus": [...]}`` is the
@@ -71,14 +74,20 @@ MEL_FRAMES_PER_SECOND = 100  # a window's seek is counted in log-Mel frames
 
 @dataclass(frozen=True)
 class Ablate:
-    """Zero ``heads`` of the ``attention`` kind (:data:`ATTENTION`) in block ``layer``."""
+    """Zero ``heads`` of the ``attention`` kind (:data:`ATTENTION`) in block ``layer`` — or, with
+    ``mean_of`` (reference traces: ids, names or folders in ``store``), set each to its mean over
+    those traces (:func:`prepare` computes ``means`` from their audio and tokens)."""
 
     attention: str
     layer: int
     heads: tuple[int, ...]
+    mean_of: tuple[str, ...] = ()
+    store: str | None = None
+    means: tuple[tuple[float, ...], ...] | None = field(default=None, compare=False)  # [head][head_dim]
 
     def to_dict(self) -> dict:
-        return {"kind": "ablate", "attention": self.attention, "layer": self.layer, "heads": list(self.heads)}
+        found = {"kind": "ablate", "attention": self.attention, "layer": self.layer, "heads": list(self.heads)}
+        return {**found, "mean_of": list(self.mean_of)} if self.mean_of else found
 
 
 @dataclass(frozen=True)
@@ -182,10 +191,12 @@ def in_store(interventions: Iterable[Intervention | dict] | None, store) -> list
     store the trace is written to) for its source."""
     out = []
     for item in interventions or ():
-        if isinstance(item, dict) and item.get("kind") in ("patch", "steer") and item.get("store") is None:
+        if isinstance(item, dict) and item.get("kind") in ("patch", "steer", "ablate") and item.get("store") is None:
             item = {**item, "store": str(store)}
         elif isinstance(item, Patch) and item.store is None:
             item = Patch(item.point, item.source, item.frames, str(store))
+        elif isinstance(item, Ablate) and item.mean_of and item.store is None:
+            item = Ablate(item.attention, item.layer, item.heads, item.mean_of, str(store), item.means)
         out.append(item)
     return out
 
@@ -201,6 +212,10 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None, model_i
         found = _from_dict(item, number) if isinstance(item, dict) else item
         if isinstance(found, Ablate):
             _check_ablate(config, found)
+            if found.mean_of:
+                found = Ablate(found.attention, found.layer, found.heads,
+                               tuple(str(_source_trace(ref, found.store, model_id, "ablate mean_of").path)
+                                     for ref in found.mean_of), found.store, found.means)
         elif isinstance(found, Local):
             found = _check_local(config, found)
         elif isinstance(found, Block):
@@ -221,7 +236,7 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None, model_i
 def _from_dict(item: dict, number: int) -> Intervention:
     kind = item.get("kind")
     fields = {key: value for key, value in item.items() if key != "kind"}
-    expected = {"ablate": {"attention", "layer", "heads"}, "steer": {"point", "vector", "alpha", "store"},
+    expected = {"ablate": {"attention", "layer", "heads", "mean_of", "store"}, "steer": {"point", "vector", "alpha", "store"},
                 "local": {"k", "layers"}, "block": {"start", "end", "layers"},
                 "patch": {"point", "source", "frames", "store"}}
     if kind not in expected:
@@ -229,7 +244,7 @@ def _from_dict(item: dict, number: int) -> Intervention:
         raise OptionError(f"intervention {number}: unknown kind {kind!r}; use \"ablate\", \"steer\", "
                           f"\"local\", \"block\" or \"patch\"{hint}")
     unknown = set(fields) - expected[kind]
-    missing = expected[kind] - set(fields) - {"alpha", "layers", "frames", "store"}
+    missing = expected[kind] - set(fields) - {"alpha", "layers", "frames", "store", "mean_of"}
     if kind == "steer" and isinstance(fields.get("vector"), dict):
         fields["vector"] = vector_from_traces(fields.get("store"), str(fields.get("point")), fields["vector"], number)
     if unknown or missing:
@@ -238,7 +253,11 @@ def _from_dict(item: dict, number: int) -> Intervention:
     try:
         if kind == "ablate":
             heads = fields["heads"] if isinstance(fields["heads"], list) else [fields["heads"]]
-            return Ablate(str(fields["attention"]), _integer(fields["layer"]), tuple(_integer(h) for h in heads))
+            mean_of = fields.get("mean_of") or []
+            if not isinstance(mean_of, list):
+                raise ValueError(mean_of)
+            return Ablate(str(fields["attention"]), _integer(fields["layer"]), tuple(_integer(h) for h in heads),
+                          tuple(str(ref) for ref in mean_of), fields.get("store"))
         layers = fields.get("layers")
         layers = None if layers is None else tuple(_integer(n) for n in (layers if isinstance(layers, list) else [layers]))
         if kind == "local":
@@ -340,25 +359,72 @@ def _check_block(config, block: Block) -> None:
                           f"layers 0–{layers - 1} (leave layers out for all)")
 
 
-def _check_patch(point: HookPoint, patch: Patch, model_id: str | None) -> Patch:
-    """The patch with its source's recorded activation checked: the trace exists, was made by this
-    model, holds ``activations.<point>`` as [window, frame, d_model]; ``frames`` lie inside it."""
+def _source_trace(ref: str, store: str | None, model_id: str | None, what: str):
+    """The trace ``ref`` names (a trace folder, or an id or name in ``store``), made by ``model_id``;
+    else a one-line :class:`OptionError` starting with ``what``."""
     from probe.errors import StoreError
     from probe.store import Store, default_store_dir
 
+    folder = Path(str(ref)).expanduser()
+    try:
+        trace = (Store(folder.parent).open(folder.name) if (folder / "manifest.json").is_file()
+                 else Store(store or default_store_dir()).resolve(str(ref)))
+    except StoreError as err:
+        raise OptionError(f"{what} {ref}: {err}") from None
+    made_by = (trace.manifest.get("model") or {}).get("id")
+    if model_id is not None and made_by != model_id:
+        raise OptionError(f"{what} {trace.id} was recorded with another model ({made_by}); use a trace of {model_id}")
+    return trace
+
+
+def prepare(loaded, interventions: list[Intervention]) -> list[Intervention]:
+    """``interventions`` with what needs the model worked out: each mean ablation's per-head means,
+    from its reference traces' audio (first window) and, for decoder attentions, their tokens."""
+    return [_with_means(loaded, item) if isinstance(item, Ablate) and item.mean_of and item.means is None else item
+            for item in interventions]
+
+
+def _with_means(loaded, ablate: Ablate) -> Ablate:
+    from probe import hooks as hooks_mod
+    from probe.store import Store
+
+    model = loaded.model
+    attention = model.get_submodule(ATTENTION[ablate.attention][0].format(layer=ablate.layer))
+    width = attention.out_proj.in_features
+    head_dim = width // int(getattr(model.config, ATTENTION[ablate.attention][1]))
+    total, count = torch.zeros(width, dtype=torch.float64), 0
+
+    def keep(module, args):
+        nonlocal total, count
+        mixed = args[0].reshape(-1, width)  # [position, head × head_dim]
+        total += mixed.double().sum(0).cpu()
+        count += mixed.shape[0]
+
+    for path in ablate.mean_of:
+        trace = Store(Path(path).parent).open(Path(path).name)
+        samples, _ = trace.audio(0.0, 30.0)
+        features = loaded.processor.feature_extractor(samples, sampling_rate=16000, return_tensors="pt"
+                                                      ).input_features.to(loaded.device, loaded.dtype)
+        window = (trace.manifest.get("windows") or [{}])[0]
+        ids = torch.tensor([list(window.get("prompt") or []) + list(window.get("tokens") or [])],
+                           device=loaded.device)  # [1, query]
+        with torch.inference_mode(), hooks_mod.Hooks(model) as hooks:
+            hooks.forward_pre(attention.out_proj, keep)
+            encoded = model.model.encoder(features).last_hidden_state  # [1, frame, d_model]
+            if ablate.attention.startswith("decoder") and ids.shape[1]:
+                model.model.decoder(input_ids=ids, encoder_hidden_states=encoded)
+    mean = (total / max(count, 1)).float()  # [head × head_dim]
+    means = tuple(tuple(mean[h * head_dim:(h + 1) * head_dim].tolist()) for h in ablate.heads)
+    return Ablate(ablate.attention, ablate.layer, ablate.heads, ablate.mean_of, ablate.store, means)
+
+
+def _check_patch(point: HookPoint, patch: Patch, model_id: str | None) -> Patch:
+    """The patch with its source's recorded activation checked: the trace exists, was made by this
+    model, holds ``activations.<point>`` as [window, frame, d_model]; ``frames`` lie inside it."""
     if point.side != "encoder":
         raise OptionError(f"patch {point.name}: patching works at encoder points for now (frames by index); "
                           "pick an encoder.* point")
-    source = Path(patch.source).expanduser()
-    try:
-        trace = (Store(source.parent).open(source.name) if (source / "manifest.json").is_file()
-                 else Store(patch.store or default_store_dir()).resolve(patch.source))
-    except StoreError as err:
-        raise OptionError(f"patch source {patch.source}: {err}") from None
-    made_by = (trace.manifest.get("model") or {}).get("id")
-    if model_id is not None and made_by != model_id:
-        raise OptionError(f"patch source {trace.id} was recorded with another model ({made_by}); patch from a "
-                          f"trace of {model_id}")
+    trace = _source_trace(patch.source, patch.store, model_id, "patch source")
     name = f"activations.{point.name}"
     entry = trace.records.get(name)
     if entry is None:
@@ -414,7 +480,7 @@ def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], 
         if isinstance(item, Ablate):
             attention = model.get_submodule(ATTENTION[item.attention][0].format(layer=item.layer))
             head_dim = attention.out_proj.in_features // int(getattr(model.config, ATTENTION[item.attention][1]))
-            hooks.forward_pre(attention.out_proj, _ablate_hook(item.heads, head_dim))
+            hooks.forward_pre(attention.out_proj, _ablate_hook(item.heads, head_dim, item.means))
         elif isinstance(item, Local):
             layers = range(int(model.config.encoder_layers)) if item.layers is None else item.layers
             for layer in layers:
@@ -439,11 +505,18 @@ def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], 
                 hooks.forward_pre(module, _input_change(change), with_kwargs=True)
 
 
-def _ablate_hook(heads: tuple[int, ...], head_dim: int):
+def _ablate_hook(heads: tuple[int, ...], head_dim: int, means=None):
+    """Each head's slice of out_proj's input set to 0, or to its mean (``means[i]`` for ``heads[i]``)."""
+    placed: dict[tuple, list[torch.Tensor]] = {}
+
     def hook(module, args):
         mixed = args[0].clone()  # [batch, position, head × head_dim]
-        for head in heads:
-            mixed[..., head * head_dim:(head + 1) * head_dim] = 0
+        if means is not None:
+            key = (mixed.device, mixed.dtype)
+            if key not in placed:
+                placed[key] = [torch.tensor(m, device=mixed.device, dtype=mixed.dtype) for m in means]
+        for i, head in enumerate(heads):
+            mixed[..., head * head_dim:(head + 1) * head_dim] = 0 if means is None else placed[(mixed.device, mixed.dtype)][i]
         return (mixed, *args[1:])
     return hook
 
@@ -596,7 +669,8 @@ def describe(interventions: list[dict]) -> str:
     parts = []
     for item in interventions:
         if item.get("kind") == "ablate":
-            parts.append(f"ablate {item['attention']} layer {item['layer']} heads {item['heads']}")
+            mean = f" to their mean over {len(item['mean_of'])} trace(s)" if item.get("mean_of") else ""
+            parts.append(f"ablate {item['attention']} layer {item['layer']} heads {item['heads']}{mean}")
         elif item.get("kind") == "steer":
             parts.append(f"steer {item['point']} by {item['alpha']:g}·v")
         elif item.get("kind") == "patch":

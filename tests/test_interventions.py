@@ -372,3 +372,33 @@ def test_a_steering_vector_from_records_is_the_mean_difference_of_two_sets(tiny,
     with pytest.raises(OptionError, match="a vector from records is"):
         probe.run(tone, model=tiny, store=store, **RUN,
                   interventions=[{"kind": "steer", "point": point, "vector": {"runs": ["a"]}}])
+
+
+@pytest.mark.parametrize("kind", ["encoder.self_attn", "decoder.self_attn"])
+def test_mean_ablation_equals_moving_the_heads_mean_into_out_projs_bias(tiny, tone, tmp_path, kind):
+    """A head held at its mean m over reference traces writes W[:, head]·m whatever it attends to:
+    that head's columns of out_proj zeroed and W[:, head]·m added to its bias."""
+    from probe.interventions import prepare
+
+    store = tmp_path / "store"
+    t = np.arange(32000) / 16000
+    square = (0.3 * np.sign(np.sin(2 * np.pi * 97 * t))).astype(np.float32)
+    probe.run(square, model=tiny, store=store, name="reference", **RUN)
+    spec = {"kind": "ablate", "attention": kind, "layer": 0, "heads": [1, 3], "mean_of": ["reference"],
+            "store": str(store)}
+    ablate = prepare(tiny, resolve(tiny.model.config, [spec], model_id=tiny.model_id))[0]
+    assert len(ablate.means) == 2 and len(ablate.means[0]) == HEAD_DIM and any(abs(v) > 1e-3 for v in ablate.means[0])
+    mean_ablated = probe.run(tone, model=tiny, store=tmp_path / "mean", **RUN, interventions=[spec])
+    shifted = zeroed_heads(kind, 0, [1, 3])
+    weight = tiny.model.get_submodule(ATTENTION[kind][0].format(layer=0)).out_proj.weight
+    with torch.no_grad():
+        bias = shifted.model.get_submodule(ATTENTION[kind][0].format(layer=0)).out_proj.bias
+        for head, mean in zip((1, 3), ablate.means):
+            bias += weight[:, head * HEAD_DIM:(head + 1) * HEAD_DIM] @ torch.tensor(mean)
+    reference = probe.run(tone, model=shifted, store=tmp_path / "reference", **RUN)
+    assert_same_trace(mean_ablated, reference, rel=2e-3, abs_=2e-3)
+    zeroed = probe.run(tone, model=tiny, store=tmp_path / "zero", **RUN, interventions=[{**spec, "mean_of": []}])
+    assert differs(mean_ablated, zeroed)
+    assert mean_ablated.manifest["interventions"][0]["mean_of"][0].endswith(probe.Store(store).list()[0].id)
+    with pytest.raises(OptionError, match="ablate mean_of nope: "):
+        resolve(tiny.model.config, [{**spec, "mean_of": ["nope"]}])

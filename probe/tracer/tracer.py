@@ -55,8 +55,8 @@ class Tracer:
         from_plugins = [item for found in pm.hook.probe_interventions(config=loaded.model.config,
                                                                         options=dict(self.plugin_options))
                         for item in (found or [])]
-        self.interventions = interventions_mod.resolve(loaded.model.config, [*(interventions or ()), *from_plugins],
-                                                       model_id=loaded.model_id)
+        self.interventions = interventions_mod.prepare(loaded, interventions_mod.resolve(
+            loaded.model.config, [*(interventions or ()), *from_plugins], model_id=loaded.model_id))
         gen = loaded.model.generation_config
         tokenizer = loaded.processor.tokenizer
         self.sot = gen.decoder_start_token_id
