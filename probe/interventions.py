@@ -49,6 +49,8 @@ tensors [batch, position, d_model].
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -194,9 +196,9 @@ def in_store(interventions: Iterable[Intervention | dict] | None, store) -> list
         if isinstance(item, dict) and item.get("kind") in ("patch", "steer", "ablate") and item.get("store") is None:
             item = {**item, "store": str(store)}
         elif isinstance(item, Patch) and item.store is None:
-            item = Patch(item.point, item.source, item.frames, str(store))
+            item = dataclasses.replace(item, store=str(store))
         elif isinstance(item, Ablate) and item.mean_of and item.store is None:
-            item = Ablate(item.attention, item.layer, item.heads, item.mean_of, str(store), item.means)
+            item = dataclasses.replace(item, store=str(store))
         out.append(item)
     return out
 
@@ -213,9 +215,8 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None, model_i
         if isinstance(found, Ablate):
             _check_ablate(config, found)
             if found.mean_of:
-                found = Ablate(found.attention, found.layer, found.heads,
-                               tuple(str(_source_trace(ref, found.store, model_id, "ablate mean_of").path)
-                                     for ref in found.mean_of), found.store, found.means)
+                found = dataclasses.replace(found, mean_of=tuple(
+                    str(_source_trace(ref, found.store, model_id, "ablate mean_of").path) for ref in found.mean_of))
         elif isinstance(found, Local):
             found = _check_local(config, found)
         elif isinstance(found, Block):
@@ -415,7 +416,7 @@ def _with_means(loaded, ablate: Ablate) -> Ablate:
                 model.model.decoder(input_ids=ids, encoder_hidden_states=encoded)
     mean = (total / max(count, 1)).float()  # [head × head_dim]
     means = tuple(tuple(mean[h * head_dim:(h + 1) * head_dim].tolist()) for h in ablate.heads)
-    return Ablate(ablate.attention, ablate.layer, ablate.heads, ablate.mean_of, ablate.store, means)
+    return dataclasses.replace(ablate, means=means)
 
 
 def _check_patch(point: HookPoint, patch: Patch, model_id: str | None) -> Patch:
@@ -437,7 +438,7 @@ def _check_patch(point: HookPoint, patch: Patch, model_id: str | None) -> Patch:
     if patch.frames is not None and not 0 <= patch.frames[0] < patch.frames[1] <= shape[1]:
         raise OptionError(f"patch frames {list(patch.frames)}: give [start, end) within the source's "
                           f"{shape[1]} frames")
-    return Patch(patch.point, str(trace.path), patch.frames, patch.store)
+    return dataclasses.replace(patch, source=str(trace.path))
 
 
 def _point(points: dict[str, HookPoint], name: str) -> HookPoint:
@@ -609,15 +610,22 @@ def _steer_change(steer: Steer) -> Callable[[torch.Tensor], torch.Tensor]:
     return change
 
 
+@functools.lru_cache(maxsize=4)
+def _patch_source(path: str, point: str) -> tuple[torch.Tensor, list[int]]:
+    """A patch source's recorded activation [window, frame, d_model] and where its windows start
+    (seek): read once, not again for every generate() call or teacher-forced window."""
+    from probe.store import Store
+
+    trace = Store(Path(path).parent).open(Path(path).name)
+    recorded = torch.as_tensor(trace.tensor(f"activations.{point}"))
+    starts = [int(w.get("seek") or 0) for w in trace.manifest.get("windows") or []][:recorded.shape[0]] or [0]
+    return recorded, starts
+
+
 def _patch_change(patch: Patch, seeks: Callable[[], list[int] | None]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The source trace's recorded activation [frame, d_model] of the window that starts where each
     row's does (else the last starting before), over all frames or ``patch.frames``."""
-    from probe.store import Store
-
-    path = Path(patch.source)
-    trace = Store(path.parent).open(path.name)
-    recorded = torch.as_tensor(trace.tensor(f"activations.{patch.point}"))  # [window, frame, d_model]
-    starts = [int(w.get("seek") or 0) for w in trace.manifest.get("windows") or []][:recorded.shape[0]] or [0]
+    recorded, starts = _patch_source(patch.source, patch.point)
     first, last = patch.frames or (0, recorded.shape[1])
 
     def source_window(seek: int) -> int:
