@@ -190,9 +190,13 @@ class Store:
 
     def _tmp_dir(self) -> Path:
         tmp = self.path / _TMP
-        try:
-            tmp.mkdir(exist_ok=True)
-        except OSError as err:
-            raise _write_error(self.path, err) from err
-        return tmp
+        for _ in range(10):
+            try:
+                tmp.mkdir(exist_ok=True)
+                return tmp
+            except FileExistsError:  # a finishing writer removed it between mkdir and its is_dir check
+                continue
+            except OSError as err:
+                raise _write_error(self.path, err) from err
+        return tmp  # the writer's own mkdir(parents=True) makes it if it is gone again
 
