@@ -130,6 +130,24 @@ _ESPEAK_RATE = 1
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
 )
+# speak_lib.h's espeak_EVENT_TYPE values read here; an event list ends with LIST_TERMINATED
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
+_SILENCE_HOP_SECONDS = 0.01  # frames of the energy trim that ends each word
+_SILENCE_OF_PEAK = 0.02  # a frame quieter than this fraction of the clip's loudest frame is silence
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """speak_lib.h's ``espeak_EVENT``: for a WORD event, ``text_position`` is the word's first
+    character (1-based), ``length`` its characters and ``audio_position`` its start in ms."""
+
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _EventId)]
 
 
 class Espeak:
@@ -151,20 +169,31 @@ class Espeak:
         if self.sample_rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed ({self.sample_rate})")
         self._chunks: list[np.ndarray] = []
+        self._word_events: list[tuple[int, int, int]] = []
         self._callback = _SYNTH_CALLBACK(self._collect)  # keep a reference: C holds the pointer
         self.lib.espeak_SetSynthCallback(self._callback)
 
-    def _collect(self, wav, count, _events) -> int:
+    def _collect(self, wav, count, events) -> int:
         if wav and count > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        if events:
+            self._keep_word_events(ctypes.cast(events, ctypes.POINTER(_Event)))
         return 0  # 0 = keep synthesising
+
+    def _keep_word_events(self, events) -> None:
+        """(first character 1-based, characters, start ms) of each WORD event in this callback's list."""
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            if events[i].type == _EVENT_WORD:
+                self._word_events.append((events[i].text_position, events[i].length, events[i].audio_position))
+            i += 1
 
     def speak(self, text: str, voice: str, words_per_minute: int) -> np.ndarray:
         """int16 [n] samples of ``text`` spoken by ``voice``."""
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"espeak-ng has no voice {voice!r}")
         self.lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
-        self._chunks = []
+        self._chunks, self._word_events = [], []
         encoded = text.encode("utf-8")
         status = self.lib.espeak_Synth(
             encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
@@ -172,6 +201,40 @@ class Espeak:
         if status != 0 or self.lib.espeak_Synchronize() != 0:
             raise RuntimeError(f"espeak-ng failed to speak {text!r} ({status})")
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+
+    def speak_words(self, text: str, voice: str, words_per_minute: int) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+        """int16 [n] samples of ``text`` and each spoken word's (text, start s, end s).
+
+        Starts are espeak-ng's own WORD events (where it put the word's first phoneme); a word ends
+        where the next one starts, or for the last word at the end of the audio, less the silence
+        before that point (10 ms frames under 2 % of the loudest frame's RMS).  espeak-ng runs some
+        short function words into a neighbour ("at a time"): those have no event, so no entry.
+        """
+        samples = self.speak(text, voice, words_per_minute)
+        spoken = [(text[first - 1:first - 1 + length], ms / 1000) for first, length, ms in self._word_events]
+        hop = round(self.sample_rate * _SILENCE_HOP_SECONDS)
+        frame_rms = _frame_rms(samples, hop)  # [frame]
+        voiced = frame_rms >= _SILENCE_OF_PEAK * frame_rms.max(initial=0.0)
+        bounds = [start for _, start in spoken[1:]] + [len(samples) / self.sample_rate]
+        return samples, [(word, start, _voiced_end(voiced, start, bound, hop / self.sample_rate))
+                         for (word, start), bound in zip(spoken, bounds)]
+
+
+def _frame_rms(samples: np.ndarray, hop: int) -> np.ndarray:
+    """RMS of consecutive ``hop``-sample frames of int16 ``samples`` (the last frame zero-padded), [frame]."""
+    padded = np.pad(samples.astype(np.float64), (0, -len(samples) % hop)).reshape(-1, hop)
+    return np.sqrt(np.mean(padded ** 2, axis=1))
+
+
+def _voiced_end(voiced: np.ndarray, start: float, end: float, frame: float) -> float:
+    """``end`` (s) moved back over the silent ``frame``-second frames before it (``voiced``: [frame]
+    bool), never before the end of ``start``'s frame."""
+    first = int(start / frame)
+    last = min(int(end / frame), len(voiced))  # frames [first, last) lie wholly inside the word's span
+    voiced_to = last
+    while voiced_to > first + 1 and not voiced[voiced_to - 1]:
+        voiced_to -= 1
+    return end if voiced_to == last else voiced_to * frame
 
 
 def to_16bit_levels(samples: np.ndarray) -> np.ndarray:
