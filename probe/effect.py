@@ -128,6 +128,16 @@ def _same(first, second) -> bool:
     return json.loads(json.dumps(first)) == json.loads(json.dumps(second))
 
 
+def window_segment(model, features: torch.Tensor, mask: torch.Tensor | None, seek: int) -> torch.Tensor:
+    """The log-Mel slice [1, n_mels, 3000] ``generate()`` decodes the window starting at ``seek``
+    from: the whole clip's ``features`` [1, n_mels, mel_frame] (``mask``: its audio frames, long
+    audio) cut there and padded as transformers pads a window."""
+    max_frames = int(mask.sum()) if mask is not None else features.shape[-1]
+    segment_frames = 2 * int(model.config.max_source_positions)  # 3000 log-Mel frames a window
+    segment = features[..., seek:seek + min(segment_frames, max_frames - seek)]
+    return F.pad(segment, (0, segment_frames - segment.shape[-1]))
+
+
 def measure(tracer, run, clean) -> Effect:
     """Teacher-force every window of the ``clean`` trace through ``tracer``'s model, as it is and
     with ``tracer``'s interventions, on ``run``'s audio (see the module docstring)."""
@@ -142,8 +152,6 @@ def measure(tracer, run, clean) -> Effect:
     points = [p for p in list_points(model.config)
               if p.kind == PATTERN and ".cross_attn." in p.name and p.layer in layers]
     features, mask = tracer.features([run.clip])  # [1, n_mels, mel_frame]
-    max_frames = int(mask.sum()) if mask is not None else features.shape[-1]
-    segment_frames = 2 * int(model.config.max_source_positions)  # 3000 log-Mel frames a window
     windows = [w for w in clean.manifest.get("windows") or [] if w.get("tokens")]
     effect = Effect(clean=clean, alignment_heads=[list(h) for h in heads],
                     windows=[{"index": int(w["index"]), "start": float(w.get("start") or 0.0),
@@ -153,8 +161,7 @@ def measure(tracer, run, clean) -> Effect:
     arms: list[list[tuple[list[float], torch.Tensor]]] = [[], []]
     for window in windows:
         seek = int(window.get("seek") or 0)
-        segment = features[..., seek:seek + min(segment_frames, max_frames - seek)]
-        segment = F.pad(segment, (0, segment_frames - segment.shape[-1]))  # as generate() pads a window
+        segment = window_segment(model, features, mask, seek)
         prompt, tokens = list(window["prompt"]), list(window["tokens"])
         encoded = None
         for arm in (0, 1):

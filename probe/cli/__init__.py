@@ -3,7 +3,8 @@
 Subcommands: ``run`` (trace audio into the store, :mod:`.run`), ``points`` (list hook points with
 shapes), ``plugins`` (list plugins and their hooks), ``ls`` / ``show`` / ``rm`` (browse the store),
 ``convert`` (CTranslate2 or openai-whisper checkpoint → transformers directory), ``dashboard``,
-``export`` and ``import`` (:mod:`.commands`); the grammar is :mod:`.parser`.  A user mistake prints
+``export`` and ``import`` (:mod:`.commands`), ``sweep`` (one intervention family over a clip set,
+:mod:`.sweep`); the grammar is :mod:`.parser`.  A user mistake prints
 one line, ``probe: error: ...``, and exits 2; ``--debug`` shows the traceback.  Ctrl-C exits 130
 with nothing half-written.
 """
@@ -14,10 +15,11 @@ import argparse
 import os
 import sys
 
-from probe.cli.commands import (cmd_convert, cmd_dashboard, cmd_export, cmd_import, cmd_ls, cmd_plugins,
-                                 cmd_points, cmd_rm, cmd_show)
+from probe.cli.commands import (cmd_convert, cmd_dashboard, cmd_export, cmd_heads, cmd_import, cmd_ls,
+                                 cmd_plugins, cmd_points, cmd_rm, cmd_show)
 from probe.cli.parser import build_parser
 from probe.cli.run import cmd_run
+from probe.cli.sweep import cmd_sweep
 from probe.errors import ProbeError
 
 DEBUG_ENV = "WHISPER_PROBE_DEBUG"
@@ -25,7 +27,7 @@ DEBUG_ENV = "WHISPER_PROBE_DEBUG"
 
 COMMANDS = {"run": cmd_run, "points": cmd_points, "plugins": cmd_plugins, "ls": cmd_ls, "show": cmd_show,
             "rm": cmd_rm, "convert": cmd_convert, "dashboard": cmd_dashboard, "export": cmd_export,
-            "import": cmd_import}
+            "import": cmd_import, "sweep": cmd_sweep, "heads": cmd_heads}
 
 
 def plugin_refs(argv: list[str]) -> list[str]:

@@ -148,7 +148,15 @@ def cmd_export(args) -> int:
     from probe.export import export_trace
     from probe.store import Store
 
-    trace = Store(args.store, create=False).resolve(args.trace)
+    store = Store(args.store, create=False)
+    found = _sweep_named(store, args.trace)
+    if found is not None:
+        from probe.export.sweep import export_sweep
+
+        for path in export_sweep(found, args.format, out=args.out, metrics=args.views, group=args.group):
+            print(path)
+        return 0
+    trace = store.resolve(args.trace)
     if args.plugins:
         contributions.configure(args.plugins)
         contributions.current()  # a bad -p fails here, in one line
@@ -158,6 +166,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _sweep_named(store, ref: str):
+    """The sweep ``ref`` names when it names no trace (``probe export`` takes either)."""
+    from probe.errors import StoreError
+    from probe.sweep import list_sweeps, open_sweep
+
+    try:
+        store.resolve_id(ref)
+        return None
+    except StoreError:
+        pass
+    if not list_sweeps(store):
+        return None
+    try:
+        return open_sweep(store, ref)
+    except StoreError:
+        return None
+
+
 def cmd_import(args) -> int:
     from probe.export import import_bundle
     from probe.store import Store
@@ -165,3 +191,50 @@ def cmd_import(args) -> int:
     trace = import_bundle(Path(args.bundle), Store(args.store))
     print(f"imported {trace.id}")
     return 0
+
+
+def cmd_heads(args) -> int:
+    from probe import heads, speech_set
+    from probe.errors import OptionError
+    from probe.models import load_model
+
+    if not args.alignment:
+        raise OptionError("probe heads ranks heads by one measure so far: add --alignment")
+    if args.clips and (args.text or args.texts):
+        raise OptionError("--text/--texts are sentences for espeak-ng to speak; with clips, the words come from --times")
+    if args.times and not args.clips:
+        raise OptionError("--times gives the word times of clips; name the clips too (CLIP ... --times FILE)")
+    if not args.clips and args.language != "en":
+        raise OptionError(f"the built-in speech set is English; for --language {args.language} pass your clips "
+                          "with --times FILE")
+    target = heads.check_model_dir(args.write) if args.write else None
+    references = (speech_set.from_times_file(args.clips, args.times, args.language) if args.clips
+                  else speech_set.synthesized(_heads_sentences(args)))
+    loaded = load_model(args.model or target, device=args.device, dtype=args.dtype)
+    if target is not None:
+        heads.check_model_dir(target, loaded.model.config)
+    ranking = heads.rank_heads(loaded, references, top=args.top)
+    written = heads.write_alignment_heads(target, ranking.top(args.top), loaded.model.config) if target else None
+    if args.json:
+        print(json.dumps({**ranking.to_dict(), "written": None if written is None else str(written)}, indent=1))
+        return 0
+    print("\n".join(heads.describe(ranking, max(args.top, min(12, len(ranking.heads))))))
+    if written is not None:
+        print(f"wrote alignment_heads {[list(h) for h in ranking.top(args.top)]} to {written}; "
+              f"`probe run --model {target}` times words with them")
+    return 0
+
+
+def _heads_sentences(args) -> list[str]:
+    """What the speech set speaks: --text, the lines of --texts, or the built-in lecture sentences."""
+    from probe import speech_set
+    from probe.errors import OptionError
+
+    if args.text:
+        return args.text
+    if args.texts:
+        path = Path(args.texts)
+        if not path.is_file():
+            raise OptionError(f"--texts {path} does not exist; give a text file with one sentence a line")
+        return path.read_text(encoding="utf-8").splitlines()
+    return speech_set.lecture_sentences()

@@ -100,10 +100,74 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print how many bytes each record will take, then stop before decoding")
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
 
+    sweep = sub.add_parser("sweep", help="run one intervention family over every head, layer or k on a clip set")
+    sweep.add_argument("audio", nargs="*", help="audio files (or --clips FILE, or --dataset DIR)")
+    _common_model_args(sweep)
+    _store_arg(sweep)
+    sweep.add_argument("--clips", default=None, metavar="FILE",
+                       help="JSON list of {\"file\", \"text\" (reference), \"group\", \"language\"}, files relative "
+                            "to it (e.g. examples/clips.json)")
+    sweep.add_argument("--dataset", help="a datasets dataset: local folder (audiofolder), parquet, or hub name")
+    sweep.add_argument("--dataset-config", default=None)
+    sweep.add_argument("--split", default="train")
+    sweep.add_argument("--audio-column", default=None)
+    sweep.add_argument("--limit", type=int, default=None, help="at most this many dataset rows")
+    sweep.add_argument("--family", default="heads", choices=("heads", "layers", "local"),
+                       help="heads: ablate each head in turn; layers: every head of one layer at a time; "
+                            "local: encoder self-attention within ±k frames (default: heads)")
+    sweep.add_argument("--attention", default="decoder.self_attn",
+                       help="heads/layers: encoder.self_attn, decoder.self_attn or decoder.cross_attn")
+    sweep.add_argument("--layers", type=_int_list, default=None, metavar="LIST", help="e.g. 0,2-4 (default: all)")
+    sweep.add_argument("--heads", type=_int_list, default=None, metavar="LIST", help="heads family (default: all)")
+    sweep.add_argument("--k", type=_int_list, default=None, metavar="LIST",
+                       help="local family: frames either side (default: 5,10,20,40,75)")
+    sweep.add_argument("--per-layer", action="store_true", help="local family: also limit each layer alone")
+    sweep.add_argument("--mean-of", action="append", default=[], metavar="TRACE",
+                       help="heads/layers: hold heads at their mean over these traces instead of zero")
+    sweep.add_argument("--metric", default="delta_logprob", metavar="METRIC",
+                       help="what the table is sorted by and the heatmap shows: delta_logprob, wer, ref_wer, "
+                            "ref_wer_change, tokens or tokens_change (default: delta_logprob)")
+    sweep.add_argument("--group", default=None, help="only the clips of this group of --clips (e.g. nonspeech)")
+    sweep.add_argument("--top", type=int, default=10, help="table rows printed (default: 10)")
+    sweep.add_argument("--name", default=None, help="the sweep's name (its id is the name and a hash)")
+    sweep.add_argument("--batch-size", type=_positive_int, default=4, help="clips decoded together (default: 4)")
+    sweep.add_argument("--language", default=None, help="language code or name; default: detect")
+    sweep.add_argument("--task", default="transcribe")
+    sweep.add_argument("--num-beams", type=int, default=1)
+    sweep.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                       help="stop each window after this many tokens (bounds a cell that never ends)")
+    sweep.add_argument("--json", action="store_true", help="print the table as JSON")
+
     points = sub.add_parser("points", help="list hook points with their shapes")
     _common_model_args(points)
     points.add_argument("--json", action="store_true")
     points.add_argument("pattern", nargs="?", default="*", help="glob to filter, e.g. 'decoder.blocks.*.cross_attn.*'")
+
+    heads = sub.add_parser(
+        "heads", help="rank cross-attention heads (--alignment: by how well each one times words)",
+        description="--alignment: teacher-force each clip's transcript, time its words from every cross-attention "
+                    "head alone with word timing's own DTW, and rank the heads by the error of the word starts "
+                    "against reference times. Reference times come from --times for your clips; with no clips, "
+                    "the built-in speech set is spoken by espeak-ng (16 English lecture sentences, or --text/--texts) "
+                    "and espeak-ng's word events are the reference. The model defaults to --write DIR if given.")
+    heads.add_argument("clips", nargs="*", metavar="CLIP",
+                       help="audio files of up to 30 s whose word times --times gives; none: the espeak-ng speech set")
+    heads.add_argument("--alignment", action="store_true", help="rank heads by word-start error (required)")
+    _common_model_args(heads)
+    heads.add_argument("--times", metavar="FILE",
+                       help='reference word times of the clips: JSON {"CLIP": [{"word": ..., "start": s}, ...]} or '
+                            "CSV with columns clip,word,start[,end]")
+    sentences = heads.add_mutually_exclusive_group()
+    sentences.add_argument("--text", action="append", default=[],
+                           help="a sentence for espeak-ng to speak instead of the built-in ones (repeatable)")
+    sentences.add_argument("--texts", metavar="FILE", help="a file of sentences for espeak-ng to speak, one a line")
+    heads.add_argument("--language", default="en", help="language of the clips (the speech set is English)")
+    heads.add_argument("--top", type=_positive_int, default=8,
+                       help="how many of the best heads form the top set and are written (default 8)")
+    heads.add_argument("--write", metavar="DIR",
+                       help="write the top heads as alignment_heads into DIR/generation_config.json (a local "
+                            "transformers model directory; other keys kept), so `probe run --model DIR` uses them")
+    heads.add_argument("--json", action="store_true")
 
     plugins = sub.add_parser("plugins", help="list plugins and the hooks each implements")
     plugins.add_argument("-p", dest="plugins", action="append", default=[])
@@ -133,14 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
                            help="also show this plugin's pages and figures (module or .py file; no:NAME hides one)")
 
-    export = sub.add_parser("export", help="export a trace for lectures")
-    export.add_argument("trace")
+    export = sub.add_parser("export", help="export a trace (or a sweep) for lectures")
+    export.add_argument("trace", help="trace id, unique prefix or name; or a sweep id (`probe sweep` prints it)")
     _store_arg(export)
     export.add_argument("--format", "-f", default="html", metavar="FORMAT", type=_export_formats,
                         help="html, png, svg, pdf, json, csv or zip; several comma-separated (e.g. html,pdf,png) "
                              "are written into one folder with every figure drawn once (default: html)")
     export.add_argument("--out", "-o", default=None, help="output file or folder")
-    export.add_argument("--views", nargs="*", default=None, help="figures to include (default: all)")
+    export.add_argument("--views", nargs="*", default=None,
+                        help="figures to include (default: all); for a sweep, the metrics to draw")
+    export.add_argument("--group", default=None, help="a sweep: only the clips of this group")
     export.add_argument("--windows", default=None, metavar="LIST",
                         help="30 s windows of long audio to draw per-window figures for, numbered from 1 as the "
                              "dashboard shows them: all, or e.g. 1,3-5 (default: all of up to 8 windows; of more, "
@@ -156,6 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("bundle")
     _store_arg(imp)
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    """``0,2-4`` → [0, 2, 3, 4]."""
+    found = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            first, _, last = part.partition("-")
+            found += list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers such as 0,2-4, got {text!r}") from None
+    if not found:
+        raise argparse.ArgumentTypeError(f"expected whole numbers such as 0,2-4, got {text!r}")
+    return found
 
 
 def _temperatures(text: str) -> float | tuple[float, ...]:

@@ -5,7 +5,8 @@ A store is a folder of traces (``$WHISPER_PROBE_STORE`` if set, else
 ``manifest.json`` (schema version, model, audio, decode options, transcript, plugins, and one entry
 per record with its kind, file, shape and dtype), tensors as safetensors under ``tensors/``, tables
 as Parquet under ``tables/``, JSON records under ``json/`` and a FLAC copy of the audio.  Traces
-being written or imported live in ``<store>/.tmp/`` until one rename publishes them.  This module
+being written or imported live in ``<store>/.tmp/`` until one rename publishes them; sweeps
+(:mod:`probe.sweep`) keep their tables under ``<store>/sweeps/``.  This module
 owns those names and limits, and the one-line messages for a store that cannot be written.
 """
 
@@ -25,6 +26,7 @@ MAX_MANIFEST_BYTES = 16 * 2**20
 MAX_TENSOR_HEADER_BYTES = 100 * 2**20
 
 _TMP = ".tmp"
+SWEEPS = "sweeps"  # <store>/sweeps/: probe.sweep's tables, never a trace
 _TENSOR_KEY = "data"
 # safetensors dtype codes -> numpy dtype names: the dtypes a trace may hold.
 _SAFETENSORS_DTYPES = {

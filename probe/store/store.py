@@ -18,7 +18,7 @@ from typing import Iterator
 
 from probe.errors import StoreError
 from probe.publish import staged
-from probe.store.layout import _TMP, _reason, _remove_if_empty, _write_error, default_store_dir
+from probe.store.layout import _TMP, SWEEPS, _reason, _remove_if_empty, _write_error, default_store_dir
 from probe.store.queue import WriteQueue
 from probe.store.safety import _is_plain_name, _is_trace_dir, _looks_like_path, _read_every_record
 from probe.store.trace import Trace
@@ -158,7 +158,7 @@ class Store:
         except FileNotFoundError:
             return []
         return [entry.name for entry in entries
-                if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)]
+                if not entry.name.startswith(".") and entry.name != SWEEPS and entry.is_dir(follow_symlinks=False)]
 
     def _trace_dir(self, trace_id: str) -> Path:
         # Only a plain name of a real folder directly in the store: no separators, "..",
