@@ -33,18 +33,31 @@ Kinds:
   encoder frames of ``start``–``end`` seconds of the clip ("what if the decoder could not hear
   3.0–5.0 s"): an additive mask over those frames, placed in each window by where it starts
   (the window's ``seek``), so long-form windows block the same seconds of the clip;
-- ``patch``: an encoder point's activation replaced by the one recorded at the same point in
-  another trace of the same model (``source``: a trace id or name in ``store``, or a trace
-  folder; recorded with ``--points POINT``, best with ``--activations-dtype float32``), for all
-  frames or ``frames`` [start, end) only; each window takes the source's window that starts at the
-  same place (its ``seek``), else the last one starting before it.  Patching a clip into itself
-  changes nothing; patching the whole encoder output (``encoder.hook_ln_final``) from clip B into
-  clip A decodes what B decodes;
+- ``patch``: a point's activation replaced by the one recorded at the same point in another
+  trace of the same model (``source``: a trace id or name in ``store``, or a trace folder; recorded
+  with ``--points POINT``, best with ``--activations-dtype float32``).  Each window takes the
+  source's window that starts at the same place (its ``seek``), else the last one starting before
+  it.  At an encoder point, all frames or ``frames`` [start, end) only (by index, 20 ms each).
+  At a decoder point, by position: ``positions`` [start, end) counts from 0 at the window's first
+  prompt token, as the source's record does (its steps put back together: the prompt, then one
+  position per generated token but the last; ``activations.steps`` says where each window's
+  positions are), default all it has.  Every decoder call is placed by where it starts (the length
+  of the key/value cache it is handed: the whole prompt first, then one position a step; 0 in the
+  teacher-forced replays, which patch the same positions at once); positions the source's window
+  does not have are left as they are.  A decoder source is decoded greedily (``--num-beams 1``: a
+  beam search's rows are beams generate() reorders step by step, no one sequence); every beam of
+  the patched clip takes it.  With ``heads`` only those heads are patched: their slices of
+  the attention's ``out_proj`` input, the point ``...attn.hook_z`` / ``...cross_attn.hook_z``
+  (give it, or the attention's output point ``...hook_attn_out`` / ``...hook_cross_attn_out``,
+  which is read as its ``hook_z``; the source must have recorded the ``hook_z``).  Patching a clip
+  into itself changes nothing; patching the whole encoder output (``encoder.hook_ln_final``) from
+  clip B into clip A decodes what B decodes; a decoder patch leaves the encoder as it was;
 - ``replace`` (Python only): ``function(point, tensor) -> tensor`` returns what the model uses at
   a hook point instead, for interventions of one's own.
 
-Shapes (see :mod:`probe.points`): out_proj's input [batch, position, head × head_dim]; steered
-tensors [batch, position, d_model].
+Shapes (see :mod:`probe.points`): out_proj's input [batch, position, head × head_dim] (head-major);
+steered tensors [batch, position, d_model]; a patch source's decoder record [1, position, width],
+every window's positions one after another.
 """
 
 from __future__ import annotations
@@ -131,17 +144,26 @@ class Block:
 
 @dataclass(frozen=True)
 class Patch:
-    """Encoder point ``point`` takes the activation trace ``source`` recorded there (frames
-    ``frames`` = (start, end) only, or all); ``store``: where ``source`` is (default store if None)."""
+    """Hook point ``point`` takes the activation trace ``source`` recorded there: at an encoder
+    point over ``frames`` = (start, end) or all, at a decoder point over ``positions`` = (start,
+    end) or all the source has; with ``heads`` only those heads' slices of an attention's
+    ``out_proj`` input (its ``hook_z``, which :func:`resolve` puts in ``point``).  ``store``: where
+    ``source`` is (default store if None)."""
 
     point: str
     source: str
     frames: tuple[int, int] | None = None
     store: str | None = None
+    positions: tuple[int, int] | None = None
+    heads: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
-        return {"kind": "patch", "point": self.point, "source": self.source,
-                "frames": None if self.frames is None else list(self.frames)}
+        found: dict[str, Any] = {"kind": "patch", "point": self.point, "source": self.source}
+        if self.positions is not None or not self.point.startswith("encoder."):
+            found["positions"] = None if self.positions is None else list(self.positions)
+        else:
+            found["frames"] = None if self.frames is None else list(self.frames)
+        return {**found, "heads": list(self.heads)} if self.heads is not None else found
 
 
 @dataclass(frozen=True)
@@ -222,7 +244,7 @@ def resolve(config, interventions: Iterable[Intervention | dict] | None, model_i
         elif isinstance(found, Block):
             _check_block(config, found)
         elif isinstance(found, Patch):
-            found = _check_patch(_point(points, found.point), found, model_id)
+            found = _check_patch(config, points, found, model_id)
         elif isinstance(found, (Steer, Replace)):
             point = _point(points, found.point)
             if isinstance(found, Steer):
@@ -239,13 +261,14 @@ def _from_dict(item: dict, number: int) -> Intervention:
     fields = {key: value for key, value in item.items() if key != "kind"}
     expected = {"ablate": {"attention", "layer", "heads", "mean_of", "store"}, "steer": {"point", "vector", "alpha", "store"},
                 "local": {"k", "layers"}, "block": {"start", "end", "layers"},
-                "patch": {"point", "source", "frames", "store"}}
+                "patch": {"point", "source", "frames", "positions", "heads", "store"}}
     if kind not in expected:
         hint = " (replace takes a Python function: probe.run(interventions=[Replace(...)]))" if kind == "replace" else ""
         raise OptionError(f"intervention {number}: unknown kind {kind!r}; use \"ablate\", \"steer\", "
                           f"\"local\", \"block\" or \"patch\"{hint}")
     unknown = set(fields) - expected[kind]
-    missing = expected[kind] - set(fields) - {"alpha", "layers", "frames", "store", "mean_of"}
+    optional = {"alpha", "layers", "frames", "positions", "store", "mean_of"} | ({"heads"} if kind == "patch" else set())
+    missing = expected[kind] - set(fields) - optional
     if kind == "steer" and isinstance(fields.get("vector"), dict):
         fields["vector"] = vector_from_traces(fields.get("store"), str(fields.get("point")), fields["vector"], number)
     if unknown or missing:
@@ -266,23 +289,31 @@ def _from_dict(item: dict, number: int) -> Intervention:
         if kind == "block":
             return Block(_number(fields["start"]), _number(fields["end"]), layers)
         if kind == "patch":
-            frames = fields.get("frames")
-            if frames is not None and (not isinstance(frames, list) or len(frames) != 2):
-                raise ValueError(frames)
+            heads = fields.get("heads")
+            heads = None if heads is None else tuple(_integer(h) for h in (heads if isinstance(heads, list)
+                                                                             else [heads]))
             store = fields.get("store")
-            return Patch(str(fields["point"]), str(fields["source"]),
-                         None if frames is None else (_integer(frames[0]), _integer(frames[1])),
-                         None if store is None else str(store))
+            return Patch(str(fields["point"]), str(fields["source"]), _span(fields.get("frames")),
+                         None if store is None else str(store), _span(fields.get("positions")), heads)
         return Steer(str(fields["point"]), tuple(float(v) for v in fields["vector"]), float(fields.get("alpha", 1.0)))
     except (TypeError, ValueError):
         raise OptionError(f"intervention {number} ({kind}): layer and heads are whole numbers, vector a list of "
-                          "numbers, alpha, start and end numbers, frames [start, end]") from None
+                          "numbers, alpha, start and end numbers, frames and positions [start, end]") from None
 
 
 def _integer(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
         raise ValueError(value)
     return int(value)
+
+
+def _span(value) -> tuple[int, int] | None:
+    """``[start, end]`` of a patch's frames or positions as a pair of whole numbers (None: all)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(value)
+    return _integer(value[0]), _integer(value[1])
 
 
 def vector_from_traces(store, point: str, spec: dict, number: int = 1) -> list[float]:
@@ -419,12 +450,21 @@ def _with_means(loaded, ablate: Ablate) -> Ablate:
     return dataclasses.replace(ablate, means=means)
 
 
-def _check_patch(point: HookPoint, patch: Patch, model_id: str | None) -> Patch:
-    """The patch with its source's recorded activation checked: the trace exists, was made by this
-    model, holds ``activations.<point>`` as [window, frame, d_model]; ``frames`` lie inside it."""
-    if point.side != "encoder":
-        raise OptionError(f"patch {point.name}: patching works at encoder points for now (frames by index); "
-                          "pick an encoder.* point")
+def _check_patch(config, points: dict[str, HookPoint], patch: Patch, model_id: str | None) -> Patch:
+    """The patch with its point and source checked: the point exists (with ``heads``: an
+    attention's output or ``hook_z``, read as its ``hook_z``), frames go with encoder points and
+    positions with decoder ones, the source trace exists, was made by this model and holds
+    ``activations.<point>`` as [window, frame, width] (encoder) or [1, position, width] — decoded
+    greedily, laid out by its ``activations.steps`` — (decoder), and the span lies inside it."""
+    point = _point(points, patch.point)
+    if patch.heads is not None:
+        point = _head_point(config, points, point, patch.heads)
+    if point.side == "encoder" and patch.positions is not None:
+        raise OptionError(f"patch {point.name}: positions are for decoder points; give frames [start, end) "
+                          "for an encoder point")
+    if point.side == "decoder" and patch.frames is not None:
+        raise OptionError(f"patch {point.name}: frames are for encoder points; give positions [start, end) "
+                          "for a decoder point")
     trace = _source_trace(patch.source, patch.store, model_id, "patch source")
     name = f"activations.{point.name}"
     entry = trace.records.get(name)
@@ -432,13 +472,56 @@ def _check_patch(point: HookPoint, patch: Patch, model_id: str | None) -> Patch:
         raise OptionError(f"patch source {trace.id} has no record {name}; record it with "
                           f"probe run CLIP --points {point.name} --activations-dtype float32")
     shape = list(entry.get("shape") or [])
+    axes = "[window, frame," if point.side == "encoder" else "[batch, query,"
     if len(shape) != 3 or shape[-1] != point.sizes[-1]:
-        raise OptionError(f"patch source {trace.id}: {name} has shape {shape}, not [window, frame, "
+        raise OptionError(f"patch source {trace.id}: {name} has shape {shape}, not {axes} "
                           f"{point.sizes[-1]}] of this model's {point.name}")
-    if patch.frames is not None and not 0 <= patch.frames[0] < patch.frames[1] <= shape[1]:
-        raise OptionError(f"patch frames {list(patch.frames)}: give [start, end) within the source's "
-                          f"{shape[1]} frames")
-    return dataclasses.replace(patch, source=str(trace.path))
+    if point.side == "encoder":
+        span, what, length = patch.frames, "frames", shape[1]
+    elif shape[0] != 1:
+        raise OptionError(f"patch source {trace.id} was decoded with beam search ({shape[0]} beams), whose rows "
+                          "generate() reorders step by step; record the source with --num-beams 1")
+    else:
+        span, what, length = patch.positions, "positions", max(n for _, n in _window_positions(trace, name, shape[1]))
+    if span is not None and not 0 <= span[0] < span[1] <= length:
+        raise OptionError(f"patch {what} {list(span)}: give [start, end) within the source's {length} {what}")
+    return dataclasses.replace(patch, point=point.name, source=str(trace.path))
+
+
+# an attention's output point → its out_proj input (the heads side by side), by the name's last part
+HEADS_AT = {"hook_attn_out": "attn.hook_z", "hook_cross_attn_out": "cross_attn.hook_z"}
+
+
+def _head_point(config, points: dict[str, HookPoint], point: HookPoint, heads: tuple[int, ...]) -> HookPoint:
+    """The ``hook_z`` point whose ``heads`` a patch replaces: ``point`` itself, or the ``hook_z`` of
+    the attention whose output ``point`` is; the heads checked against that attention's count."""
+    prefix, _, last = point.name.rpartition(".")
+    if not point.name.endswith(".hook_z"):
+        if last not in HEADS_AT:
+            raise OptionError(f"patch {point.name}: heads are patched at an attention; give heads with "
+                              "*.hook_attn_out, *.hook_cross_attn_out or *.hook_z, or leave heads out")
+        point = points[f"{prefix}.{HEADS_AT[last]}"]
+    count = int(config.encoder_attention_heads if point.side == "encoder" else config.decoder_attention_heads)
+    bad = [head for head in heads if not 0 <= head < count]
+    if bad or not heads:
+        raise OptionError(f"patch {point.name}: head {bad[0] if bad else '(none)'} is out of range; this model "
+                          f"has heads 0–{count - 1}")
+    return point
+
+
+def _window_positions(trace, name: str, recorded: int) -> list[tuple[int, int]]:
+    """(window, positions) of each window a decoder record holds, in its order: the activations
+    plugin's ``activations.steps`` summed per window; they must add up to the ``recorded`` positions."""
+    if "activations.steps" not in trace.records:
+        raise OptionError(f"patch source {trace.id} has no record activations.steps, which says where each "
+                          f"window's positions are in {name}; re-record it with the activations plugin")
+    windows: dict[int, int] = {}
+    for row in trace.table("activations.steps"):
+        windows[int(row["window"])] = windows.get(int(row["window"]), 0) + int(row["positions"])
+    if sum(windows.values()) != recorded or not windows:
+        raise OptionError(f"patch source {trace.id}: {name} has {recorded} positions but its activations.steps "
+                          f"{sum(windows.values())}; re-record it with --points and the default --activations full")
+    return list(windows.items())
 
 
 def _point(points: dict[str, HookPoint], name: str) -> HookPoint:
@@ -475,8 +558,12 @@ def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], 
     """Register every intervention's hook in ``hooks`` (a :class:`probe.hooks.Hooks`); call it before
     the capture hooks, so that they see the changed tensors.  ``seeks()`` gives the log-Mel frame
     where each row of the current decoder batch's window starts (None or absent: every window
-    starts the clip); a time-span ``block`` places its frames by it."""
+    starts the clip); a time-span ``block`` places its frames by it, a ``patch`` its source's window."""
     points = {point.name: point for point in list_points(config or model.config)}
+    interventions = list(interventions)
+    start = _QueryStart()
+    if any(isinstance(item, Patch) and points[item.point].side == "decoder" for item in interventions):
+        hooks.forward_pre(model.model.decoder, start.hook, with_kwargs=True)
     for item in interventions:
         if isinstance(item, Ablate):
             attention = model.get_submodule(ATTENTION[item.attention][0].format(layer=item.layer))
@@ -496,7 +583,8 @@ def apply(hooks, model: torch.nn.Module, interventions: Iterable[Intervention], 
             if isinstance(item, Steer):
                 change = _steer_change(item)
             elif isinstance(item, Patch):
-                change = _patch_change(item, seeks or (lambda: None))
+                change = _patch_change(item, seeks or (lambda: None), _head_columns(item, point, model.config),
+                                       start.value if point.side == "decoder" else (lambda: 0))
             else:
                 change = _replace_change(item, point)
             module = model.get_submodule(point.module)
@@ -610,38 +698,97 @@ def _steer_change(steer: Steer) -> Callable[[torch.Tensor], torch.Tensor]:
     return change
 
 
+class _QueryStart:
+    """Where along the sequence the decoder call now running starts: the length of the key/value
+    cache it is handed (generate(): the whole prompt at 0, then one position a step), 0 without one
+    (the teacher-forced passes, the whole sequence at once).  Its :meth:`hook` is the decoder's
+    forward pre-hook."""
+
+    def __init__(self):
+        self.position = 0
+
+    def hook(self, module, args, kwargs) -> None:
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None:
+            self.position = 0
+        elif hasattr(cache, "get_seq_length"):
+            self.position = int(cache.get_seq_length())
+        else:  # a legacy tuple cache: ((self key [batch, head, position, head_dim], ...), ...)
+            self.position = int(cache[0][0].shape[-2]) if len(cache) else 0
+
+    def value(self) -> int:
+        return self.position
+
+
 @functools.lru_cache(maxsize=4)
-def _patch_source(path: str, point: str) -> tuple[torch.Tensor, list[int]]:
-    """A patch source's recorded activation [window, frame, d_model] and where its windows start
-    (seek): read once, not again for every generate() call or teacher-forced window."""
+def _patch_source(path: str, point: str) -> tuple[list[torch.Tensor], list[int]]:
+    """A patch source's recorded activation per window — [frame, width] at an encoder point,
+    [position, width] at a decoder point (its steps' positions put back together, see
+    :func:`_window_positions`) — and where each of those windows starts (seek): read once, not
+    again for every generate() call or teacher-forced window."""
     from probe.store import Store
 
     trace = Store(Path(path).parent).open(Path(path).name)
-    recorded = torch.as_tensor(trace.tensor(f"activations.{point}"))
-    starts = [int(w.get("seek") or 0) for w in trace.manifest.get("windows") or []][:recorded.shape[0]] or [0]
-    return recorded, starts
+    name = f"activations.{point}"
+    recorded = torch.as_tensor(trace.tensor(name))
+    seek_of = {int(w.get("index", i)): int(w.get("seek") or 0)
+               for i, w in enumerate(trace.manifest.get("windows") or [])}
+    if point.startswith("encoder."):  # [window, frame, width]
+        windows = list(recorded.unbind(0))
+        indices = list(range(len(windows)))
+    else:  # [1, position, width]: every window's positions one after another
+        lengths = _window_positions(trace, name, recorded.shape[1])
+        windows = list(recorded[0].split([n for _, n in lengths]))
+        indices = [window for window, _ in lengths]
+    return windows, [seek_of.get(i, 0) for i in indices]
 
 
-def _patch_change(patch: Patch, seeks: Callable[[], list[int] | None]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The source trace's recorded activation [frame, d_model] of the window that starts where each
-    row's does (else the last starting before), over all frames or ``patch.frames``."""
-    recorded, starts = _patch_source(patch.source, patch.point)
-    first, last = patch.frames or (0, recorded.shape[1])
+def _head_columns(patch: Patch, point: HookPoint, config) -> list[slice]:
+    """The columns of the last axis a patch replaces: each of its heads' slice of the
+    [..., head × head_dim] out_proj input, or all of it."""
+    if patch.heads is None:
+        return [slice(None)]
+    head_dim = point.sizes[-1] // int(config.encoder_attention_heads if point.side == "encoder"
+                                      else config.decoder_attention_heads)
+    return [slice(head * head_dim, (head + 1) * head_dim) for head in patch.heads]
+
+
+def _row_seeks(seeks: Callable[[], list[int] | None], batch: int) -> list[int]:
+    """Where the window of each of ``batch`` rows (clips × beams, clip-major) starts (seek)."""
+    rows = list(seeks() or [0])
+    if batch % len(rows):
+        rows = [rows[0]] * batch  # one window for every row
+    return [seek for seek in rows for _ in range(batch // len(rows))]
+
+
+def _patch_change(patch: Patch, seeks: Callable[[], list[int] | None], columns: list[slice],
+                  start: Callable[[], int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Each row's tensor takes, over the patch's frames or positions, ``columns`` of the source's
+    window that starts where the row's does (else the last starting before): ``start()`` is where
+    the tensor's second axis starts (a decoder call's first position; 0 at the encoder), and what
+    the source's window lacks is left as it is.  Every beam of a clip takes the same window."""
+    windows, starts = _patch_source(patch.source, patch.point)
+    first, last = patch.frames or patch.positions or (0, max(window.shape[0] for window in windows))
+    placed: dict[tuple, list[torch.Tensor]] = {}
 
     def source_window(seek: int) -> int:
-        before = [i for i, start in enumerate(starts) if start <= seek]
+        before = [i for i, begins in enumerate(starts) if begins <= seek]
         return starts.index(seek) if seek in starts else (before[-1] if before else 0)
 
-    def change(tensor: torch.Tensor) -> torch.Tensor:  # [batch, frame, d_model]
-        rows = list(seeks() or [0])
-        if tensor.shape[0] % len(rows):
-            rows = [rows[0]] * tensor.shape[0]
-        rows = [seek for seek in rows for _ in range(tensor.shape[0] // len(rows))]
-        out = tensor.clone()
-        end = min(last, tensor.shape[1])
-        for row, seek in enumerate(rows):
-            out[row, first:end] = recorded[source_window(seek), first:end].to(tensor.device, tensor.dtype)
-        return out
+    def change(tensor: torch.Tensor) -> torch.Tensor:  # [batch, frame | query, width]
+        key = (tensor.device, tensor.dtype)
+        if key not in placed:
+            placed[key] = [window.to(tensor.device, tensor.dtype) for window in windows]
+        offset, out = start(), None
+        for row, seek in enumerate(_row_seeks(seeks, tensor.shape[0])):
+            source = placed[key][source_window(seek)]  # [frame | position, width]
+            lo, hi = max(first, offset), min(last, offset + tensor.shape[1], source.shape[0])
+            if lo >= hi:
+                continue
+            out = tensor.clone() if out is None else out
+            for cols in columns:
+                out[row, lo - offset:hi - offset, cols] = source[lo:hi, cols]
+        return tensor if out is None else out
     return change
 
 
@@ -682,8 +829,10 @@ def describe(interventions: list[dict]) -> str:
         elif item.get("kind") == "steer":
             parts.append(f"steer {item['point']} by {item['alpha']:g}·v")
         elif item.get("kind") == "patch":
-            frames = "" if item.get("frames") is None else f" frames {item['frames'][0]}–{item['frames'][1]}"
-            parts.append(f"patch {item['point']}{frames} from {Path(str(item['source'])).name}")
+            what = "positions" if item.get("positions") is not None else "frames"
+            span = "" if item.get(what) is None else f" {what} {item[what][0]}–{item[what][1]}"
+            heads = "" if item.get("heads") is None else f" heads {item['heads']}"
+            parts.append(f"patch {item['point']}{heads}{span} from {Path(str(item['source'])).name}")
         elif item.get("kind") == "block":
             where = "every layer" if item.get("layers") is None else f"layers {item['layers']}"
             parts.append(f"cross-attention blind to {item['start']:g}–{item['end']:g} s ({where})")

@@ -8,7 +8,11 @@ same for every Whisper size; :func:`list_points` gives the concrete list, with s
 
 Shapes use these axis names: ``batch`` (clips × beams while decoding), ``head``, ``frame`` (encoder
 positions, 1500 for 30 s), ``mel_frame`` (3000), ``query``/``key`` (token positions), ``d_model``,
-``vocab``.
+``vocab``, ``head*head_dim`` (every head's output side by side, head-major: head ``h`` is columns
+``h·head_dim … (h+1)·head_dim``).
+
+Each attention has a ``hook_z`` point: the input of its ``out_proj``, the heads' outputs before they
+are mixed into ``d_model``; per-head work (patching chosen heads, :mod:`probe.interventions`) reads it.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ def _encoder_points(config) -> list[HookPoint]:
                       "encoder", f"residual stream entering block {i}"),
             HookPoint(f"{b}.attn.hook_pattern", f"{layer}.self_attn", PATTERN, ("batch", "head", "frame", "frame"),
                       (None, h, frames, frames), "encoder", f"self-attention probabilities of block {i}"),
+            HookPoint(f"{b}.attn.hook_z", f"{layer}.self_attn.out_proj", INPUT, ("batch", "frame", "head*head_dim"),
+                      (None, frames, d), "encoder", f"self-attention heads' outputs of block {i}, before out_proj"),
             HookPoint(f"{b}.hook_attn_out", f"{layer}.self_attn", OUTPUT, ("batch", "frame", "d_model"),
                       (None, frames, d), "encoder", f"self-attention output of block {i} (before the residual add)"),
             HookPoint(f"{b}.hook_mlp_out", f"{layer}.fc2", OUTPUT, ("batch", "frame", "d_model"), (None, frames, d),
@@ -102,11 +108,16 @@ def _decoder_points(config) -> list[HookPoint]:
                       "decoder", f"residual stream entering block {i}"),
             HookPoint(f"{b}.attn.hook_pattern", f"{layer}.self_attn", PATTERN, ("batch", "head", "query", "key"),
                       (None, h, None, None), "decoder", f"causal self-attention probabilities of block {i}"),
+            HookPoint(f"{b}.attn.hook_z", f"{layer}.self_attn.out_proj", INPUT, ("batch", "query", "head*head_dim"),
+                      (None, None, d), "decoder", f"self-attention heads' outputs of block {i}, before out_proj"),
             HookPoint(f"{b}.hook_attn_out", f"{layer}.self_attn", OUTPUT, ("batch", "query", "d_model"),
                       (None, None, d), "decoder", f"self-attention output of block {i}"),
             HookPoint(f"{b}.cross_attn.hook_pattern", f"{layer}.encoder_attn", PATTERN,
                       ("batch", "head", "query", "frame"), (None, h, None, frames), "decoder",
                       f"cross-attention probabilities of block {i} over the encoder frames (20 ms each)"),
+            HookPoint(f"{b}.cross_attn.hook_z", f"{layer}.encoder_attn.out_proj", INPUT,
+                      ("batch", "query", "head*head_dim"), (None, None, d), "decoder",
+                      f"cross-attention heads' outputs of block {i}, before out_proj"),
             HookPoint(f"{b}.hook_cross_attn_out", f"{layer}.encoder_attn", OUTPUT, ("batch", "query", "d_model"),
                       (None, None, d), "decoder", f"cross-attention output of block {i}"),
             HookPoint(f"{b}.hook_mlp_out", f"{layer}.fc2", OUTPUT, ("batch", "query", "d_model"), (None, None, d),

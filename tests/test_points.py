@@ -29,7 +29,8 @@ def test_every_spec_point_exists_with_documented_shape(tiny):
 def test_point_count_scales_with_layers(tiny, base):
     for loaded in (tiny, base):
         config = loaded.model.config
-        expected = 3 + 5 * config.encoder_layers + 1 + 1 + 7 * config.decoder_layers + 2
+        # per block: encoder 6 (with attn.hook_z), decoder 9 (with attn.hook_z and cross_attn.hook_z)
+        expected = 3 + 6 * config.encoder_layers + 1 + 1 + 9 * config.decoder_layers + 2
         assert len(list_points(config)) == expected
 
 
