@@ -2,8 +2,8 @@
 
 A :class:`ReferenceClip` is a clip of at most 30 s, the text spoken in it and each word's start
 (and end) in seconds.  This module owns the two ways to get one: :func:`synthesized`, the built-in
-speech set, spoken by espeak-ng (through ``scripts/make_examples.py``'s ``Espeak`` of a source
-checkout and the ``espeakng-loader`` package) with its own word events as the reference; and
+speech set, spoken by espeak-ng (:mod:`probe.audio.espeak`, with the optional ``espeakng-loader``
+package) with its own word events as the reference; and
 :func:`from_times_file`, the user's clips with their word times in a JSON or CSV file.  Every
 mistake in either is a one-line :class:`~probe.errors.OptionError` or
 :class:`~probe.errors.AudioError`.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from probe.audio import AudioClip, audio_from_array, load_audio
 from probe.constants import SAMPLE_RATE, WINDOW_SECONDS
 from probe.errors import OptionError
 
-MAKE_EXAMPLES = Path(__file__).resolve().parent.parent / "scripts" / "make_examples.py"
 VOICES = ("en-us+m3", "en+f3")  # espeak-ng voices the speech set alternates, clip by clip
 WORDS_PER_MINUTE = (160, 145, 175)  # and speaking rates, sentence by sentence
 PAUSES_SECONDS = (0.3, 0.6, 0.45, 0.8)  # and the silences before each sentence: words do not start at 0
@@ -58,8 +56,10 @@ class ReferenceClip:
 
 
 def lecture_sentences() -> list[str]:
-    """The sentences of ``scripts/make_examples.py``'s lecture recording (16, English)."""
-    return list(_make_examples().LECTURE_SENTENCES)
+    """The sentences of the example lecture recording (16, English; :mod:`probe.audio.espeak`)."""
+    from probe.audio.espeak import LECTURE_SENTENCES
+
+    return list(LECTURE_SENTENCES)
 
 
 def synthesized(sentences: list[str], per_clip: int = SENTENCES_PER_CLIP) -> list[ReferenceClip]:
@@ -69,7 +69,7 @@ def synthesized(sentences: list[str], per_clip: int = SENTENCES_PER_CLIP) -> lis
     sentences = [s.strip() for s in sentences if s.strip()]
     if not sentences:
         raise OptionError("no sentences to synthesise; give --text TEXT or a --texts file with one sentence a line")
-    espeak = _make_examples().Espeak()
+    espeak = _espeak()
     groups = [sentences[i:i + per_clip] for i in range(0, len(sentences), per_clip)]
     return [_spoken(espeak, group, number, first=number * per_clip) for number, group in enumerate(groups)]
 
@@ -110,18 +110,14 @@ def _after_unmarked_word(sentence: str, spoken: list[tuple[str, float, float]]) 
     return flags
 
 
-def _make_examples():
-    """``scripts/make_examples.py`` of this source checkout, with its ``Espeak`` (needs espeakng-loader)."""
-    if "make_examples" in sys.modules:
-        return sys.modules["make_examples"]
-    if importlib.util.find_spec("espeakng_loader") is None or not MAKE_EXAMPLES.is_file():
-        raise OptionError("the built-in speech set is spoken by espeak-ng from a whisper-probe source checkout "
-                          "(pip install espeakng-loader); or pass your own clips with --times FILE")
-    spec = importlib.util.spec_from_file_location("make_examples", MAKE_EXAMPLES)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_examples"] = module
-    spec.loader.exec_module(module)
-    return module
+def _espeak():
+    """espeak-ng (:class:`probe.audio.espeak.Espeak`); without ``espeakng-loader`` a one-line error."""
+    if importlib.util.find_spec("espeakng_loader") is None:
+        raise OptionError("the built-in speech set is spoken by espeak-ng: pip install espeakng-loader; "
+                          "or pass your own clips with --times FILE")
+    from probe.audio.espeak import Espeak
+
+    return Espeak()
 
 
 # --------------------------------------------------------------------------- the user's clips

@@ -22,7 +22,7 @@ from probe.hooks import hooks_left
 from tests.conftest import EXAMPLES, ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_examples import LECTURE_SENTENCES, Espeak, _frame_rms  # noqa: E402
+from probe.audio.espeak import LECTURE_SENTENCES, Espeak, _frame_rms  # noqa: E402
 
 SENTENCES = [LECTURE_SENTENCES[0], LECTURE_SENTENCES[2]]  # base decodes these two word for word
 

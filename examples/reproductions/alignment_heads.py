@@ -1,7 +1,7 @@
 """Alignment-head discovery on the embedded models: which cross-attention heads time words best, and
 how the published alignment heads compare.
 
-The speech set is the 16 English lecture sentences of ``scripts/make_examples.py``, spoken by
+The speech set is the 16 English lecture sentences of :mod:`probe.audio.espeak`, spoken by
 espeak-ng (two voices, three rates, pauses of 0.3-0.8 s before each sentence; four sentences a
 clip, four clips of about 17 s), with espeak-ng's own word events as the reference word starts
 (:mod:`probe.speech_set`).  For base (6 × 8 heads) and tiny.en (4 × 6) every head alone times the
