@@ -631,3 +631,29 @@ def test_mean_ablation_equals_moving_the_heads_mean_into_out_projs_bias(tiny, to
     assert mean_ablated.manifest["interventions"][0]["mean_of"][0].endswith(probe.Store(store).list()[0].id)
     with pytest.raises(OptionError, match="ablate mean_of nope: "):
         resolve(tiny.model.config, [{**spec, "mean_of": ["nope"]}])
+
+
+@pytest.mark.integration
+def test_real_speech_last_residual_patched_from_another_clip_decodes_that_clip(base, tmp_path):
+    """base on the two English example clips: the last block's residual decides every logit, so
+    the fox clip with the lecture clip's ``decoder.blocks.5.hook_resid_post`` at every position
+    decodes the lecture's tokens; the lecture's own cross-attention heads patched into itself
+    change nothing."""
+    from tests.conftest import EXAMPLES
+
+    store = tmp_path / "store"
+    points = ["decoder.blocks.5.hook_resid_post", "decoder.blocks.3.cross_attn.hook_z"]
+    options = dict(language="en", disable=["attention", "logit_lens"], plugin_options=FLOAT32)
+    lecture = probe.run(EXAMPLES / "en_lecture.flac", model=base, store=store, points=points, name="lecture", **options)
+    fox = probe.run(EXAMPLES / "en_fox.flac", model=base, store=store, name="fox", **options)
+    patched = probe.run(EXAMPLES / "en_fox.flac", model=base, store=store, **options, interventions=[
+        {"kind": "patch", "point": "decoder.blocks.5.hook_resid_post", "source": "lecture"}])
+    assert fox.transcript == "The quick brown fox jumps over the lazy dog."
+    assert patched.manifest["sequence"] == lecture.manifest["sequence"]
+    assert patched.transcript == lecture.transcript
+    itself = probe.run(EXAMPLES / "en_lecture.flac", model=base, store=store, **options, interventions=[
+        {"kind": "patch", "point": "decoder.blocks.3.hook_cross_attn_out", "source": "lecture", "heads": [1, 4]}])
+    assert itself.manifest["sequence"] == lecture.manifest["sequence"]
+    assert itself.manifest["interventions"][0]["point"] == "decoder.blocks.3.cross_attn.hook_z"
+    assert abs(itself.manifest["effect"]["delta_logprob_total"]) < 1e-3
+    assert hooks_left(base.model) == 0

@@ -4,7 +4,7 @@ Subcommands: ``run`` (trace audio into the store, :mod:`.run`), ``points`` (list
 shapes), ``plugins`` (list plugins and their hooks), ``ls`` / ``show`` / ``rm`` (browse the store),
 ``convert`` (CTranslate2 or openai-whisper checkpoint → transformers directory), ``dashboard``,
 ``export`` and ``import`` (:mod:`.commands`), ``sweep`` (one intervention family over a clip set,
-:mod:`.sweep`); the grammar is :mod:`.parser`.  A user mistake prints
+:mod:`.sweep`), ``heads --alignment`` (rank cross-attention heads for word timing); the grammar is :mod:`.parser`.  A user mistake prints
 one line, ``probe: error: ...``, and exits 2; ``--debug`` shows the traceback.  Ctrl-C exits 130
 with nothing half-written.
 """
