@@ -30,7 +30,8 @@ ignored).  The id is a hash of what ``sweep.json`` says, so running the same swe
 it: cells already in ``rows.jsonl`` are skipped.  A lock keeps two processes off one sweep.
 
 Speed: a cell that leaves the encoder alone reuses each batch's clean encoder output
-(:class:`EncoderCache`), so a sweep over decoder heads costs decoder passes only.
+(:class:`EncoderCache`), so a sweep over decoder heads costs decoder passes only; a cell that
+changes the encoder runs it once per clip, its teacher-forced passes reusing what decoding made.
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ class EncoderCache:
                 kept = self.entries[key]
                 return type(kept)(**kept)  # a new output object: generate() may rebind its fields
             out = original(input_features, *args, **kwargs)
-            self._keep(key, out)
+            self._keep(key, out, input_features)
             return out
 
         encoder.forward = forward
@@ -237,10 +238,16 @@ class EncoderCache:
         finally:
             del encoder.forward  # the class's forward again
 
-    def _keep(self, key: str, out) -> None:
-        size = out.last_hidden_state.numel() * out.last_hidden_state.element_size()
+    def _keep(self, key: str, out, features: torch.Tensor | None = None) -> None:
+        """Keep ``out``; for a batch, each row too under its own features' key (the teacher-forced
+        passes run one window at a time on the same log-Mel rows)."""
+        hidden = out.last_hidden_state  # [batch, frame, d_model]
+        size = hidden.numel() * hidden.element_size()
         if size > self.budget:
             return
+        if features is not None and hidden.shape[0] > 1:
+            for row in range(hidden.shape[0]):
+                self._keep(self.key(features[row:row + 1]), type(out)(last_hidden_state=hidden[row:row + 1]))
         self.entries[key] = type(out)(**out)
         self.bytes += size
         while self.bytes > self.budget:
@@ -498,13 +505,15 @@ class _CellRunner:
         self.cache = EncoderCache()
         self.reuse_encoder = reuse_encoder
         self.clean_windows: list[list[dict]] = []
+        self._cell_cache: EncoderCache | None = None
 
     def decode(self, interventions: list, encoder_changed: bool) -> list:
+        """(tracer, runs) of the clip set decoded with ``interventions``."""
         from probe.tracer import Tracer
 
         tracer = Tracer(self.loaded, self.pm, self.options, interventions=interventions)
         runs = []
-        with self.cache.reused(self.loaded.model.model.encoder, self.reuse_encoder and not encoder_changed):
+        with self.cache_for(encoder_changed).reused(self.loaded.model.model.encoder, self.reuse_encoder):
             for run in tracer.trace_many((c.clip for c in self.clips), batch_size=self.batch_size):
                 run.spill.remove()
                 runs.append(run)
@@ -527,10 +536,20 @@ class _CellRunner:
     def use_clean(self, clean: list[dict]) -> None:
         self.clean_windows = clean
 
+    def cache_for(self, encoder_changed: bool) -> EncoderCache:
+        """The clean encoder outputs, or — for a cell that changes the encoder — this cell's own
+        (its decoding and teacher-forced passes share them; the next cell starts afresh)."""
+        if not encoder_changed:
+            return self.cache
+        if self._cell_cache is None:
+            self._cell_cache = EncoderCache()
+        return self._cell_cache
+
     def run(self, cell: Cell, interventions: list, encoder_changed: bool) -> list[dict]:
         from probe.metrics import error_rates, normalize
 
         started = time.perf_counter()
+        self._cell_cache = None
         if cell.key == CLEAN:
             tracer, runs = self.decode([], False)
         else:
@@ -574,7 +593,7 @@ class _CellRunner:
         segment = window_segment(model, *features, int(window["seek"]))  # [1, n_mels, 3000]
         seek = int(window["seek"])
         with torch.inference_mode(), hooks_mod.Hooks(model) as hooks, \
-                self.cache.reused(model.model.encoder, self.reuse_encoder and not encoder_changed):
+                self.cache_for(encoder_changed).reused(model.model.encoder, self.reuse_encoder):
             interventions_mod.apply(hooks, model, interventions, seeks=lambda: [seek])
             encoded = model.model.encoder(segment).last_hidden_state  # [1, frame, d_model]
             ids = torch.tensor([window["prompt"] + window["tokens"]], device=encoded.device)  # [1, query]

@@ -155,6 +155,26 @@ def test_encoder_cache_gives_the_encoder_output_and_restores_forward(base):
     assert cache.hits == 1 and second.last_hidden_state is first.last_hidden_state
     torch.testing.assert_close(first.last_hidden_state, plain, rtol=0, atol=0)
     assert "forward" not in encoder.__dict__  # the class's forward again
+    batch = torch.randn(2, 80, 3000)
+    with torch.inference_mode(), cache.reused(encoder):
+        both = encoder(batch).last_hidden_state  # [2, frame, d_model]
+        row = encoder(batch[1:2]).last_hidden_state  # a batch's row is kept on its own too
+    assert cache.hits == 2
+    torch.testing.assert_close(row, both[1:2], rtol=0, atol=0)
+
+
+def test_a_clips_features_alone_are_its_rows_of_the_batch(base, two_clips):
+    """What lets the teacher-forced passes reuse the batch's encoder outputs: one clip's log-Mel is
+    byte-equal to its row of the batch's."""
+    from probe.effect import window_segment
+    from probe.tracer import Tracer
+    from probe.plugin_manager import get_plugin_manager
+
+    tracer = Tracer(base, get_plugin_manager(disabled=sweep._all_plugins()), decode_options(False, **OPTIONS))
+    batch, _ = tracer.features([c.clip for c in two_clips])  # [2, n_mels, 3000]
+    for row, clip in enumerate(two_clips):
+        alone = window_segment(base.model, *tracer.features([clip.clip]), 0)
+        assert sweep.EncoderCache.key(alone) == sweep.EncoderCache.key(batch[row:row + 1])
 
 
 def test_export_writes_every_format(done, tmp_path):
