@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     done = sweep.list_sweeps(Store(store_dir))[0]
     run = done.manifest["runs"][-1]
 
-    clips = sweep.clips_from_file(store_dir / "clipsets" / "nonspeech" / "clips.json")
+    clips = sweep.clips_from_file(store_dir / ".clipsets" / "nonspeech" / "clips.json")
     loaded = runner.load("base", device="cpu", dtype="float32")
     options = decode_options(False, **{k: v for k, v in done.manifest["decode"].items()
                                        if k in ("language", "max_new_tokens")})

@@ -60,9 +60,9 @@ LOCAL_K = (5, 10, 20, 40, 75)  # Reid's k values (frames of 20 ms either side)
 # metric → (what the heatmap's colour bar says, larger is worse?)
 METRICS = {
     "delta_logprob": ("Δ log-prob of the clean transcript per token", False),
-    "wer": ("error rate vs the clean transcript", True),
-    "ref_wer": ("error rate vs the reference text", True),
-    "ref_wer_change": ("error rate vs the reference, change from clean", True),
+    "wer": ("error rate vs the clean transcript (mean per clip)", True),
+    "ref_wer": ("error rate vs the reference text (mean per clip)", True),
+    "ref_wer_change": ("error rate vs the reference (mean per clip), change from clean", True),
     "tokens": ("text tokens emitted per clip", True),
     "tokens_change": ("text tokens emitted per clip, change from clean", True),
 }
@@ -117,7 +117,7 @@ def cells(spec: SweepSpec, config) -> list[Cell]:
         layers = _in_range(spec.layers, layer_count, "encoder layer")
         if not spec.k or any(k < 0 for k in spec.k):
             raise OptionError("sweep local: give k as whole numbers ≥ 0 (frames either side), e.g. --k 5,10,20,40,75")
-        for k in spec.k:
+        for k in dict.fromkeys(spec.k):
             found.append(Cell(f"k{k}.all", {"k": k, "layer": "all"},
                               ({"kind": "local", "k": k, "layers": None if spec.layers is None else list(layers)},)))
             if spec.per_layer:
@@ -184,7 +184,10 @@ def clips_from_file(path: str | os.PathLike) -> list[SweepClip]:
     if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("file"), str) for i in items):
         raise OptionError(f"--clips {path}: give a JSON list of objects, each with a \"file\" (and \"text\", \"group\")")
     found = []
-    for item in items:
+    for number, item in enumerate(items, start=1):
+        wrong = [key for key in ("text", "group", "language") if not isinstance(item.get(key), (str, type(None)))]
+        if wrong:
+            raise OptionError(f"--clips {path}: clip {number}'s {wrong[0]!r} must be text (or left out)")
         file = existing_file(str(where.parent / item["file"]))
         found.append(SweepClip(load_audio(file), item.get("text"), item.get("group"), item.get("language")))
     return found
@@ -216,13 +219,14 @@ class EncoderCache:
             yield
             return
         original = encoder.forward
+        had = encoder.__dict__.get("forward")  # an instance forward already there (a user's patch, accelerate)
 
         def forward(input_features, *args, **kwargs):
             wants_more = args or kwargs.get("output_attentions") or kwargs.get("output_hidden_states") \
                 or kwargs.get("return_dict") is False
             if wants_more:
                 return original(input_features, *args, **kwargs)
-            key = self.key(input_features)
+            key = f"{id(encoder)}:{self.key(input_features)}"
             if key in self.entries:
                 self.entries.move_to_end(key)
                 self.hits += 1
@@ -236,7 +240,10 @@ class EncoderCache:
         try:
             yield
         finally:
-            del encoder.forward  # the class's forward again
+            if had is None:
+                del encoder.forward  # the class's forward again
+            else:
+                encoder.forward = had
 
     def _keep(self, key: str, out, features: torch.Tensor | None = None) -> None:
         """Keep ``out``; for a batch, each row too under its own features' key (the teacher-forced
@@ -247,12 +254,18 @@ class EncoderCache:
             return
         if features is not None and hidden.shape[0] > 1:
             for row in range(hidden.shape[0]):
-                self._keep(self.key(features[row:row + 1]), type(out)(last_hidden_state=hidden[row:row + 1]))
+                self._keep(f"{key.split(':', 1)[0]}:{self.key(features[row:row + 1])}",
+                           type(out)(last_hidden_state=hidden[row:row + 1]))
+        if key in self.entries:
+            self.bytes -= self._size(self.entries.pop(key))
         self.entries[key] = type(out)(**out)
         self.bytes += size
-        while self.bytes > self.budget:
-            _, dropped = self.entries.popitem(last=False)
-            self.bytes -= dropped.last_hidden_state.numel() * dropped.last_hidden_state.element_size()
+        while self.bytes > self.budget and self.entries:
+            self.bytes -= self._size(self.entries.popitem(last=False)[1])
+
+    @staticmethod
+    def _size(out) -> int:
+        return out.last_hidden_state.numel() * out.last_hidden_state.element_size()
 
 
 # --------------------------------------------------------------------------- one sweep on disk
@@ -267,7 +280,7 @@ class Sweep:
             raise StoreError(f"sweep {self.path.name}: its files are links; a sweep is read from its own folder only")
         try:
             self.manifest = json.loads((self.path / "sweep.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise StoreError(f"sweep {self.path.name}: cannot read its sweep.json ({err}); run the sweep again") from None
 
     @property
@@ -290,14 +303,16 @@ class Sweep:
         """Every whole line of ``rows.jsonl`` (the last one of a (cell, clip) wins)."""
         found: dict[tuple[str, int], dict] = {}
         try:
-            lines = (self.path / "rows.jsonl").read_text(encoding="utf-8").splitlines()
+            lines = (self.path / "rows.jsonl").read_bytes().split(b"\n")
         except FileNotFoundError:
             return []
+        except OSError as err:
+            raise StoreError(f"sweep {self.id}: cannot read rows.jsonl ({err.strerror or err})") from None
         for line in lines:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # cut short by a crash: that cell runs again
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # cut short by a crash (maybe inside a character): that cell runs again
             if isinstance(row, dict) and "cell" in row and "clip" in row:
                 found[(row["cell"], row["clip"])] = row
         return list(found.values())
@@ -377,7 +392,7 @@ def _aggregate(rows: list[dict]) -> dict:
 
     tokens = sum(row.get("clean_tokens", 0) for row in rows)
     return {"wer": mean("wer"), "ref_wer": mean("ref_wer"), "tokens": mean("tokens"), "words": mean("words"),
-            "delta_logprob": round(sum(row.get("delta_logprob", 0.0) for row in rows) / tokens, 6) if tokens else 0.0,
+            "delta_logprob": round(sum(row.get("delta_logprob", 0.0) for row in rows) / tokens, 6) if tokens else None,
             "seconds": round(sum(row.get("seconds", 0.0) for row in rows), 4)}
 
 
@@ -388,14 +403,14 @@ def sweeps_dir(store) -> Path:
 def list_sweeps(store) -> list[Sweep]:
     """The store's sweeps, newest first."""
     folder = sweeps_dir(store)
-    if not folder.is_dir():
-        return []
+    if folder.is_symlink() or not folder.is_dir():
+        return []  # a linked sweeps folder could lead outside the store
     found = []
-    for entry in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-        if entry.is_dir() and not entry.is_symlink() and (entry / "sweep.json").is_file():
-            with contextlib.suppress(StoreError):
-                found.append(Sweep(entry))
-    return found
+    for entry in folder.iterdir():
+        with contextlib.suppress(StoreError, OSError):
+            if entry.is_dir() and not entry.is_symlink() and (entry / "sweep.json").is_file():
+                found.append((entry.lstat().st_mtime, Sweep(entry)))
+    return [sweep for _, sweep in sorted(found, key=lambda pair: pair[0], reverse=True)]
 
 
 def open_sweep(store, ref: str) -> Sweep:
@@ -448,10 +463,15 @@ def run_sweep(loaded, spec: SweepSpec, clips: list[SweepClip], store, options, n
     checked = {cell.key: resolve(loaded.model.config, in_store(cell.interventions, store.path), loaded.model_id)
                for cell in all_cells}
     description = {"spec": spec.to_dict(), "model": loaded.model_id, "decode": options.to_dict(),
+                   "numerics": {"dtype": str(loaded.dtype).removeprefix("torch."), "device": loaded.device.type,
+                                "attention": loaded.attn_implementation},
                    "clips": [clip.to_dict() for clip in clips]}
     name = name or f"{spec.family}-{spec.attention or 'encoder'}".replace(".", "-")
     folder = sweeps_dir(store) / sweep_id(description, name)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot write sweep {folder} ({err.strerror or err}); pick another --store") from None
     with _locked(folder):
         manifest = {**description, "name": name, "probe_version": _version(),
                     "cells": [{"key": c.key, "labels": c.labels, "interventions": list(c.interventions)}
@@ -501,7 +521,8 @@ class _CellRunner:
         from probe.plugin_manager import get_plugin_manager
 
         self.loaded, self.clips, self.options, self.batch_size = loaded, clips, options, batch_size
-        self.pm = get_plugin_manager(plugins=[], disabled=_all_plugins())  # tokens only: no records
+        # tokens only: no records, and no installed plugin's interventions beside the cell's own
+        self.pm = get_plugin_manager(plugins=[], disabled=_all_plugins(), autoload=False)
         self.cache = EncoderCache()
         self.reuse_encoder = reuse_encoder
         self.clean_windows: list[list[dict]] = []
@@ -566,8 +587,9 @@ class _CellRunner:
                 kept = window["kept"]
                 if not kept:
                     continue
+                # the tracer's own interventions: prepared (a mean ablation's means) as decoding used them
                 after = (window["logprobs"] if cell.key == CLEAN else
-                         self._teacher_forced(tracer, features, window, interventions, encoder_changed))
+                         self._teacher_forced(tracer, features, window, tracer.interventions, encoder_changed))
                 delta += float(sum(a - b for a, b in zip(after[:kept], window["logprobs"][:kept])))
                 counted += kept
             transcript = run.transcript

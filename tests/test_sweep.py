@@ -219,8 +219,31 @@ def test_cli_sweeps_prints_the_table_and_exports(done, tmp_path):
     assert Path(exported.stdout.strip()).name == f"{sweep_dir.name}.html"
 
 
+def test_a_mean_ablation_cell_measures_the_mean_ablation(base, two_clips, done):
+    """The teacher-forced Δ log-prob of a --mean-of cell is that of the heads held at their mean
+    (as probe.run's effect measures it), not of the heads zeroed."""
+    found, store = done
+    probe.run(two_clips[0].clip, model=base, store=store, name="reference", **OPTIONS)
+    spec = sweep.SweepSpec("layers", "decoder.self_attn", layers=(5,), mean_of=("reference",))
+    mean = sweep.run_sweep(base, spec, two_clips[1:], store, decode_options(False, **OPTIONS), batch_size=1)
+    row = next(r for r in mean.rows() if r["cell"] == "L5")
+    ablate = {"kind": "ablate", "attention": "decoder.self_attn", "layer": 5, "heads": list(range(8)),
+              "mean_of": ["reference"]}
+    intervened = probe.run(two_clips[1].clip, model=base, store=store, interventions=[ablate], **OPTIONS)
+    assert row["transcript"] == intervened.transcript
+    assert row["delta_logprob"] == pytest.approx(intervened.manifest["effect"]["delta_logprob_total"], abs=2e-2)
+    zeroed = next(r for r in sweep.run_sweep(base, sweep.SweepSpec("layers", "decoder.self_attn", layers=(5,)),
+                                             two_clips[1:], store, decode_options(False, **OPTIONS)).rows()
+                  if r["cell"] == "L5")
+    assert abs(zeroed["delta_logprob"] - row["delta_logprob"]) > 1.0  # zero is far from the mean
+
+
 @pytest.mark.parametrize("args, message", [
     (["--layers", "9"], "layer 9 is out of range"),
+    (["--group", "speech"], "--group speech: the clips have no groups"),
+    (["--metric", "ref_wer"], "--metric ref_wer needs reference texts"),
+    (["--k", "5"], "--k does not apply to --family heads"),
+    (["--top", "0"], "must be a whole number ≥ 1"),
     (["--metric", "speed"], "--metric 'speed': use one of"),
     (["--layers", "x"], "expected whole numbers such as 0,2-4"),
     (["--clips", "/nonexistent.json"], "no such file"),

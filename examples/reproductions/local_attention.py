@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     store = Store(args.store)
-    clips = sweep.clips_from_file(write_clip_set(Path(args.store) / "clipsets" / "speech", speech=SPEECH_CLIPS,
+    clips = sweep.clips_from_file(write_clip_set(Path(args.store) / ".clipsets" / "speech", speech=SPEECH_CLIPS,
                                                  nonspeech=False))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

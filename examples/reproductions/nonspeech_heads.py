@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     store = Store(args.store)
-    clips_file = write_clip_set(Path(args.store) / "clipsets" / "nonspeech", speech=SPEECH_CLIPS)
+    clips_file = write_clip_set(Path(args.store) / ".clipsets" / "nonspeech", speech=SPEECH_CLIPS)
     clips = sweep.clips_from_file(clips_file)
     loaded = runner.load("base", device="cpu", dtype="float32")
     spec = sweep.SweepSpec("heads", "decoder.self_attn")

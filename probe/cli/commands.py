@@ -176,12 +176,10 @@ def _sweep_named(store, ref: str):
         return None
     except StoreError:
         pass
-    if not list_sweeps(store):
+    sweeps = list_sweeps(store)
+    if not any(sweep.id.startswith(ref) for sweep in sweeps):
         return None
-    try:
-        return open_sweep(store, ref)
-    except StoreError:
-        return None
+    return open_sweep(store, ref)  # a prefix of several sweeps: that, in one line
 
 
 def cmd_import(args) -> int:

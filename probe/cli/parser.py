@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what the table is sorted by and the heatmap shows: delta_logprob, wer, ref_wer, "
                             "ref_wer_change, tokens or tokens_change (default: delta_logprob)")
     sweep.add_argument("--group", default=None, help="only the clips of this group of --clips (e.g. nonspeech)")
-    sweep.add_argument("--top", type=int, default=10, help="table rows printed (default: 10)")
+    sweep.add_argument("--top", type=_positive_int, default=10, help="table rows printed (default: 10)")
     sweep.add_argument("--name", default=None, help="the sweep's name (its id is the name and a hash)")
     sweep.add_argument("--batch-size", type=_positive_int, default=4, help="clips decoded together (default: 4)")
     sweep.add_argument("--language", default=None, help="language code or name; default: detect")

@@ -39,10 +39,17 @@ def cmd_sweep(args) -> int:
 
     if args.metric not in sweep.METRICS:
         raise OptionError(f"--metric {args.metric!r}: use one of {', '.join(sweep.METRICS)}")
+    unused = [flag for flag, given, used in (
+        ("--heads", args.heads, args.family == "heads"), ("--k", args.k, args.family == "local"),
+        ("--per-layer", args.per_layer, args.family == "local"), ("--mean-of", args.mean_of, args.family != "local"))
+        if given and not used]
+    if unused:
+        raise OptionError(f"{unused[0]} does not apply to --family {args.family}; leave it out")
     spec = sweep.spec_from_args(args.family, args.attention, args.layers, args.heads, args.k, args.per_layer,
                                 args.mean_of)
     store = Store(args.store)
     clip_set = _clip_set(args)
+    _check_choices(args, clip_set)
     loaded = runner.load(args.model, device=args.device, dtype=args.dtype)
     sweep.cells(spec, loaded.model.config)  # a head or layer out of range: before decoding anything
     options = runner.decode_options(False, language=args.language, task=args.task, num_beams=args.num_beams,
@@ -50,10 +57,11 @@ def cmd_sweep(args) -> int:
     done = sweep.run_sweep(loaded, spec, clip_set, store, options, name=args.name, batch_size=args.batch_size,
                            log=lambda line: print(f"probe: {line}", file=sys.stderr, flush=True))
     table = done.table(args.group)
-    path = save(sweep_heatmap(done, args.metric, args.group), done.path / f"heatmap-{args.metric}.png")
+    suffix = "" if args.group is None else f"-{args.group}"
+    path = save(sweep_heatmap(done, args.metric, args.group), done.path / f"heatmap-{args.metric}{suffix}.png")
     from probe.export.sweep import write_table_csv
 
-    csv_path = write_table_csv(table, done.path / "table.csv")
+    csv_path = write_table_csv(table, done.path / f"table{suffix}.csv")
     if args.json:
         print(json.dumps({"sweep": done.id, "path": str(done.path), "table": table}, ensure_ascii=False))
         return 0
@@ -61,6 +69,17 @@ def cmd_sweep(args) -> int:
     print(format_table(table, args.metric, args.top))
     print(f"heatmap: {path}\ntable: {csv_path}")
     return 0
+
+
+def _check_choices(args, clip_set: list) -> None:
+    """What can only be read once the clips are known, checked before the model loads: the
+    ``--group`` exists, a reference metric has references."""
+    groups = sorted({clip.group for clip in clip_set if clip.group})
+    if args.group is not None and args.group not in groups:
+        raise OptionError(f"--group {args.group}: the clips have {'groups ' + ', '.join(groups) if groups else 'no groups'}"
+                          " (groups come from --clips FILE)")
+    if args.metric.startswith("ref_wer") and not any(clip.text for clip in clip_set):
+        raise OptionError(f"--metric {args.metric} needs reference texts; give --clips FILE with a \"text\" per clip")
 
 
 def format_table(table: list[dict], metric: str, top: int) -> str:

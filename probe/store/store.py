@@ -146,7 +146,7 @@ class Store:
         return len(self._trace_ids())
 
     def __contains__(self, trace_id: object) -> bool:
-        return _is_plain_name(trace_id) and _is_trace_dir(self.path / trace_id)
+        return _is_plain_name(trace_id) and trace_id != SWEEPS and _is_trace_dir(self.path / trace_id)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, traces={len(self)})"
