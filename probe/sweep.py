@@ -527,6 +527,8 @@ class _CellRunner:
         self.reuse_encoder = reuse_encoder
         self.clean_windows: list[list[dict]] = []
         self._cell_cache: EncoderCache | None = None
+        self._features: dict[int, tuple] = {}  # clip number → its log-Mel (and mask), made once
+        self._clean_decoded: tuple | None = None  # clean()'s (tracer, runs, seconds), for the clean cell's rows
 
     def decode(self, interventions: list, encoder_changed: bool) -> list:
         """(tracer, runs) of the clip set decoded with ``interventions``."""
@@ -542,17 +544,25 @@ class _CellRunner:
 
     def clean(self) -> list[dict]:
         """Each clip's clean transcript and windows, with every window's teacher-forced log-probs."""
+        started = time.perf_counter()
         tracer, runs = self.decode([], False)
+        self._clean_decoded = (tracer, runs, time.perf_counter() - started)
         found = []
-        for clip, run in zip(self.clips, runs):
+        for number, (clip, run) in enumerate(zip(self.clips, runs)):
             windows = [{"index": w.index, "seek": w.seek, "prompt": list(w.prompt), "tokens": list(w.tokens),
                         "kept": 0 if w.skipped else int(w.kept), "language": w.language} for w in run.windows]
-            features = tracer.features([clip.clip])
+            features = self.features(tracer, number)
             for window in windows:
                 window["logprobs"] = self._teacher_forced(tracer, features, window, [], False)
             found.append({"source": clip.clip.source, "transcript": run.transcript, "sequence": run.sequence,
                           "language": run.windows[0].language, "windows": windows})
         return found
+
+    def features(self, tracer, number: int) -> tuple:
+        """Clip ``number``'s log-Mel features [1, n_mels, mel_frame] and mask, computed once."""
+        if number not in self._features:
+            self._features[number] = tracer.features([self.clips[number].clip])
+        return self._features[number]
 
     def use_clean(self, clean: list[dict]) -> None:
         self.clean_windows = clean
@@ -571,17 +581,17 @@ class _CellRunner:
 
         started = time.perf_counter()
         self._cell_cache = None
-        if cell.key == CLEAN:
-            tracer, runs = self.decode([], False)
+        if cell.key == CLEAN and self._clean_decoded is not None:  # decoded already by clean()
+            (tracer, runs, decoded), self._clean_decoded = self._clean_decoded, None
         else:
             tracer, runs = self.decode(interventions, encoder_changed)
-        decoded = time.perf_counter() - started
+            decoded = time.perf_counter() - started
         eot = int(tracer.loaded.processor.tokenizer.eos_token_id)
         rows = []
         for number, (clip, run, clean) in enumerate(zip(self.clips, runs, self.clean_windows)):
             clip_started = time.perf_counter()
             language = clip.language or clean["language"]
-            features = tracer.features([clip.clip])
+            features = self.features(tracer, number)
             delta, counted = 0.0, 0
             for window in clean["windows"]:
                 kept = window["kept"]
