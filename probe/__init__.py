@@ -4,6 +4,9 @@ The public API, all of it:
 
 - :func:`run` — trace audio (a path, a 16 kHz array, or a list) with a Whisper model and return the
   stored :class:`Trace` (records by name, transcript, words, audio).
+- :func:`run_dataset` — trace every row of a ``datasets`` dataset (resumably; ``engine="ray"`` on
+  Ray Data) and return the run's report; ``probe summary`` / :func:`probe.summary.summary_table`
+  list the traces with their WER/CER.
 - :class:`Store` — a folder of traces: ``list()``, ``open(id)``, ``delete(id)``, ``resolve(ref)``.
 - :func:`load_model` — any Whisper checkpoint (hub id, transformers or CTranslate2 directory, openai
   ``.pt``, or the embedded offline default) on ``device="auto"`` / ``dtype="auto"``.
@@ -21,7 +24,7 @@ __version__ = "0.1.0"
 from probe.errors import ProbeError  # noqa: E402
 from probe.hookspecs import PROBE_API_VERSION, hookimpl  # noqa: E402
 
-__all__ = ["run", "Store", "Trace", "load_model", "load_audio", "dashboard", "list_points", "select_points", "hookimpl",
+__all__ = ["run", "run_dataset", "Store", "Trace", "load_model", "load_audio", "dashboard", "list_points", "select_points", "hookimpl",
            "ProbeError", "PROBE_API_VERSION", "__version__"]
 
 
@@ -30,6 +33,9 @@ def __getattr__(name):
     if name == "run":
         from probe.runner import run
         return run
+    if name == "run_dataset":
+        from probe.dataset_runs.run import run_dataset
+        return run_dataset
     if name in ("Store", "Trace"):
         from probe import store
         return getattr(store, name)

@@ -6,7 +6,7 @@ below.  The core calls them in this order for each traced input::
     probe_interventions (once, when the tracer is made)
     probe_run_start → probe_decode_points, probe_replay_points, probe_rejected_points → probe_estimate
       per window: probe_capture (for each requested hook point as it fires) → probe_window_end
-    probe_run_end (write records)
+    probe_run_end (write records) → probe_trace_metrics (scalars for the manifest's metrics)
 
 ``probe_addoption`` is called when options are collected (the CLI, ``probe.run``).  What a plugin
 shows is declared by four more hooks, called by the dashboard, ``probe export`` and
@@ -17,6 +17,10 @@ shows is declared by four more hooks, called by the dashboard, ``probe export`` 
     probe_dashboard_views (pages in the dashboard's navigation)
     probe_export_sections (sections of the HTML export, tables of the json/csv export)
     probe_lesson_steps (steps of the dashboard's guided Lesson)
+
+Two more are called by ``probe summary`` and the dashboard's Dataset view over a whole store:
+``probe_summary_columns`` (columns of one trace's summary row) and ``probe_summary_reduce``
+(results across the traces of a summary).
 
 Everything registered may name the records it needs (``requires``): it is shown only for traces
 that hold them, so a trace made with ``-p no:NAME`` shows nothing of that plugin and nothing
@@ -33,7 +37,7 @@ from __future__ import annotations
 import pluggy
 
 PROJECT_NAME = "whisper_probe"
-PROBE_API_VERSION = "1.3"
+PROBE_API_VERSION = "1.4"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -276,4 +280,47 @@ def probe_lesson_steps(register):
         prompt (50).
 
     .. versionadded:: 1.2
+    """
+
+
+@hookspec
+def probe_trace_metrics(run):
+    """Scalars this plugin measured for the run, kept in the manifest's ``metrics`` (beside WER/CER,
+    average log-probability, compression ratio, no-speech and language probability and duration),
+    so ``probe summary`` and the Dataset view list them per trace without opening any record.
+
+    Called after ``probe_run_end``, on the same thread.
+
+    :param run: the finished run.
+    :return: a dict mapping names (start them with the plugin name: ``"my_plugin.sharpness"``) to
+        ints, floats or bools (None for "not measured"), or ``None``.
+
+    .. versionadded:: 1.4
+    """
+
+
+@hookspec
+def probe_summary_columns(trace):
+    """Columns this plugin adds to ``trace``'s row of a store summary (``probe summary``, the
+    dashboard's Dataset view).  Rows are kept in the store's summary index, so this is called once
+    per trace (again only when the trace or the set of plugins changes), not on every look.
+
+    :param trace: a :class:`probe.store.Trace` (read its manifest or records).
+    :return: a dict mapping column names (start them with the plugin name) to scalars (str, int,
+        float, bool or None), or ``None``.
+
+    .. versionadded:: 1.4
+    """
+
+
+@hookspec
+def probe_summary_reduce(table):
+    """Results across the traces of a summary, e.g. a per-head alignment sharpness averaged over a
+    dataset: shown under the summary table and in its JSON/HTML.
+
+    :param table: a ``pandas.DataFrame``, one row per trace (after ``--where`` filtering), with the
+        columns ``probe summary`` lists, the ones plugins added included.
+    :return: a dict mapping result names to JSON-able values (numbers, strings, lists, dicts), or ``None``.
+
+    .. versionadded:: 1.4
     """

@@ -88,3 +88,51 @@ def word_diff(reference: str, hypothesis: str, language: str | None = None) -> l
     for op, a0, a1, b0, b1 in difflib.SequenceMatcher(None, *keys, autojunk=False).get_opcodes():
         runs.append((op, joiner.join(units[0][a0:a1]), joiner.join(units[1][b0:b1])))
     return runs
+
+
+def _scalar(value) -> bool:
+    return value is None or (isinstance(value, (bool, int, float)) and not isinstance(value, complex))
+
+
+def trace_metrics(run, pm=None) -> dict:
+    """The manifest's ``metrics`` of a finished run: what ``probe summary`` lists per trace.
+
+    Duration, window and token counts; the token-weighted average log-probability over the windows
+    (:mod:`probe.signals`), openai-whisper's compression ratio of the whole transcript, the first
+    window's no-speech and language probability; with a reference (``run.clip.reference``) its WER
+    and CER (:func:`error_rates`; ``error_rate`` is the headline one); and every scalar a plugin
+    returns from ``probe_trace_metrics`` (a plugin returning something else is a PluginError).
+    """
+    from probe.errors import PluginError
+    from probe.signals import text_compression_ratio
+
+    first = run.windows[0]
+    weighted = [(w.signals.get("avg_logprob"), w.signals.get("tokens") or 0) for w in run.windows
+                if isinstance(getattr(w, "signals", None), dict) and w.signals.get("avg_logprob") is not None]
+    tokens = sum(n for _, n in weighted)
+    metrics = {
+        "duration": round(run.clip.duration, 3),
+        "windows": len(run.windows),
+        "tokens": sum(w.kept for w in run.windows),  # the transcript's, timestamps included
+        "avg_logprob": round(sum(a * n for a, n in weighted) / tokens, 4) if tokens else None,
+        "compression_ratio": round(text_compression_ratio(run.transcript), 4),
+        "no_speech_probability": round(float(first.no_speech_probability), 4),
+        "language_probability": round(float(first.language_probability), 4),
+        "language": first.language,
+    }
+    reference = run.clip.reference
+    if reference is not None:
+        rates = error_rates(reference, run.transcript, first.language)
+        metrics.update(rates.to_dict(), wer=round(rates.wer, 4), cer=round(rates.cer, 4),
+                       error_rate=round(rates.cer if rates.headline == "cer" else rates.wer, 4))
+    if pm is not None:
+        from probe.plugin_manager import ask
+
+        answers = ask(pm, "probe_trace_metrics", expect=lambda result: isinstance(result, dict), run=run)
+        for plugin, values in answers.items():
+            for name, value in values.items():
+                if not isinstance(name, str) or not _scalar(value):
+                    raise PluginError(f"plugin {plugin!r} returned {name!r}: {value!r} from probe_trace_metrics;"
+                                      " metrics are names mapped to numbers, bools or None")
+                metrics[name] = value
+    return metrics

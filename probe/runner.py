@@ -20,7 +20,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ import torch
 import probe
 from probe.audio import AudioClip, audio_from_array, encode_flac, load_audio
 from probe.errors import StoreError
+from probe.metrics import trace_metrics
 from probe.plugin_manager import get_plugin_manager, plugin_version
-from probe.store import Store, Trace, TraceWriter, WriteQueue
+from probe.store import Store, Trace, TraceExists, TraceWriter, WriteQueue
 from probe.tokens import piece_texts
 from probe.tracer import DecodeOptions, Run, Tracer, decode_options
 
@@ -119,6 +120,10 @@ def manifest_fields(run: Run, pm, name: str | None, timings: dict) -> dict:
         "points": run.hooked,
         "requested_points": run.points,
         "timings": timings,
+        "metrics": trace_metrics(run, pm),
+        **({"reference": {"text": clip.reference, "column": (clip.dataset or {}).get("text_column")}}
+           if clip.reference is not None else {}),
+        **({"dataset": {k: v for k, v in clip.dataset.items() if k != "text_column"}} if clip.dataset else {}),
         **({"interventions": run.interventions} if run.interventions else {}),
     }
 
@@ -136,7 +141,7 @@ def warn_slow_plugins(plugin_seconds: dict[str, float], total: float) -> None:
 
 
 def begin_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None,
-                queue: WriteQueue | None = None, effect=None) -> TraceWriter:
+                queue: WriteQueue | None = None, effect=None, trace_id: str | None = None) -> TraceWriter:
     """Let the plugins hand ``run``'s records to a new trace of ``store``; returns its writer.
     An intervened run's ``effect`` (:func:`measured_effect`) adds its records and summary.
 
@@ -145,7 +150,7 @@ def begin_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None,
     returns.  The trace appears in the store only when everything is written; an error leaves none.
     """
     name = name or Path(run.clip.source).stem
-    with store.writer(name=name, queue=queue) as writer:
+    with store.writer(name=name, queue=queue, trace_id=trace_id) as writer:
         tracer.finish(run, writer)
         timings = {key: round(sum(w.timings.get(key, 0.0) for w in run.windows), 4)
                    for key in ("encode", "detect", "generate", "replay")}
@@ -184,8 +189,22 @@ def write_trace(tracer: Tracer, run: Run, store: Store, name: str | None = None)
         run.spill.remove()
 
 
+class _Published:
+    """Stands in for the writer of a trace that is already in the store."""
+
+    def __init__(self, store: Store, trace_id: str):
+        self.store, self.trace_id = store, trace_id
+
+    def written(self) -> bool:
+        return True
+
+    def wait(self) -> Trace:
+        return self.store.open(self.trace_id)
+
+
 def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store | None, name: str | None = None,
-                batch_size: int = 1, clean: str | None = None) -> Iterator[tuple[Run, Trace | None]]:
+                batch_size: int = 1, clean: str | None = None,
+                trace_id: Callable[[AudioClip], str | None] | None = None) -> Iterator[tuple[Run, Trace | None]]:
     """Trace clips (``batch_size`` clips decoded together) and store each: yields (run, trace).
 
     Each trace's files are written on a background thread (:class:`~probe.store.WriteQueue`) while
@@ -194,6 +213,8 @@ def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store | None,
     unfinished one is removed, and the error goes on.  Without a ``store`` (``probe run
     --no-store``) the clips are only decoded: yields (run, None).  With interventions, each run is
     measured against its clean trace (``clean``, see :func:`measured_effect`) before it is written.
+    ``trace_id(clip)`` names each trace's id (a dataset run's deterministic row id) or None for a
+    new one; a named trace that another run published meanwhile is yielded as that trace.
     """
     if store is None:
         yield from ((run, None) for run in tracer.trace_many(clips, batch_size=batch_size))
@@ -205,6 +226,8 @@ def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store | None,
         done, writer = pending.popleft()
         try:
             return done, writer.wait()
+        except TraceExists as taken:  # the same row and run, traced by another run just now
+            return done, store.open(taken.trace_id)
         finally:
             done.spill.remove()  # what it spilled is in the trace now (or the trace failed)
 
@@ -213,7 +236,12 @@ def trace_clips(tracer: Tracer, clips: Iterable[AudioClip], store: Store | None,
             for run in tracer.trace_many(clips, batch_size=batch_size):
                 seen.append(run)
                 effect = measured_effect(tracer, run, store, clean)
-                pending.append((run, begin_trace(tracer, run, store, name, queue, effect)))
+                named = trace_id(run.clip) if trace_id is not None else None
+                try:
+                    writer = begin_trace(tracer, run, store, name, queue, effect, named)
+                except TraceExists as taken:  # published by another run since this one checked
+                    writer = _Published(store, taken.trace_id)
+                pending.append((run, writer))
                 while pending and pending[0][1].written():
                     yield oldest()
             while pending:
@@ -227,7 +255,7 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
         language: str | None = None, task: str = "transcribe", timestamps: bool = False, num_beams: int = 1,
         max_new_tokens: int | None = None, device: str = "auto", dtype: str = "auto", disable: Iterable[str] = (),
         plugin_options: dict | None = None, channel="mix", batch_size: int = 1, source: str | None = None,
-        interventions: Iterable | None = None, clean: str | None = "auto", **decoding):
+        interventions: Iterable | None = None, clean: str | None = "auto", reference: str | None = None, **decoding):
     """Trace ``audio`` with Whisper and return the stored trace (a list of traces for a list input).
 
     :param audio: a path, a 16 kHz numpy/torch array, an :class:`~probe.audio.AudioClip`, or a list.
@@ -239,6 +267,7 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
     :param batch_size: clips decoded together in one ``generate()`` call.
     :param source: what the manifest names as the audio's source instead of the path or "array"
         (e.g. an upload's file name, when ``audio`` is a temporary copy of it); one input only.
+    :param reference: what was said, for the trace's WER/CER (``metrics``); one input only.
     :param interventions: changes made inside the model while it decodes (:mod:`probe.interventions`:
         ``Ablate``, ``Steer``, ``Local``, ``Block``, ``Replace`` objects or their dicts); the manifest lists them.
     :param clean: with interventions, the clean trace of the same clip to measure them against
@@ -263,11 +292,12 @@ def run(audio, model=None, plugins: Iterable = (), points: Iterable[str] = (), s
 
     tracer = Tracer(loaded, pm, options, points=points, plugin_options=plugin_options,
                     interventions=in_store(interventions, store.path))
-    if source is not None and isinstance(audio, (list, tuple)):
-        raise TypeError("probe.run(source=...) names one input; pass one audio, not a list")
+    for given, what in ((source, "source"), (reference, "reference")):
+        if given is not None and isinstance(audio, (list, tuple)):
+            raise TypeError(f"probe.run({what}=...) is about one input; pass one audio, not a list")
     inputs = clips(audio if isinstance(audio, (list, tuple)) else [audio], channel)
-    if source is not None:
-        inputs = (dataclasses.replace(clip, source=source) for clip in inputs)
+    if source is not None or reference is not None:
+        inputs = (dataclasses.replace(clip, source=source or clip.source, reference=reference) for clip in inputs)
     traces = [trace for _, trace in trace_clips(tracer, inputs, store, name, batch_size=batch_size, clean=clean)]
     if not traces:
         raise StoreError("nothing to trace: the input list is empty")

@@ -447,9 +447,13 @@ def sweep_id(description: dict, name: str) -> str:
 
 
 def run_sweep(loaded, spec: SweepSpec, clips: list[SweepClip], store, options, name: str | None = None,
-              batch_size: int = 4, log: Callable[[str], None] | None = None, reuse_encoder: bool = True) -> Sweep:
+              batch_size: int = 4, log: Callable[[str], None] | None = None, reuse_encoder: bool = True,
+              ray=None) -> Sweep:
     """Run (or resume) ``spec`` over ``clips`` with ``loaded``'s model and decoding ``options``
-    into ``store``; returns the :class:`Sweep` with every cell done."""
+    into ``store``; returns the :class:`Sweep` with every cell done.
+
+    ``ray``: a :class:`RayCells` to decode the cells on Ray Data's actor pool instead of here
+    (the clean decoding and the rows file stay with this process)."""
     from probe.interventions import in_store, resolve, touches_encoder
     from probe.malloc import keep_freed_memory
 
@@ -491,10 +495,17 @@ def run_sweep(loaded, spec: SweepSpec, clips: list[SweepClip], store, options, n
             _write_json(folder / "clean.json", clean)
         runner.use_clean(clean)
         started = time.perf_counter()
-        for cell in all_cells:
-            if cell.key in done:
-                continue
-            rows = runner.run(cell, checked[cell.key], touches_encoder(checked[cell.key], loaded.model.config))
+        todo = [(cell, checked[cell.key], touches_encoder(checked[cell.key], loaded.model.config))
+                for cell in all_cells if cell.key not in done]
+        if ray is None:
+            finished = ((cell, runner.run(cell, interventions, changed)) for cell, interventions, changed in todo)
+        else:
+            from probe.dataset_runs.ray_engine import sweep_cells_on_ray
+
+            finished = sweep_cells_on_ray(ray.setup(options), todo, clips, options, batch_size, reuse_encoder, clean,
+                                          workers=ray.workers, gpus_per_worker=ray.gpus_per_worker,
+                                          address=ray.address)
+        for cell, rows in finished:
             _append_rows(folder / "rows.jsonl", rows)
             progress.done += 1
             progress.seconds = time.perf_counter() - started
@@ -505,6 +516,25 @@ def run_sweep(loaded, spec: SweepSpec, clips: list[SweepClip], store, options, n
                                             "encoder_reused": runner.cache.hits, "batch_size": batch_size})
         _write_json(sweep_json, meta)
     return Sweep(folder)
+
+
+@dataclass(frozen=True)
+class RayCells:
+    """Where ``probe sweep --engine ray`` decodes its cells: ``workers`` actors, each loading
+    ``model`` (as given: spec, device, dtype) once, ``gpus_per_worker`` GPUs each, on the Ray cluster
+    at ``address`` (None: a local one)."""
+
+    model: Any
+    device: str = "auto"
+    dtype: str = "auto"
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    address: str | None = None
+
+    def setup(self, options):
+        from probe.dataset_runs.setup import TracerSetup
+
+        return TracerSetup(self.model, options, self.device, self.dtype)
 
 
 def _row_summary(rows: list[dict]) -> str:

@@ -23,6 +23,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import probe
+from probe.metrics import error_rates
 import probe.dashboards
 import probe.models
 from probe import runner
@@ -117,8 +118,11 @@ def test_a_named_source_and_the_load_time_reach_the_manifest_once(fresh_loads, t
     assert first.manifest["timings"]["load"] >= 0.2  # this trace waited for the load
     assert again.manifest["timings"]["load"] == 0.0 and again.audio_source == "array"
     assert first.manifest["timings"]["load"] not in (first.manifest["timings"]["total"], 0)
-    with pytest.raises(TypeError, match="names one input"):
+    with pytest.raises(TypeError, match="is about one input"):
         probe.run([tone, tone], model=loaded, source="lecture.mp3", **quick)
+    said = probe.run(tone, model=loaded, reference="a tone", **quick)  # a reference: WER/CER in the metrics
+    assert said.manifest["reference"] == {"text": "a tone", "column": None}
+    assert said.manifest["metrics"]["wer"] == round(error_rates("a tone", said.transcript, said.language).wer, 4)
 
     for trace, said in ((first, "(model loaded in "), (again, "(model already loaded)")):
         assert main(["show", trace.id, "--store", str(store.path)]) == 0

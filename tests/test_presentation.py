@@ -211,12 +211,12 @@ def test_word_timings_are_found_by_their_description_not_their_name(shown_trace)
 def test_every_hookspec_is_documented_versioned_and_in_the_plugin_guide():
     guide = (ROOT / "docs" / "plugins.md").read_text()
     specs = [name for name, value in vars(hookspecs).items() if name.startswith("probe_") and callable(value)]
-    assert len(specs) == 15
+    assert len(specs) == 18
     for name in specs:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert len(doc) > 80 and ".. versionadded::" in doc, name
         assert f"### `{name}(" in guide, f"{name} is not in docs/plugins.md"
-    assert hookspecs.PROBE_API_VERSION == "1.3" and "(1.3)" in guide
+    assert hookspecs.PROBE_API_VERSION == "1.4" and "(1.4)" in guide
 
 
 def test_the_example_plugin_file_registers_all_five_parts():

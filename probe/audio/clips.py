@@ -29,6 +29,10 @@ class AudioClip:
     original_channels: int
     row: dict[str, Any] | None = None  # a dataset row's other scalar columns (text, language, ...)
     channel: str | int = "mix"  # what became the mono signal: "mix", "left", "right" or a channel number
+    reference: str | None = None  # what was said (a dataset's text column): the trace's WER/CER compare with it
+    dataset: dict[str, Any] | None = None  # a dataset row's origin: name, config, split, row, key, key_column
+    # log-Mel features [n_mels, mel_frame] made beside decoding (probe.dataset_runs' CPU stage), or None
+    features: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def duration(self) -> float:

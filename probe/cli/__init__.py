@@ -2,7 +2,8 @@
 
 Subcommands: ``run`` (trace audio into the store, :mod:`.run`), ``points`` (list hook points with
 shapes), ``plugins`` (list plugins and their hooks), ``ls`` / ``show`` / ``rm`` (browse the store),
-``convert`` (CTranslate2 or openai-whisper checkpoint → transformers directory), ``dashboard``,
+``summary`` (one row per trace of a store, :mod:`.summary`), ``convert`` (CTranslate2 or
+openai-whisper checkpoint → transformers directory), ``dashboard``,
 ``export`` and ``import`` (:mod:`.commands`), ``sweep`` (one intervention family over a clip set,
 :mod:`.sweep`), ``heads --alignment`` (rank cross-attention heads for word timing); the grammar is :mod:`.parser`.  A user mistake prints
 one line, ``probe: error: ...``, and exits 2; ``--debug`` shows the traceback.  Ctrl-C exits 130
@@ -19,6 +20,7 @@ from probe.cli.commands import (cmd_convert, cmd_dashboard, cmd_export, cmd_head
                                  cmd_plugins, cmd_points, cmd_rm, cmd_show)
 from probe.cli.parser import build_parser
 from probe.cli.run import cmd_run
+from probe.cli.summary import cmd_summary
 from probe.cli.sweep import cmd_sweep
 from probe.errors import ProbeError
 
@@ -27,7 +29,7 @@ DEBUG_ENV = "WHISPER_PROBE_DEBUG"
 
 COMMANDS = {"run": cmd_run, "points": cmd_points, "plugins": cmd_plugins, "ls": cmd_ls, "show": cmd_show,
             "rm": cmd_rm, "convert": cmd_convert, "dashboard": cmd_dashboard, "export": cmd_export,
-            "import": cmd_import, "sweep": cmd_sweep, "heads": cmd_heads}
+            "import": cmd_import, "sweep": cmd_sweep, "heads": cmd_heads, "summary": cmd_summary}
 
 
 def plugin_refs(argv: list[str]) -> list[str]:
@@ -70,6 +72,7 @@ def main(argv=None) -> int:
             pm, options = _with_plugin_options(parser, argv)
         args = parser.parse_args(argv)
         args.plugin_manager, args.plugin_options = pm, options
+        args.plugin_refs = plugin_refs(argv) if pm is not None else []
         debug = args.debug or debug
         return COMMANDS[args.command](args)
     except ProbeError as exc:

@@ -52,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--split", default="train")
     run.add_argument("--audio-column", default=None, help="the Audio column (found automatically if omitted)")
     run.add_argument("--limit", type=int, default=None, help="trace at most this many dataset rows")
+    run.add_argument("--text-column", default=None,
+                     help="the dataset column holding each row's reference text (e.g. transcription): WER/CER per trace")
+    run.add_argument("--key-column", default=None,
+                     help="a dataset column of stable row ids for the deterministic trace ids (default: row position)")
+    run.add_argument("--streaming", action="store_true",
+                     help="read a local dataset row by row as an IterableDataset (Hub datasets always stream)")
+    scale = run.add_argument_group("dataset engines (a dataset run resumes: rows already in the store are skipped)")
+    scale.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: Ray Data, an actor pool of tracers")
+    scale.add_argument("--address", default=None, help="with --engine ray: a running Ray cluster (default: start a local one)")
+    scale.add_argument("--workers", type=_positive_int, default=1, help="with --engine ray: tracer actors (one model each)")
+    scale.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --engine ray: GPUs per actor (e.g. 1)")
     run.add_argument("--language", default=None, help="language code or name (en, zh, chinese, ...); default: detect")
     run.add_argument("--task", default="transcribe", help="transcribe or translate (to English)")
     run.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
@@ -131,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--top", type=_positive_int, default=10, help="table rows printed (default: 10)")
     sweep.add_argument("--name", default=None, help="the sweep's name (its id is the name and a hash)")
     sweep.add_argument("--batch-size", type=_positive_int, default=4, help="clips decoded together (default: 4)")
+    sweep.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: the cells shared out to Ray Data actors")
+    sweep.add_argument("--address", default=None, help="with --engine ray: a running Ray cluster (default: a local one)")
+    sweep.add_argument("--workers", type=_positive_int, default=1, help="with --engine ray: actors (one model each)")
+    sweep.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --engine ray: GPUs per actor")
     sweep.add_argument("--language", default=None, help="language code or name; default: detect")
     sweep.add_argument("--task", default="transcribe")
     sweep.add_argument("--num-beams", type=int, default=1)
@@ -185,6 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="delete traces")
     rm.add_argument("traces", nargs="+")
     _store_arg(rm)
+
+    summary = sub.add_parser("summary", help="one row per trace of the store: WER/CER, confidence, plugin columns",
+                             description="One row per trace (newest first) with its model, language, reference, "
+                                         "WER/CER, average log-probability, compression ratio, no-speech and "
+                                         "language probability and the columns plugins add, then the results "
+                                         "across the traces. Kept in an index in the store, so a store of "
+                                         "thousands of traces answers at once.")
+    _store_arg(summary)
+    summary.add_argument("--where", metavar="EXPR", default=None,
+                         help="only the rows where this holds, a pandas query over the columns, e.g. "
+                              "\"wer > 0.3 and language == 'zh'\" (a column with dots in backticks)")
+    summary.add_argument("--columns", metavar="A,B,C", default=None,
+                         help="only these columns, in this order (default: all; the text table shows a few)")
+    summary_out = summary.add_mutually_exclusive_group()
+    summary_out.add_argument("--json", action="store_true", help='print {"rows": [...], "reduce": {...}}')
+    summary_out.add_argument("--csv", action="store_true", help="print the rows as CSV")
+    summary_out.add_argument("--parquet", metavar="FILE", default=None, help="write the rows to a Parquet file")
+    summary_out.add_argument("--html", metavar="FILE", default=None,
+                             help="write a self-contained HTML page (sortable table and the results)")
+    summary.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                         help="also ask this plugin for columns and results (module or .py file; no:NAME leaves "
+                              "one out)")
 
     convert = sub.add_parser("convert", help="write a transformers directory from a CTranslate2 dir or .pt file")
     convert.add_argument("src")

@@ -20,7 +20,7 @@ def _inputs(args):
 
     if args.dataset and args.audio:
         raise ProbeError("give audio files or --dataset, not both")
-    if args.dataset:
+    if args.dataset:  # --dry-run of a dataset: its estimates row by row
         ds_args = dict(config=args.dataset_config, split=args.split, audio_column=args.audio_column, limit=args.limit)
         return iter_dataset(args.dataset, **ds_args), dataset_size(args.dataset, **ds_args)
     if not args.audio:
@@ -96,6 +96,9 @@ def cmd_run(args) -> int:
     clean = None if str(args.clean).lower() == "none" else args.clean
     if args.clean != "auto" and clean is not None and not interventions:
         raise OptionError(f"--clean {args.clean} compares an intervened trace with a clean one; add --intervene SPEC")
+    _check_dataset_flags(args)
+    if args.dataset and not args.dry_run:
+        return _dataset_run(args, interventions, clean)
     clips, count = _inputs(args)
     loaded = runner.load(args.model, device=args.device, dtype=args.dtype)
     if loaded.note:
@@ -118,6 +121,99 @@ def cmd_run(args) -> int:
             if interventions and trace is not None:
                 _print_effect(trace.manifest.get("effect"), clean)
     return 0
+
+
+_DATASET_ONLY = (("text_column", "--text-column"), ("key_column", "--key-column"), ("streaming", "--streaming"),
+                 ("address", "--address"))
+
+
+def _check_dataset_flags(args) -> None:
+    """Dataset-run flags given without what they need: one line, before anything loads."""
+    if not args.dataset:
+        for dest, flag in _DATASET_ONLY:
+            if getattr(args, dest):
+                raise OptionError(f"{flag} is for dataset runs; add --dataset DIR_OR_NAME")
+        if args.engine != "local":
+            raise OptionError("--engine ray runs datasets; add --dataset DIR_OR_NAME (files are traced in this process)")
+    from probe.dataset_runs.run import check_engine
+
+    check_engine(args.engine, args.address, args.workers, args.gpus_per_worker)
+    if args.dataset and args.no_store:
+        raise OptionError("a dataset run keeps its traces in the store to resume from; drop --no-store "
+                          "(or --dry-run to see what it would record)")
+
+
+def _dataset_run(args, interventions, clean) -> int:
+    """``probe run --dataset``: every row traced (resumably) by the chosen engine; a row outcome per
+    line as it comes, then the run's summary on stderr; exit status 1 when a row failed."""
+    import time
+
+    from tqdm import tqdm
+
+    from probe.audio import DatasetSpec, OpenedDataset
+    from probe.dataset_runs import RunReport, TracerSetup
+    from probe.dataset_runs.run import dataset_outcomes
+    from probe.dataset_runs.setup import absolute_plugin_refs
+    from probe.store import Store
+
+    if args.audio:
+        raise ProbeError("give audio files or --dataset, not both")
+    spec = DatasetSpec(args.dataset, args.dataset_config, args.split, args.audio_column, args.text_column,
+                       args.key_column, args.limit, args.streaming)
+    opened = OpenedDataset(spec)  # a wrong dataset, split or column fails now, before any model loads
+    setup = TracerSetup(args.model, decode_options(args), args.device, args.dtype,
+                        absolute_plugin_refs(args.plugin_refs), tuple(_split_points(args.points)),
+                        args.plugin_options.values(args), interventions)
+    store = Store(args.store)
+    report = RunReport(args.engine)
+    started = time.perf_counter()
+    tracer = _local_tracer(args, setup) if args.engine == "local" else None
+    outcomes = dataset_outcomes(setup, opened, store, args.engine, pm=args.plugin_manager, workers=args.workers,
+                                gpus_per_worker=args.gpus_per_worker, address=args.address,
+                                batch_size=args.batch_size, name=args.name, clean=clean, tracer=tracer)
+    bar = tqdm(total=opened.size(), disable=not sys.stderr.isatty(), unit="row")
+    for outcome, run, trace in outcomes:
+        bar.update(1)
+        report.add(outcome)
+        _print_outcome(outcome, run, trace, args)
+    bar.close()
+    report.seconds = time.perf_counter() - started
+    report.print()
+    if args.json:
+        print(json.dumps({"summary": report.to_dict()}, ensure_ascii=False), flush=True)
+    return 1 if report.failures else 0
+
+
+def _local_tracer(args, setup):
+    """The local engine's tracer, made with the plugin manager the CLI already loaded."""
+    from probe import runner
+    from probe.tracer import Tracer
+
+    loaded = runner.load(args.model, device=args.device, dtype=args.dtype)
+    if loaded.note:
+        print(f"probe: {loaded.note}", file=sys.stderr)
+    return Tracer(loaded, args.plugin_manager, setup.options, points=list(setup.points),
+                  plugin_options=setup.plugin_options, progress=sys.stderr.isatty(), interventions=setup.interventions)
+
+
+def _print_outcome(outcome, run, trace, args) -> None:
+    from probe.dataset_runs.outcome import FAILED, SKIPPED
+
+    if args.json:
+        line = outcome.to_dict()
+        if run is not None:
+            line.update(_result_json(run, run.loaded, trace))
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+        return
+    if run is not None:
+        _print_result(_result_json(run, run.loaded, trace), sys.stdout)
+    elif outcome.status == SKIPPED:
+        print(f"== {outcome.source}: already traced ({outcome.trace_id})", file=sys.stdout)
+    elif outcome.status == FAILED:
+        print(f"== {outcome.source}: failed: {outcome.reason}", file=sys.stdout)
+    else:
+        rate = f"  error rate {outcome.error_rate:.3f}" if outcome.error_rate is not None else ""
+        print(f"== {outcome.source}\ntext: {outcome.transcript}\ntrace: {outcome.trace_id}{rate}", file=sys.stdout)
 
 
 def _print_effect(effect: dict | None, clean: str | None) -> None:

@@ -45,6 +45,9 @@ def cmd_sweep(args) -> int:
         if given and not used]
     if unused:
         raise OptionError(f"{unused[0]} does not apply to --family {args.family}; leave it out")
+    from probe.dataset_runs.run import check_engine
+
+    check_engine(args.engine, args.address, args.workers, args.gpus_per_worker)
     spec = sweep.spec_from_args(args.family, args.attention, args.layers, args.heads, args.k, args.per_layer,
                                 args.mean_of)
     store = Store(args.store)
@@ -54,8 +57,10 @@ def cmd_sweep(args) -> int:
     sweep.cells(spec, loaded.model.config)  # a head or layer out of range: before decoding anything
     options = runner.decode_options(False, language=args.language, task=args.task, num_beams=args.num_beams,
                                     max_new_tokens=args.max_new_tokens)
+    on_ray = None if args.engine == "local" else sweep.RayCells(
+        args.model, args.device, args.dtype, args.workers, args.gpus_per_worker, args.address)
     done = sweep.run_sweep(loaded, spec, clip_set, store, options, name=args.name, batch_size=args.batch_size,
-                           log=lambda line: print(f"probe: {line}", file=sys.stderr, flush=True))
+                           log=lambda line: print(f"probe: {line}", file=sys.stderr, flush=True), ray=on_ray)
     table = done.table(args.group)
     suffix = "" if args.group is None else f"-{args.group}"
     path = save(sweep_heatmap(done, args.metric, args.group), done.path / f"heatmap-{args.metric}{suffix}.png")

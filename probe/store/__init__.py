@@ -22,8 +22,8 @@ from probe.store.layout import (AUDIO_FILE, KINDS, MANIFEST, MAX_MANIFEST_BYTES,
 from probe.store.queue import WriteQueue
 from probe.store.store import Store, TraceInfo
 from probe.store.trace import Trace
-from probe.store.writer import TraceWriter
+from probe.store.writer import TraceExists, TraceWriter
 
-__all__ = ["AUDIO_FILE", "KINDS", "MANIFEST", "MAX_MANIFEST_BYTES", "MAX_TENSOR_HEADER_BYTES", "SCHEMA_VERSION",
+__all__ = ["TraceExists", "AUDIO_FILE", "KINDS", "MANIFEST", "MAX_MANIFEST_BYTES", "MAX_TENSOR_HEADER_BYTES", "SCHEMA_VERSION",
            "Store", "Trace", "TraceInfo", "TraceWriter", "WriteQueue", "default_store_dir",
            "_remove_if_empty"]  # the last is private: probe.export's bundle import cleans .tmp with it

@@ -104,13 +104,15 @@ class Store:
                              "give more of the id")
         raise self._missing(ref)
 
-    def writer(self, name: str | None = None, queue: WriteQueue | None = None) -> TraceWriter:
+    def writer(self, name: str | None = None, queue: WriteQueue | None = None,
+               trace_id: str | None = None) -> TraceWriter:
         """A :class:`TraceWriter` for a new trace; use it as a context manager.
 
         With a :class:`WriteQueue` the files are written (and the trace published) by the queue's
-        background thread; :meth:`TraceWriter.wait` returns the trace once it is there.
+        background thread; :meth:`TraceWriter.wait` returns the trace once it is there.  ``trace_id``
+        names the id instead of drawing a new one (:class:`~probe.store.writer.TraceExists` if taken).
         """
-        return TraceWriter(self, name, queue)
+        return TraceWriter(self, name, queue, trace_id)
 
     def import_dir(self, src: str | os.PathLike) -> Trace:
         """Copy the trace folder ``src`` into this store under its manifest id.

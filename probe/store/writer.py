@@ -6,7 +6,9 @@ the manifest, fsyncs the staged files and renames the folder into the store
 (:func:`probe.publish.publish`), so a crashed or failing run never leaves a half trace and readers
 only ever see complete ones.  Trace ids are
 ``<YYYYmmdd-HHMMSS>-<slug>-<6 hex>`` and reserved by an exclusive mkdir, so concurrent writers
-never share one.
+never share one.  A caller may instead name the id (a dataset run's deterministic row id,
+:mod:`probe.dataset_runs`): it is refused with :class:`TraceExists` when the store holds it
+already, and a writer that finds it published by someone else meanwhile raises the same at commit.
 """
 
 from __future__ import annotations
@@ -27,11 +29,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
-from probe.errors import PluginError
-from probe.publish import publish
+from probe.errors import PluginError, StoreError
+from probe.publish import PublishError, publish
 from probe.store.layout import (AUDIO_FILE, MANIFEST, SCHEMA_VERSION, _RECORD_FOLDERS, _TENSOR_KEY, _remove_if_empty,
                                 _write_error)
 from probe.store.records import _arrow_table, _host_array
+
+
+
+class TraceExists(StoreError):
+    """The trace id a writer was asked for is already in the store (traced before, or by another
+    run just now); ``trace_id`` names it."""
+
+    def __init__(self, message: str, trace_id: str):
+        super().__init__(message)
+        self.trace_id = trace_id
+
 
 if TYPE_CHECKING:
     from probe.store.queue import WriteQueue
@@ -53,7 +66,8 @@ class TraceWriter:
     next call or in :meth:`wait`, and leaving the ``with`` block queues the commit.
     """
 
-    def __init__(self, store: Store, name: str | None = None, queue: WriteQueue | None = None):
+    def __init__(self, store: Store, name: str | None = None, queue: WriteQueue | None = None,
+                 trace_id: str | None = None):
         self.store = store
         self._created = datetime.datetime.now(datetime.timezone.utc)
         self._fields: dict[str, Any] = {"name": name}
@@ -65,7 +79,7 @@ class TraceWriter:
         self._last: Future | None = None  # this writer's newest queued job
         self._failure: BaseException | None = None  # set by a queued job that failed
         self._aborted = threading.Event()
-        self.id, self._dir = self._reserve(name)
+        self.id, self._dir = self._reserve(name) if trace_id is None else self._reserve_named(trace_id)
 
     def update_manifest(self, **fields: Any) -> None:
         """Set top-level manifest fields (model, audio, decode, transcript, timings, ...)."""
@@ -203,7 +217,13 @@ class TraceWriter:
             if audio is not None:
                 manifest["audio"] = {**(manifest.get("audio") or {}), **audio}
             (self._dir / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            publish(self._dir, self.store.path / self.id, durable=True)
+            try:
+                publish(self._dir, self.store.path / self.id, durable=True)
+            except PublishError:
+                if (self.store.path / self.id).exists():  # a named id published meanwhile by another run
+                    self._remove_staging()
+                    raise self._exists() from None
+                raise
             _remove_if_empty(self._dir.parent)
 
         self._io(write_manifest_and_publish)
@@ -256,6 +276,26 @@ class TraceWriter:
             if not (self.store.path / trace_id).exists():
                 return trace_id, staging
             staging.rmdir()
+
+    def _reserve_named(self, trace_id: str) -> tuple[str, Path]:
+        # A named id's stage gets a random suffix: a run killed while writing it left its stage
+        # behind (hidden in .tmp), and the retry must not trip over it.
+        from probe.store.safety import _is_plain_name
+
+        if not _is_plain_name(trace_id):
+            raise ValueError(f"trace id {trace_id!r} is not a plain folder name")
+        if (self.store.path / trace_id).exists():
+            raise self._exists(trace_id)
+        staging = self.store._tmp_dir() / f"{trace_id}.{secrets.token_hex(4)}"
+        try:
+            staging.mkdir(parents=True)
+        except OSError as err:
+            raise _write_error(self.store.path, err) from err
+        return trace_id, staging
+
+    def _exists(self, trace_id: str | None = None) -> TraceExists:
+        trace_id = trace_id or self.id
+        return TraceExists(f"trace {trace_id} is already in store {self.store.path}", trace_id)
 
     def _add(self, name: str, kind: str, plugin: str, meta: dict | None,
              shape: list | None, dtype: str | None, write: Callable[[Path], Any],

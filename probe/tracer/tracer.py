@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +72,11 @@ class Tracer:
         audio, the attention mask [batch, mel_frame] (clips of ≤ 30 s are padded to 3000 frames)."""
         extractor = self.loaded.processor.feature_extractor
         samples = [clip.samples for clip in clips]
+        made = [clip.features for clip in clips]
+        if all(f is not None and f.shape == (extractor.feature_size, extractor.nb_max_frames) for f in made):
+            # made beside decoding by the same extractor (a dataset run's CPU stage), [n_mels, 3000] each
+            features = torch.from_numpy(np.stack(made))  # [batch, n_mels, mel_frame]
+            return features.to(self.loaded.device, self.loaded.dtype), None
         if all(len(s) <= WINDOW_SECONDS * SAMPLE_RATE for s in samples):
             out = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt")
             mask = None
