@@ -1,7 +1,8 @@
 """The Streamlit dashboard: :func:`serve` runs it for a store (``probe dashboard``).
 
 The app itself is ``app.py`` (router and sidebar) with one script per core view under ``views/``
-(Overview, Audio, Windows, Lesson, Compare, Plugin records, New trace) and the core's lesson steps
+(Overview, Audio, Windows, Lesson, Compare, Plugin records, New trace, and the store-level
+Dataset and Sweeps pages) and the core's lesson steps
 in ``steps.py``; ``context.py`` holds what views share (store, trace picker, cached reads, figures
 as images, plugin pages).  Every other page is a plugin's (``probe_dashboard_views``, collected
 by :mod:`probe.contributions`), the built-ins' too; every picture is a figure of

@@ -36,6 +36,7 @@ PAGES: dict[str, list] = {
     "Teach and explore": [
         st.Page("views/lesson.py", title="Lesson", icon=":material/school:"),
         st.Page("views/compare.py", title="Compare traces", icon=":material/compare:"),
+        st.Page("views/dataset.py", title="Dataset", icon=":material/table_view:"),
         st.Page("views/sweeps.py", title="Sweeps", icon=":material/grid_on:"),
         st.Page("views/plugin_records.py", title="Plugin records", icon=":material/extension:"),
         st.Page("views/new_trace.py", title="New trace", icon=":material/mic:"),
