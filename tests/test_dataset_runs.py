@@ -142,7 +142,7 @@ def test_dataset_flags_without_what_they_need_are_one_line_errors(capsys, tmp_pa
     assert not (tmp_path / "s").exists()
 
 
-def test_the_cli_runs_a_minds14_shaped_dataset_with_real_weights(capsys, tmp_path):
+def test_the_cli_runs_a_minds14_shaped_dataset_with_real_weights(capsys, tmp_path, monkeypatch):
     """Real tiny.en weights, 8 kHz rows with one corrupt: JSON lines per row, the summary, exit 1."""
     dataset = minds14_like(tmp_path, rows=3, corrupt=(2,))
     argv = ["run", "--dataset", str(dataset), "--model", "tiny.en", "--text-column", "transcription",
@@ -155,6 +155,9 @@ def test_the_cli_runs_a_minds14_shaped_dataset_with_real_weights(capsys, tmp_pat
     assert "quick" in rows[0]["text"].lower() and 0 < rows[0]["error_rate"] < 0.9  # real speech at 8 kHz, tiny.en
     assert summary["traced"] == 2 and summary["failed"] == 1 and summary["failures"][0]["row"] == 2
     assert "2 traced, 0 already in the store, 1 failed" in err and "#2" in err
+    from probe import runner
+
+    monkeypatch.setattr(runner, "load", lambda *a, **k: pytest.fail("a rerun with nothing to trace loaded a model"))
     assert main(argv) == 1  # the rerun: the two traced rows are skipped, the corrupt one fails again
     out, err = capsys.readouterr()
     assert [json.loads(line)["status"] for line in out.splitlines()[:-1]] == ["skipped", "skipped", "failed"]

@@ -94,7 +94,7 @@ def histogram(values: pd.Series, title: str, percent: bool = False) -> alt.Chart
     bins = pd.DataFrame({"start": edges[:-1], "end": edges[1:], "traces": counts})
     return alt.Chart(bins, height=220).mark_bar().encode(
         x=alt.X("start:Q", bin="binned", axis=alt.Axis(format="%" if percent else "~g", title=title)),
-        x2="end:Q", y=alt.Y("traces:Q", title="traces"),
+        x2="end:Q", y=alt.Y("traces:Q", title="traces", axis=alt.Axis(tickMinStep=1, format="d")),
         tooltip=[alt.Tooltip("start:Q", format=".3g"), alt.Tooltip("end:Q", format=".3g"), "traces:Q"])
 
 

@@ -167,10 +167,10 @@ def _dataset_run(args, interventions, clean) -> int:
     store = Store(args.store)
     report = RunReport(args.engine)
     started = time.perf_counter()
-    tracer = _local_tracer(args, setup) if args.engine == "local" else None
     outcomes = dataset_outcomes(setup, opened, store, args.engine, pm=args.plugin_manager, workers=args.workers,
                                 gpus_per_worker=args.gpus_per_worker, address=args.address,
-                                batch_size=args.batch_size, name=args.name, clean=clean, tracer=tracer)
+                                batch_size=args.batch_size, name=args.name, clean=clean,
+                                make_tracer=lambda: _local_tracer(args, setup))
     bar = tqdm(total=opened.size(), disable=not sys.stderr.isatty(), unit="row")
     for outcome, run, trace in outcomes:
         bar.update(1)

@@ -9,6 +9,7 @@ its one-line error; traces already written stay.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import Iterator
 
@@ -21,10 +22,11 @@ def headline_rate(trace) -> float | None:
     return metrics.get("error_rate") if isinstance(metrics, dict) else None
 
 
-def run_local(tracer, opened, store, identity, batch_size: int = 1, name: str | None = None,
+def run_local(make_tracer, opened, store, identity, batch_size: int = 1, name: str | None = None,
               clean: str | None = None) -> Iterator[tuple[RowOutcome, object, object]]:
     """Trace ``opened``'s rows into ``store``: yields ``(outcome, run, trace)`` per row (run and
-    trace are None for skipped and failed rows), in row order."""
+    trace are None for skipped and failed rows), in row order.  ``make_tracer()`` is called once,
+    when the first row to trace is met: a resumed run with nothing left loads no model."""
     from probe import runner
 
     ids: dict[str, tuple[str, object]] = {}
@@ -50,8 +52,13 @@ def run_local(tracer, opened, store, identity, batch_size: int = 1, name: str | 
             head = order.popleft()
             yield (head, None, None) if isinstance(head, RowOutcome) else head[1]
 
-    traced = runner.trace_clips(tracer, clips(), store, name, batch_size=batch_size, clean=clean,
-                                trace_id=lambda clip: ids[clip.source][0])
+    pending = clips()
+    first = next(pending, None)
+    if first is None:
+        yield from ready(True)
+        return
+    traced = runner.trace_clips(make_tracer(), itertools.chain([first], pending), store, name,
+                                batch_size=batch_size, clean=clean, trace_id=lambda clip: ids[clip.source][0])
     for run, trace in traced:
         _, row = ids.pop(run.clip.source)
         entry = next(item for item in order if not isinstance(item, RowOutcome) and item[0] == run.clip.source)

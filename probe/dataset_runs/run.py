@@ -27,17 +27,17 @@ def check_engine(engine: str, address: str | None, workers: int, gpus_per_worker
 
 def dataset_outcomes(setup, opened, store, engine: str = "local", pm=None, workers: int = 1,
                      gpus_per_worker: float = 0.0, address: str | None = None, batch_size: int = 1,
-                     name: str | None = None, clean: str | None = None, tracer=None,
+                     name: str | None = None, clean: str | None = None, make_tracer=None,
                      progress: bool = False) -> Iterator[tuple[RowOutcome, object, object]]:
     """``(outcome, run, trace)`` per row of ``opened`` (an :class:`~probe.audio.OpenedDataset`)
     traced into ``store`` by ``engine``; run and trace are None except for rows the local engine
-    traced.  ``pm`` is the plugin manager of ``setup``'s plugins (made if None); ``tracer`` a local
-    engine's tracer when the caller has one already."""
+    traced.  ``pm`` is the plugin manager of ``setup``'s plugins (made if None); ``make_tracer`` makes
+    the local engine's tracer (default: ``setup.make``), called only if a row is left to trace."""
     check_engine(engine, address, workers, gpus_per_worker)
     if pm is None:
         from probe.plugin_manager import get_plugin_manager
 
-        pm = tracer.pm if tracer is not None else get_plugin_manager(plugins=list(setup.plugins))
+        pm = get_plugin_manager(plugins=list(setup.plugins))
     identity = setup.identity(opened.spec, pm)
     if engine == "ray":
         from probe.dataset_runs.ray_engine import run_ray
@@ -48,8 +48,8 @@ def dataset_outcomes(setup, opened, store, engine: str = "local", pm=None, worke
         return
     from probe.dataset_runs.local import run_local
 
-    tracer = tracer if tracer is not None else setup.make(progress=progress)
-    yield from run_local(tracer, opened, store, identity, batch_size=batch_size, name=name, clean=clean)
+    make_tracer = make_tracer or (lambda: setup.make(progress=progress))
+    yield from run_local(make_tracer, opened, store, identity, batch_size=batch_size, name=name, clean=clean)
 
 
 def run_dataset(dataset: str, model=None, plugins=(), points=(), store=None, engine: str = "local",
