@@ -14,6 +14,7 @@ its weights' tokenizer files; the store keeps none), so "colour"/"color" count a
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 # Languages scored by characters (CER is the headline number for them)
@@ -90,6 +91,22 @@ def word_diff(reference: str, hypothesis: str, language: str | None = None) -> l
     return runs
 
 
+def token_weighted_logprob(signals) -> float | None:
+    """The windows' average log-probabilities averaged by their token counts (each window's
+    :mod:`probe.signals` dict; a window without both numbers does not count), or None."""
+    total = weight = 0
+    for window in signals:
+        value = window.get("avg_logprob") if isinstance(window, dict) else None
+        tokens = window.get("tokens") if isinstance(window, dict) else None
+        if _finite(value) and isinstance(tokens, int) and not isinstance(tokens, bool):
+            total, weight = total + value * tokens, weight + tokens
+    return round(total / weight, 4) if weight else None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _scalar(value) -> bool:
     return value is None or (isinstance(value, (bool, int, float)) and not isinstance(value, complex))
 
@@ -107,14 +124,11 @@ def trace_metrics(run, pm=None) -> dict:
     from probe.signals import text_compression_ratio
 
     first = run.windows[0]
-    weighted = [(w.signals.get("avg_logprob"), w.signals.get("tokens") or 0) for w in run.windows
-                if isinstance(getattr(w, "signals", None), dict) and w.signals.get("avg_logprob") is not None]
-    tokens = sum(n for _, n in weighted)
     metrics = {
         "duration": round(run.clip.duration, 3),
         "windows": len(run.windows),
         "tokens": sum(w.kept for w in run.windows),  # the transcript's, timestamps included
-        "avg_logprob": round(sum(a * n for a, n in weighted) / tokens, 4) if tokens else None,
+        "avg_logprob": token_weighted_logprob(getattr(w, "signals", None) for w in run.windows),
         "compression_ratio": round(text_compression_ratio(run.transcript), 4),
         "no_speech_probability": round(float(first.no_speech_probability), 4),
         "language_probability": round(float(first.language_probability), 4),

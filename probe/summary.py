@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from probe.errors import OptionError, PluginError, StoreError
+from probe.metrics import token_weighted_logprob
 from probe.publish import staged
 from probe.store import MANIFEST, Store, Trace
 
@@ -175,7 +176,7 @@ def trace_row(trace: Trace) -> dict:
         "split": _text(dataset.get("split")), "row": _whole(dataset.get("row")), "key": _text(dataset.get("key")),
         "wer": _number(metrics.get("wer")), "cer": _number(metrics.get("cer")),
         "error_rate": _number(metrics.get("error_rate")), "headline": _text(metrics.get("headline")),
-        "avg_logprob": _first_number(metrics.get("avg_logprob"), lambda: _windows_logprob(windows)),
+        "avg_logprob": _first_number(metrics.get("avg_logprob"), lambda: token_weighted_logprob(w.get("signals") for w in windows if isinstance(w, dict))),
         "compression_ratio": _first_number(metrics.get("compression_ratio"), lambda: _text_ratio(trace.transcript)),
         "no_speech_probability": _first_number(metrics.get("no_speech_probability"),
                                                manifest.get("no_speech_probability")),
@@ -409,19 +410,6 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, float):
         return _number(value)
     return json.dumps(value, default=str)
-
-
-def _windows_logprob(windows: list) -> float | None:
-    """The windows' average log-probabilities averaged by their token counts (traces before ``metrics``)."""
-    total = weight = 0.0
-    for window in windows:
-        signals = window.get("signals") if isinstance(window, dict) else None
-        value = _number(signals.get("avg_logprob")) if isinstance(signals, dict) else None
-        if value is not None:
-            tokens = _whole(signals.get("tokens"))
-            tokens = 1 if tokens is None else tokens  # as the runner weighs them: a window without tokens not at all
-            total, weight = total + value * tokens, weight + tokens
-    return round(total / weight, 4) if weight else None
 
 
 def _text_ratio(transcript: str) -> float:

@@ -16,13 +16,13 @@ def _split_points(values: list[str]) -> list[str]:
 
 def _inputs(args):
     """(clip iterator, count or None) for files or a dataset."""
-    from probe.audio import dataset_size, existing_file, iter_dataset
+    from probe.audio import OpenedDataset, existing_file
 
     if args.dataset and args.audio:
         raise ProbeError("give audio files or --dataset, not both")
     if args.dataset:  # --dry-run of a dataset: its estimates row by row
-        ds_args = dict(config=args.dataset_config, split=args.split, audio_column=args.audio_column, limit=args.limit)
-        return iter_dataset(args.dataset, **ds_args), dataset_size(args.dataset, **ds_args)
+        opened = OpenedDataset(_dataset_spec(args))
+        return (row.decode() for row in opened.rows()), opened.size()
     if not args.audio:
         raise ProbeError("no audio given; pass audio files (e.g. probe run examples/en_fox.flac) or --dataset DIR")
     for path in args.audio:
@@ -31,6 +31,13 @@ def _inputs(args):
     from probe.runner import clips
 
     return clips(args.audio, channel), len(args.audio)
+
+
+def _dataset_spec(args):
+    from probe.audio import DatasetSpec
+
+    return DatasetSpec(args.dataset, args.dataset_config, args.split, args.audio_column, args.text_column,
+                       args.key_column, args.limit, args.streaming)
 
 
 def _window_json(window) -> dict:
@@ -146,38 +153,31 @@ def _check_dataset_flags(args) -> None:
 def _dataset_run(args, interventions, clean) -> int:
     """``probe run --dataset``: every row traced (resumably) by the chosen engine; a row outcome per
     line as it comes, then the run's summary on stderr; exit status 1 when a row failed."""
-    import time
-
     from tqdm import tqdm
 
-    from probe.audio import DatasetSpec, OpenedDataset
-    from probe.dataset_runs import RunReport, TracerSetup
-    from probe.dataset_runs.run import dataset_outcomes
+    from probe.audio import OpenedDataset
+    from probe.dataset_runs import TracerSetup
+    from probe.dataset_runs.run import dataset_report
     from probe.dataset_runs.setup import absolute_plugin_refs
     from probe.store import Store
 
     if args.audio:
         raise ProbeError("give audio files or --dataset, not both")
-    spec = DatasetSpec(args.dataset, args.dataset_config, args.split, args.audio_column, args.text_column,
-                       args.key_column, args.limit, args.streaming)
-    opened = OpenedDataset(spec)  # a wrong dataset, split or column fails now, before any model loads
+    opened = OpenedDataset(_dataset_spec(args))  # a wrong dataset, split or column fails now, before any model loads
     setup = TracerSetup(args.model, decode_options(args), args.device, args.dtype,
                         absolute_plugin_refs(args.plugin_refs), tuple(_split_points(args.points)),
                         args.plugin_options.values(args), interventions)
-    store = Store(args.store)
-    report = RunReport(args.engine)
-    started = time.perf_counter()
-    outcomes = dataset_outcomes(setup, opened, store, args.engine, pm=args.plugin_manager, workers=args.workers,
-                                gpus_per_worker=args.gpus_per_worker, address=args.address,
-                                batch_size=args.batch_size, name=args.name, clean=clean,
-                                make_tracer=lambda: _local_tracer(args, setup))
     bar = tqdm(total=opened.size(), disable=not sys.stderr.isatty(), unit="row")
-    for outcome, run, trace in outcomes:
+
+    def shown(outcome, run, trace):
         bar.update(1)
-        report.add(outcome)
         _print_outcome(outcome, run, trace, args)
+
+    report = dataset_report(setup, opened, Store(args.store), args.engine, on_row=shown, pm=args.plugin_manager,
+                            workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
+                            batch_size=args.batch_size, name=args.name, clean=clean,
+                            make_tracer=lambda: _local_tracer(args, setup))
     bar.close()
-    report.seconds = time.perf_counter() - started
     report.print()
     if args.json:
         print(json.dumps({"summary": report.to_dict()}, ensure_ascii=False), flush=True)

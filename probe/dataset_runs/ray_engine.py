@@ -50,9 +50,9 @@ def _ray():
 
 
 # -- 1. read ----------------------------------------------------------------------------------------
-def _row_record(row, identity, store_path: str) -> dict:
+def _row_record(row, identity, store) -> dict:
     trace_id = identity.trace_id(row.key)
-    done = os.path.exists(os.path.join(store_path, trace_id, "manifest.json"))
+    done = trace_id in store
     audio = row.audio or {}
     return {"index": row.index, "key": row.key, "source": row.source, "trace_id": trace_id,
             "status": SKIPPED if done else PENDING, "error": None,
@@ -64,10 +64,11 @@ def _read_rows(spec, identity, store_path: str, start: int, stop: int | None, bl
     import pyarrow as pa
 
     from probe.audio.dataset import OpenedDataset
+    from probe.store import Store
 
-    block = []
+    store, block = Store(store_path), []
     for row in OpenedDataset(spec).rows(start, stop):
-        block.append(_row_record(row, identity, store_path))
+        block.append(_row_record(row, identity, store))
         if len(block) == block_rows:
             yield pa.Table.from_pylist(block)
             block = []

@@ -1,6 +1,7 @@
 """One dataset run, whichever the engine: what ``probe run --dataset`` and :func:`probe.run_dataset`
-both call.  :func:`dataset_outcomes` yields each row's outcome as it comes (the CLI prints them);
-:func:`run_dataset` runs it to the end and returns the :class:`RunReport`."""
+both call.  :func:`dataset_outcomes` yields each row's outcome as it comes; :func:`dataset_report`
+runs it to the end (the CLI printing each row) and returns the :class:`RunReport`;
+:func:`run_dataset` is that from a dataset name and keyword options."""
 
 from __future__ import annotations
 
@@ -52,6 +53,19 @@ def dataset_outcomes(setup, opened, store, engine: str = "local", pm=None, worke
     yield from run_local(make_tracer, opened, store, identity, batch_size=batch_size, name=name, clean=clean)
 
 
+def dataset_report(setup, opened, store, engine: str = "local", on_row=None, **engine_options) -> RunReport:
+    """:func:`dataset_outcomes` run to the end: the :class:`RunReport` of every row, timed;
+    ``on_row(outcome, run, trace)`` sees each row as it comes (the CLI prints it)."""
+    report = RunReport(engine)
+    started = time.perf_counter()
+    for outcome, run, trace in dataset_outcomes(setup, opened, store, engine, **engine_options):
+        report.add(outcome)
+        if on_row is not None:
+            on_row(outcome, run, trace)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 def run_dataset(dataset: str, model=None, plugins=(), points=(), store=None, engine: str = "local",
                 config: str | None = None, split: str = "train", audio_column: str | None = None,
                 text_column: str | None = None, key_column: str | None = None, limit: int | None = None,
@@ -78,11 +92,5 @@ def run_dataset(dataset: str, model=None, plugins=(), points=(), store=None, eng
     setup = TracerSetup(model, options, device, dtype, absolute_plugin_refs(plugins), tuple(points),
                         dict(plugin_options or {}), list(interventions or []))
     store = store if isinstance(store, Store) else Store(store)
-    report = RunReport(engine)
-    started = time.perf_counter()
-    for outcome, _, _ in dataset_outcomes(setup, opened, store, engine, workers=workers,
-                                          gpus_per_worker=gpus_per_worker, address=address,
-                                          batch_size=batch_size, name=name):
-        report.add(outcome)
-    report.seconds = time.perf_counter() - started
-    return report
+    return dataset_report(setup, opened, store, engine, workers=workers, gpus_per_worker=gpus_per_worker,
+                          address=address, batch_size=batch_size, name=name)
