@@ -16,3 +16,9 @@ MEL_FRAMES_PER_WINDOW = WINDOW_SECONDS * MEL_FRAMES_PER_SECOND  # 3000
 ENCODER_FRAMES_PER_WINDOW = WINDOW_SECONDS * ENCODER_FRAMES_PER_SECOND  # 1500
 TIMESTAMP_SECONDS = 1 / ENCODER_FRAMES_PER_SECOND  # 0.02 s between timestamp tokens
 N_TIMESTAMP_TOKENS = WINDOW_SECONDS * ENCODER_FRAMES_PER_SECOND + 1  # 1501: <|0.00|> … <|30.00|>
+
+# How figures are saved (probe.figures.legible explains the sizes; kept here so the export can name
+# them without loading matplotlib).
+SCREEN_DPI = 110  # the dashboard's PNGs and the html export's inline figures
+PRINT_DPI = 150  # the export's PNG/SVG/PDF files: figures are 7–16 in wide, so a page's text width
+# (~6.5 in) prints them at 160–370 dpi, and the widest is 2430 px, more than a projector shows

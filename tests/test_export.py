@@ -291,7 +291,7 @@ def test_png_figures_are_print_resolution(fox, tmp_path):
         with Image.open(path) as image:
             image.verify()
         with Image.open(path) as image:
-            assert min(image.info["dpi"]) >= 199.5
+            assert min(image.info["dpi"]) == pytest.approx(probe.export.PRINT_DPI, abs=0.5)
             assert image.size[0] >= 1000
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(p.name for p in paths)
 
@@ -722,6 +722,19 @@ def test_an_export_warns_nothing(fox, tmp_path, recwarn):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stderr == ""
     assert sorted(p.suffix for p in (tmp_path / "cli").iterdir()) == [".csv"] * 3 + [".svg"]
+
+
+def test_a_figure_export_loads_neither_torch_nor_pandas(fox, tmp_path):
+    """What an export needs is the store and matplotlib: torch (a sweep's import) and pandas
+    (pyarrow.dataset's) cost a figure export most of a second each."""
+    script = ("import sys; from probe.cli import main; code = main(sys.argv[1:]); "
+              "print(sorted(m for m in ('torch', 'pandas') if m in sys.modules)); sys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", script, "export", fox.id, "--store", str(fox.path.parent), "-f",
+                          "png", "--views", "token_probs", "-o", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "[]"
+    assert [p.name for p in tmp_path.iterdir()] == [f"{fox.id}-token_probs.png"]
 
 
 def test_several_formats_need_a_folder(fox, tmp_path):

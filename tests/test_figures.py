@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.collections import PatchCollection
 from matplotlib.figure import Figure
 
 from probe import figures
@@ -104,7 +105,8 @@ def test_stored_mel_filters_are_transformers_filter_bank(n_mels):
 
     expected = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0,
                                max_frequency=8000.0, sampling_rate=16000, norm="slaney", mel_scale="slaney")
-    np.testing.assert_array_equal(figures.audio.mel_filters(n_mels), expected)
+    # equal to the last bits on the machine that stored them; elsewhere libm may round one ULP apart
+    np.testing.assert_allclose(figures.audio.mel_filters(n_mels), expected, rtol=1e-12, atol=1e-15)
 
 
 def test_conv_stem_shows_3000_to_1500_frames(english):
@@ -113,6 +115,21 @@ def test_conv_stem_shows_3000_to_1500_frames(english):
     panels = data_axes(fig)
     assert [ax.images[0].get_array().shape[0] for ax in panels] == [8, 8, 8, 8]
     assert panels[1].images[0].get_array().shape[1] == 2 * panels[3].images[0].get_array().shape[1]
+
+
+def test_inner_panels_draw_no_ticks_and_outer_ones_label_the_shared_scale(english, tmp_path):
+    fig = figures.encoder_attention(english, 0)
+    panels = [ax for ax in data_axes(fig) if ax.images]
+    spec = [ax.get_subplotspec() for ax in panels]
+    for ax, where in zip(panels, spec):
+        assert bool(len(ax.get_xticks())) == where.is_last_row()
+        assert bool(len(ax.get_yticks())) == where.is_first_col()
+    corner = panels[spec.index(next(s for s in spec if s.is_last_row() and s.is_first_col()))]
+    inner = panels[spec.index(next(s for s in spec if not s.is_last_row() and not s.is_first_col()))]
+    assert inner.get_xlim() == corner.get_xlim() and inner.get_ylim() == corner.get_ylim()  # still shared
+    assert [t.get_text() for t in corner.get_xticklabels() if t.get_text()]
+    figures.save(fig, tmp_path / "grid.png")
+    assert not len(inner.get_xticks()) and len(corner.get_xticks())  # as drawn: each keeps its own ticker
 
 
 def test_attention_grid_has_a_panel_per_head_and_one_head_alone(english):
@@ -139,7 +156,8 @@ def test_cross_attention_puts_tokens_over_time_with_word_timestamps(english):
     assert words and {"quick", "fox"} <= {w["word"].strip() for w in words}
     spectrogram, attention = data_axes(fig)
     assert {"quick", "fox"} <= {text.get_text() for text in spectrogram.texts}  # word labels on the time axis
-    assert len(attention.patches) == len(words)  # one box per word
+    boxes = [c for c in attention.collections if isinstance(c, PatchCollection)]
+    assert len(boxes) == 1 and len(boxes[0].get_paths()) == len(words)  # one box per word
     assert "fox" in tick_texts(fig)
     assert "alignment-head" in attention.get_title()
     layer_fig = figures.cross_attention(english, layer=3, head=1)

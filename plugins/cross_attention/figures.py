@@ -9,6 +9,7 @@ import math
 import numpy as np
 from matplotlib import colors
 from matplotlib.figure import Figure
+from matplotlib.collections import PatchCollection
 from matplotlib.patches import Rectangle
 
 from probe.constants import ENCODER_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
@@ -152,8 +153,8 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None, wi
     fig = new_figure(11, 3 + 0.22 * max(len(rows), 12))  # bounded: long windows thin their token labels
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2.4])
     mel_image = imshow(top, mel, (start, end, 0, mel.shape[0]), "magma")
-    for word in words:
-        top.axvline(word["start"], color="white", linewidth=0.6, alpha=0.8)
+    top.vlines([word["start"] for word in words], 0, 1, transform=top.get_xaxis_transform(), color="white",
+               linewidth=0.6, alpha=0.8)  # one collection: a line per word
     stagger_labels(top, [((word["start"] + word["end"]) / 2, word["word"].strip()) for word in words])
     top.set_xlim(*shown)
     top.set_ylabel("Mel bin")
@@ -170,10 +171,10 @@ def cross_attention(trace, layer: int | None = None, head: int | None = None, wi
         norm = colors.PowerNorm(0.5, vmin=0, vmax=max(float(matrix.max(initial=0)), 1e-6))
     image = bottom.imshow(matrix, aspect="auto", origin="upper", extent=(start, end, rows.stop - 0.5, rows.start - 0.5),
                           cmap="viridis", norm=norm, interpolation="nearest")
-    for word, word_rows in boxes:
-        if word_rows:
-            bottom.add_patch(Rectangle((word["start"], word_rows[0] - 0.5), word["end"] - word["start"], len(word_rows),
-                                       fill=False, edgecolor="white", linewidth=0.9))
+    bottom.add_collection(PatchCollection(
+        [Rectangle((word["start"], word_rows[0] - 0.5), word["end"] - word["start"], len(word_rows))
+         for word, word_rows in boxes if word_rows], facecolor="none", edgecolor="white", linewidth=0.9),
+        autolim=False)
     tick_tokens(bottom, labels, "y", first=rows.start)
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("decoded token")

@@ -169,13 +169,14 @@ def cmd_export(args) -> int:
 def _sweep_named(store, ref: str):
     """The sweep ``ref`` names when it names no trace (``probe export`` takes either)."""
     from probe.errors import StoreError
-    from probe.sweep import list_sweeps, open_sweep
 
     try:
         store.resolve_id(ref)
         return None
     except StoreError:
         pass
+    from probe.sweep import list_sweeps, open_sweep  # imports torch: only when ref names no trace
+
     sweeps = list_sweeps(store)
     if not any(sweep.id.startswith(ref) for sweep in sweeps):
         return None

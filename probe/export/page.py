@@ -15,13 +15,14 @@ from typing import Callable, Iterable
 
 import probe
 from probe import contributions
+from probe.constants import SCREEN_DPI
 from probe.errors import PluginError, ProbeError
 from probe.export.markup import PAGE_SCRIPT, PAGE_STYLE, audio_field, esc, image_width, number, today
 from probe.export.plan import FigurePlan, label, window_flags
 from probe.export.sections import TRANSCRIPT, plain_transcript
 from probe.store import Trace
 
-PAGE_DPI = 110  # figures inlined in the html page: sharp on screen, small page
+PAGE_DPI = SCREEN_DPI  # figures inlined in the html page: sharp on screen, small page
 FIGURES_ORDER = 60
 
 

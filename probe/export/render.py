@@ -15,6 +15,7 @@ Each figure's constrained layout is solved once, when it is drawn, and kept
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import threading
@@ -22,11 +23,11 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Iterable
 
 from probe.errors import ProbeError
+from probe.constants import PRINT_DPI  # png/svg/pdf figures
 
 if TYPE_CHECKING:
     from probe.export.plan import FigurePlan
 
-PRINT_DPI = 200  # png/svg/pdf figures
 CACHE_BYTES = 96 * 2**20  # the most saved figure bytes kept between exports in one process
 _CACHE: OrderedDict[tuple, bytes] = OrderedDict()
 _LOCK = threading.Lock()
@@ -123,6 +124,9 @@ def prerender(plan: FigurePlan, targets: Iterable[tuple[str, int]]) -> None:
     if count < 2 or len(todo) < 2:
         return
     _JOB = (plan, targets)
+    # What this process has imported and read is the workers' too: frozen, their collections skip
+    # it (and leave its pages shared), as the gc docs advise before a fork.
+    gc.freeze()
     try:
         with multiprocessing.get_context("fork").Pool(count) as pool:
             for pair, saved, error in pool.imap_unordered(_draw_in_worker, todo):
@@ -132,6 +136,7 @@ def prerender(plan: FigurePlan, targets: Iterable[tuple[str, int]]) -> None:
                     plan.prerendered.update({(*pair, fmt, dpi): data for (fmt, dpi), data in saved.items()})
     finally:
         _JOB = None
+        gc.unfreeze()
 
 
 def _draw_in_worker(pair: tuple[str, int | None]):

@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Callable
 
 import matplotlib
+import matplotlib.axis
 import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.ticker import NullFormatter, NullLocator
 
 from probe.constants import N_TIMESTAMP_TOKENS, TIMESTAMP_SECONDS
 from probe.errors import StoreError
-from probe.figures.legible import MIN_FONT_PT, PRINT_DPI, SCREEN_DPI, SOLVED, bounded_size, settle, thin_ticks
+from probe.figures.legible import MIN_FONT_PT, PRINT_DPI, SCREEN_DPI, SOLVED, TICKS, bounded_size, settle, thin_ticks
 from probe.tokens import describe, groups, labels, piece_text, read_bytes_map
 
 MAX_COLUMNS = 1500  # widest image drawn; wider arrays are mean-pooled along time
@@ -122,9 +124,44 @@ def draws(function: Callable[..., Figure]) -> Callable[..., Figure]:
     @functools.wraps(function)
     def draw(*args, **kwargs) -> Figure:
         with matplotlib.rc_context({"font.family": font_families()}):
-            return settle(fit_fonts(function(*args, **kwargs)))
+            return settle(fit_fonts(_titles_above(_inner_ticks_off(function(*args, **kwargs)))))
 
     return draw
+
+
+def _inner_ticks_off(fig: Figure) -> Figure:
+    """An axis that shares its limits with a neighbour and shows no tick labels (an inner panel of
+    a grid, the upper panels of a stack) draws no ticks either: its neighbour labels the shared
+    scale.  Each tick is a handful of artists laid out and drawn on every save, most of what a
+    grid of panels costs.  Such an axis gets a ticker of its own that places none (its limits stay
+    shared); one with grid lines keeps its ticks, which draw them."""
+    for ax in fig.axes:
+        for axis, shared, sides in ((ax.xaxis, ax.get_shared_x_axes(), ("labelbottom", "labeltop")),
+                                    (ax.yaxis, ax.get_shared_y_axes(), ("labelleft", "labelright"))):
+            params = axis.get_tick_params()
+            if len(shared.get_siblings(ax)) < 2 or params.get("gridOn") or any(params.get(side) for side in sides):
+                continue
+            ticker = matplotlib.axis.Ticker()
+            ticker.locator, ticker.formatter = NullLocator(), NullFormatter()
+            axis.major = ticker
+            axis.minor = matplotlib.axis.Ticker()
+            axis.minor.locator, axis.minor.formatter = NullLocator(), NullFormatter()
+            with contextlib.suppress(AttributeError):
+                delattr(axis, TICKS)  # nothing for settle() to thin
+    return fig
+
+
+def _titles_above(fig: Figure) -> Figure:
+    """Titles of axes whose x tick labels and label sit at the bottom stay where they are put (just
+    above the axes).  Matplotlib otherwise checks, at every layout pass and every save, whether
+    tick labels on top would hit each title, measuring every sibling's y axis to find out: a
+    large part of what laying out a grid of titled panels costs, to move nothing."""
+    for ax in fig.axes:
+        ticks = ax.xaxis.get_tick_params()
+        if ax.get_title() and not ticks.get("labeltop") and ax.xaxis.get_label_position() == "bottom" \
+                and not ax.child_axes:
+            ax._autotitlepos = False  # what set_title(y=...) sets; harmless if matplotlib drops it
+    return fig
 
 
 def fix_layout(fig: Figure) -> Figure:

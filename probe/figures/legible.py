@@ -25,8 +25,8 @@ from matplotlib import colors
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-SCREEN_DPI = 110  # the dashboard's PNGs (png_bytes)
-PRINT_DPI = 200  # the export's PNG/SVG/PDF (save)
+from probe.constants import PRINT_DPI, SCREEN_DPI  # noqa: F401  (named here too: the dashboard's PNGs, the export's files)
+
 MIN_FONT_PT = 9.0  # no text smaller: ≥ 11 px on a 1920 × 1080 projector, 9 pt in print
 CELL_FONT_PT = MIN_FONT_PT  # text written inside heatmap cells
 MAX_WIDTH_IN, MAX_HEIGHT_IN = 16.0, 9.6  # saved with SAVE_PAD_IN around: ≤ 1782 × 1078 px at screen dpi
@@ -36,7 +36,7 @@ CHAR_WIDTH_EM = 0.62  # a generous average glyph width (DejaVu Sans bold) in em,
 LINE_HEIGHT_EM = 1.35  # a label's height, gaps included, in em
 MIN_CONTRAST = 4.5  # WCAG AA for normal text
 
-_TICKS = "_probe_thinned_ticks"  # axis attribute: {"x"|"y": (positions, labels)}
+TICKS = "_probe_thinned_ticks"  # axis attribute: {"x"|"y": (positions, labels)}
 _STAGGERED = "_probe_staggered"  # axes attribute: [(text, [y in axes fraction per row])]
 SOLVED = "_probe_layout_solved"  # figure attribute: settle() drew it with its final labels
 
@@ -119,9 +119,12 @@ def fit_text(text: str, width_pt: float, fontsize: float = CELL_FONT_PT, padding
 
 
 def cell_text(ax, x: float, y: float, text: str, background, fontsize: float = CELL_FONT_PT, **kwargs) -> Text:
-    """Text centred in a heatmap cell, black or white by the cell's colour ``background``."""
-    return ax.text(x, y, text, ha="center", va="center", fontsize=max(fontsize, MIN_FONT_PT),
+    """Text centred in a heatmap cell, black or white by the cell's colour ``background``.  It
+    lies inside the axes, so the layout does not measure it (a grid of cells has hundreds)."""
+    text = ax.text(x, y, text, ha="center", va="center", fontsize=max(fontsize, MIN_FONT_PT),
                    color=text_color_on(background), **kwargs)
+    text.set_in_layout(False)
+    return text
 
 
 # --------------------------------------------------------------------------- labels that can collide
@@ -148,13 +151,13 @@ def thin_ticks(ax, positions: Iterable[float], labels: list[str], axis: str, rot
     step = max(1, math.ceil(len(positions) * per_label / max(length_pt, 1.0)),
                math.ceil(len(positions) / max_labels) if max_labels else 1)
     target = ax.xaxis if axis == "x" else ax.yaxis
-    setattr(target, _TICKS, (positions, list(labels), rotation, fontsize))
+    setattr(target, TICKS, (positions, list(labels), rotation, fontsize))
     _set_ticks(ax, axis, step)
 
 
 def _set_ticks(ax, axis: str, step: int) -> None:
     target = ax.xaxis if axis == "x" else ax.yaxis
-    positions, labels, rotation, fontsize = getattr(target, _TICKS)
+    positions, labels, rotation, fontsize = getattr(target, TICKS)
     shown = list(range(0, len(positions), step))
     setter = ax.set_xticks if axis == "x" else ax.set_yticks
     setter([positions[i] for i in shown], [labels[i] for i in shown], rotation=rotation, fontsize=fontsize)
@@ -218,22 +221,33 @@ def _overlapping(extents, pad: float = 1.0) -> bool:
 
 
 def _tick_extents(target, renderer) -> list:
-    """Window extents of the visible, non-empty tick labels of an axis, in axis order."""
+    """Window extents of the visible, non-empty tick labels of an axis, in axis order, where the
+    axis now places them (``get_tightbbox`` moves its ticks to the axes' current position)."""
+    target.get_tightbbox(renderer)
     labels = [label for label in target.get_ticklabels() if label.get_visible() and label.get_text()]
     extents = [label.get_window_extent(renderer) for label in labels]
     horizontal = target.axis_name == "x"
     return sorted(extents, key=lambda box: box.x0 if horizontal else box.y0)
 
 
+def _lay_out(fig: Figure) -> None:
+    """Place ``fig``'s axes as drawing it would (its layout engine, if any), without drawing it:
+    labels are measured from the layout alone, and no image is colour-mapped for it."""
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+
+
 def settle(fig: Figure, max_rounds: int = 8) -> Figure:
     """Resolve the labels registered with :func:`thin_ticks` and :func:`stagger_labels` against
-    the drawn layout: thin each token axis until no two labels overlap, then place word labels."""
+    the laid-out figure: thin each token axis until no two labels overlap, then place word labels.
+    The layout it ends with is the figure's final one (:data:`SOLVED`)."""
     thinned = [(ax, name, target) for ax in fig.axes for name, target in (("x", ax.xaxis), ("y", ax.yaxis))
-               if hasattr(target, _TICKS)]
+               if hasattr(target, TICKS)]
     staggered = [ax for ax in fig.axes if getattr(ax, _STAGGERED, None)]
     if not thinned and not staggered:
         return fig
-    fig.draw_without_rendering()
+    _lay_out(fig)
     renderer = fig.canvas.get_renderer()
     for _ in range(max_rounds):
         crowded = [(ax, name, target) for ax, name, target in thinned
@@ -242,18 +256,17 @@ def settle(fig: Figure, max_rounds: int = 8) -> Figure:
             break
         for ax, name, target in crowded:
             extents = _tick_extents(target, renderer)
-            positions = getattr(target, _TICKS)[0]
+            positions = getattr(target, TICKS)[0]
             step = target._probe_step
             along = [(box.x1 - box.x0) if name == "x" else (box.y1 - box.y0) for box in extents]
             span = ax.get_window_extent(renderer)
             length = span.width if name == "x" else span.height
             needed = (max(along, default=1.0) + 2.0) * len(positions)
             _set_ticks(ax, name, max(step + 1, math.ceil(needed / max(length, 1.0))))
-        fig.draw_without_rendering()
-        renderer = fig.canvas.get_renderer()
+        _lay_out(fig)
     for ax in staggered:
         _place_staggered(ax, renderer)
-    setattr(fig, SOLVED, True)  # word labels take no part in the layout: it stands as last drawn
+    setattr(fig, SOLVED, True)  # word labels take no part in the layout: it stands as last laid out
     return fig
 
 
