@@ -129,7 +129,10 @@ def prerender(plan: FigurePlan, targets: Iterable[tuple[str, int]]) -> None:
     gc.freeze()
     try:
         with multiprocessing.get_context("fork").Pool(count) as pool:
-            for pair, saved, error in pool.imap_unordered(_draw_in_worker, todo):
+            # Pages lead with the light overview figures (waveform, log-Mel) and end with the token
+            # and head figures that cost several times more: drawn from the end, the light ones
+            # fill the gaps at the finish instead of leaving one worker alone with a heavy one.
+            for pair, saved, error in pool.imap_unordered(_draw_in_worker, todo[::-1]):
                 if error is not None:
                     plan.failed(pair, error)
                 else:
