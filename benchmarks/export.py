@@ -127,6 +127,24 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU time counters (/proc/stat: user, nice, system, idle, iowait, irq, softirq,
+    steal, ...), or [] where there are none."""
+    try:
+        return [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return []
+
+
+def _steal(before: list[int], after: list[int]) -> float | None:
+    """The share of CPU time the hypervisor gave other guests while the benchmark ran: on a shared
+    VM, what makes the same work take longer from one run to the next."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])
+    return round((after[7] - before[7]) / total, 4) if total > 0 else None
+
+
 def _workers() -> int:
     sys.path.insert(0, str(ROOT))
     from probe.export.render import workers
@@ -153,7 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu-export.json")
     args = parser.parse_args(argv)
 
-    load_start = os.getloadavg()
+    load_start, steal_start = os.getloadavg(), _cpu_ticks()
     trace_id = make_trace(args.store, args.seconds)
     formats = [f for f in args.formats.split(",") if f]
     work = Path(tempfile.mkdtemp(prefix="export-bench-"))
@@ -198,7 +216,8 @@ def main(argv=None) -> int:
         "benchmark": "probe export, fresh process per run",
         "command": " ".join([".venv/bin/python", "benchmarks/export.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine(), "export_workers": _workers(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        "machine": {**machine(), "export_workers": _workers(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
+                    "cpu_steal_fraction": _steal(steal_start, _cpu_ticks())},
         "trace": {"id": trace_id, "seconds": args.seconds, "source": "examples/en_lecture.flac tiled with 0.3 s gaps",
                   "model": "embedded:base", "plugins": "every built-in"},
         "repeats": args.repeats,
