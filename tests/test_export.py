@@ -813,6 +813,58 @@ def test_figures_drawn_in_worker_processes_equal_those_drawn_here(fox, tmp_path)
     assert not (tmp_path / "broken").exists() or not list((tmp_path / "broken").iterdir())
 
 
+def test_the_handout_title_page_drawn_beside_the_workers_lists_what_they_drew(fox, tmp_path):
+    """With worker processes, the pdf's title page is drawn while they draw the figures (for every
+    planned one); it is drawn again when one could not be drawn, listing it as missing."""
+    script = tmp_path / "handout_in_workers.py"
+    script.write_text(textwrap.dedent('''
+        import os, sys
+        import probe
+        from probe import contributions
+        from probe.errors import StoreError
+        from probe.export import export_trace, render
+
+        from probe.export import handout
+
+        store, trace_id, out = sys.argv[1:4]
+        trace = probe.Store(store).open(trace_id)
+        drawn = []
+        title_pdf = handout._title_pdf
+        handout._title_pdf = lambda *args: (drawn.append(args[2]), title_pdf(*args))[1]
+
+        class Absent:
+            name = "absent"
+
+            @probe.hookimpl
+            def probe_figures(self, register):
+                def absent(trace):
+                    raise StoreError("trace has no record absent.thing")
+
+                register("absent", absent, caption="Never drawn.")
+
+        for plugins, workers in (([], "2"), ([], "1"), ([Absent()], "2")):
+            contributions.configure(plugins)
+            os.environ["PROBE_EXPORT_WORKERS"] = workers
+            render.clear_cache()
+            before = len(drawn)
+            export_trace(trace, "pdf", out=f"{out}/{len(plugins)}-{workers}.pdf")
+            print(len(drawn) - before)
+    '''))
+    run = subprocess.run([sys.executable, str(script), str(fox.path.parent), fox.id, str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr
+    # drawn once beside the workers and used; drawn here alone; drawn beside them, then again
+    assert run.stdout.split() == ["1", "1", "2"]
+
+    def title(name: str) -> str:
+        return subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(tmp_path / name), "-"], capture_output=True,
+                              text=True, check=True).stdout
+
+    assert title("0-2.pdf") == title("0-1.pdf")  # the title drawn beside the workers is the one drawn after
+    assert "could not be drawn" not in title("0-2.pdf")
+    assert "could not be drawn from this trace's records: absent" in title("1-2.pdf")
+
+
 def test_figures_are_drawn_here_where_forking_is_not_safe(monkeypatch):
     from probe.export import render
 

@@ -13,6 +13,8 @@ with nothing half-written.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import os
 import sys
 
@@ -63,6 +65,10 @@ def _with_plugin_options(parser: argparse.ArgumentParser, argv: list[str]):
 
 
 def main(argv=None) -> int:
+    if argv is None:  # the program itself (not a test or a script calling main with arguments)
+        # At exit, leave what the command made to the operating system instead of collecting it
+        # object by object: a fifth of a second after an export, for nothing.
+        atexit.register(gc.freeze)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     debug = "--debug" in argv or bool(os.environ.get(DEBUG_ENV))

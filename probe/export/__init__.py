@@ -89,7 +89,12 @@ def export_trace(trace: Trace, fmt: str | Iterable[str], out: str | os.PathLike 
         plan.keep = len(drawing) > 1  # every figure drawn once, saved for each format
         from probe.export.render import prerender, targets
 
-        prerender(plan, targets(drawing, html_drawn_elsewhere=png is not None))  # on every core
+        meanwhile = None
+        if "pdf" in drawing:
+            from probe.export.handout import prepare_title
+
+            meanwhile = lambda: prepare_title(trace, plan)  # noqa: E731
+        prerender(plan, targets(drawing, html_drawn_elsewhere=png is not None), meanwhile)  # on every core
         plan.check()
     if len(formats) > 1:
         folder = Path(out if out is not None else Path.cwd()).expanduser().absolute()

@@ -4,6 +4,7 @@ pages can be drawn in parallel and shared with the other formats) and pypdf join
 
 from __future__ import annotations
 
+import importlib
 import io
 import itertools
 import textwrap
@@ -33,16 +34,32 @@ def write_handout(trace: Trace, plan: FigurePlan, path: Path) -> None:
     if not pages:
         raise plan.no_figures()
     missing = list(dict.fromkeys(name for name, _, _ in skipped))
-    title = _title_page(trace, [(name, window) for name, window, _ in pages], missing, plan.note())
-    buffer = io.BytesIO()
-    with quiet_missing_glyphs():
-        title.savefig(buffer, format="pdf")  # the whole A4 page, as laid out
+    contents = [(name, window) for name, window, _ in pages]
+    prepared = plan.prepared.get("title")
+    title = prepared[1] if prepared and prepared[0] == (contents, missing) else _title_pdf(trace, plan, contents, missing)
     writer = PdfWriter()
-    for data in [buffer.getvalue()] + [data for _, _, data in pages]:
+    for data in [title] + [data for _, _, data in pages]:
         writer.append(PdfReader(io.BytesIO(data)))
     writer.add_metadata({f"/{key}": value for key, value in _pdf_metadata(trace).items()})
     with open(path, "wb") as handle:
         writer.write(handle)
+
+
+def prepare_title(trace: Trace, plan: FigurePlan) -> None:
+    """While worker processes draw the figures (:func:`~.render.prerender`): the title page for
+    every planned figure, kept for :func:`write_handout` (which draws it again if any is missing),
+    and pypdf loaded."""
+    importlib.import_module("pypdf")  # a tenth of a second the writer then need not wait for
+
+    contents = list(plan.pairs)
+    plan.prepared["title"] = ((contents, []), _title_pdf(trace, plan, contents, []))
+
+
+def _title_pdf(trace: Trace, plan: FigurePlan, contents: list[tuple[str, int | None]], missing: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    with quiet_missing_glyphs():
+        _title_page(trace, contents, missing, plan.note()).savefig(buffer, format="pdf")  # the whole A4 page
+    return buffer.getvalue()
 
 
 def _title_page(trace: Trace, contents: list[tuple[str, int | None]], missing: list[str],

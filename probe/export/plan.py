@@ -213,6 +213,7 @@ class FigurePlan:
         self._drawn: dict[tuple[str, int | None], Any] = {}  # (name, window) → Figure or the error drawing it
         # (name, window, format, dpi) → bytes that worker processes saved (render.prerender)
         self.prerendered: dict[tuple[str, int | None, str, int], bytes] = {}
+        self.prepared: dict[str, Any] = {}  # what a writer made while the workers drew (render.prerender)
 
     @classmethod
     def of(cls, trace: Trace, views: list[str] | None, windows: str | Iterable[int] | None,

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from probe.errors import ProbeError
 from probe.constants import PRINT_DPI  # png/svg/pdf figures
@@ -110,11 +110,14 @@ def targets(formats: Iterable[str], html_drawn_elsewhere: bool = False) -> list[
 _JOB: tuple[Any, list[tuple[str, int]]] | None = None  # (plan, targets) a forked worker draws from
 
 
-def prerender(plan: FigurePlan, targets: Iterable[tuple[str, int]]) -> None:
+def prerender(plan: FigurePlan, targets: Iterable[tuple[str, int]], meanwhile: Callable[[], Any] | None = None) -> None:
     """Draw the plan's figures in :func:`workers` processes and keep each one's bytes in every
     (format, dpi) of ``targets`` for :func:`figure_bytes`; a figure that cannot be drawn keeps its
     error for :meth:`~.plan.FigurePlan.attempt` to report as it would have in this process.  With
-    one worker, or every figure saved before, nothing happens here: the writers draw as they go."""
+    one worker, or every figure saved before, nothing happens here: the writers draw as they go.
+
+    ``meanwhile()`` runs here while the workers draw (a writer's work that needs no figure, such as
+    the handout's title page), where there are workers; otherwise the writer does it itself."""
     global _JOB
     targets = list(dict.fromkeys(targets))
     with _LOCK:
@@ -132,7 +135,10 @@ def prerender(plan: FigurePlan, targets: Iterable[tuple[str, int]]) -> None:
             # Pages lead with the light overview figures (waveform, log-Mel) and end with the token
             # and head figures that cost several times more: drawn from the end, the light ones
             # fill the gaps at the finish instead of leaving one worker alone with a heavy one.
-            for pair, saved, error in pool.imap_unordered(_draw_in_worker, todo[::-1]):
+            drawn = pool.imap_unordered(_draw_in_worker, todo[::-1])
+            if meanwhile is not None:
+                meanwhile()
+            for pair, saved, error in drawn:
                 if error is not None:
                     plan.failed(pair, error)
                 else:
