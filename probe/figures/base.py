@@ -32,6 +32,7 @@ from probe.tokens import describe, groups, labels, piece_text, read_bytes_map
 
 MAX_COLUMNS = 1500  # widest image drawn; wider arrays are mean-pooled along time
 FIXED = "_probe_layout_fixed"  # figure attribute: laid out once and kept (fix_layout)
+PDF_COMPRESS_LEVEL = 1  # zlib, PDF streams: 2 % larger than matplotlib's 6, a tenth quicker to save
 PNG_COMPRESS_LEVEL = 3  # zlib: as small as the default 6 within 10 %, and quicker to write
 TOKENS_PER_PAGE = 20  # token-by-token figures show this many tokens at a time (cell text ≥ MIN_FONT_PT fits)
 PROBABILITY_CMAP = "RdYlGn"
@@ -426,7 +427,7 @@ def figure_file(fig: Figure, fmt: str, dpi: int) -> bytes:
     save (:func:`fix_layout`); every figure whisper-probe writes is saved through here."""
     buffer = io.BytesIO()
     fix_layout(fig)
-    with quiet_missing_glyphs():
+    with quiet_missing_glyphs(), matplotlib.rc_context({"pdf.compression": PDF_COMPRESS_LEVEL}):
         fig.savefig(buffer, format=fmt, dpi=dpi, **save_options(fig, fmt))
     return buffer.getvalue()
 
