@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 from matplotlib import colors
-from matplotlib.figure import Figure
 from matplotlib.collections import PatchCollection
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from probe.constants import ENCODER_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND

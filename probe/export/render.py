@@ -22,8 +22,8 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from probe.errors import ProbeError
 from probe.constants import PRINT_DPI  # png/svg/pdf figures
+from probe.errors import ProbeError
 
 if TYPE_CHECKING:
     from probe.export.plan import FigurePlan

@@ -125,7 +125,10 @@ def draws(function: Callable[..., Figure]) -> Callable[..., Figure]:
     @functools.wraps(function)
     def draw(*args, **kwargs) -> Figure:
         with matplotlib.rc_context({"font.family": font_families()}):
-            return settle(fit_fonts(_titles_above(_inner_ticks_off(_nearest_from_data(function(*args, **kwargs))))))
+            fig = function(*args, **kwargs)
+            for finish in (_nearest_from_data, _inner_ticks_off, _titles_above, fit_fonts, settle):
+                fig = finish(fig)
+            return fig
 
     return draw
 
@@ -153,14 +156,16 @@ def _inner_ticks_off(fig: Figure) -> Figure:
             params = axis.get_tick_params()
             if len(shared.get_siblings(ax)) < 2 or params.get("gridOn") or any(params.get(side) for side in sides):
                 continue
-            ticker = matplotlib.axis.Ticker()
-            ticker.locator, ticker.formatter = NullLocator(), NullFormatter()
-            axis.major = ticker
-            axis.minor = matplotlib.axis.Ticker()
-            axis.minor.locator, axis.minor.formatter = NullLocator(), NullFormatter()
+            axis.major, axis.minor = _no_ticks(), _no_ticks()
             with contextlib.suppress(AttributeError):
                 delattr(axis, TICKS)  # nothing for settle() to thin
     return fig
+
+
+def _no_ticks() -> matplotlib.axis.Ticker:
+    ticker = matplotlib.axis.Ticker()
+    ticker.locator, ticker.formatter = NullLocator(), NullFormatter()
+    return ticker
 
 
 def _titles_above(fig: Figure) -> Figure:

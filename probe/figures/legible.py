@@ -250,12 +250,11 @@ def settle(fig: Figure, max_rounds: int = 8) -> Figure:
     _lay_out(fig)
     renderer = fig.canvas.get_renderer()
     for _ in range(max_rounds):
-        crowded = [(ax, name, target) for ax, name, target in thinned
-                   if _overlapping(_tick_extents(target, renderer))]
+        measured = [(ax, name, target, _tick_extents(target, renderer)) for ax, name, target in thinned]
+        crowded = [entry for entry in measured if _overlapping(entry[3])]
         if not crowded:
             break
-        for ax, name, target in crowded:
-            extents = _tick_extents(target, renderer)
+        for ax, name, target, extents in crowded:
             positions = getattr(target, TICKS)[0]
             step = target._probe_step
             along = [(box.x1 - box.x0) if name == "x" else (box.y1 - box.y0) for box in extents]
